@@ -1,0 +1,536 @@
+//! The Broadcaster actor: the registry of subscribers and their topic index, the history, the
+//! id generator, fan-out, and the heartbeat that keeps streams alive and prunes closed ones.
+
+mod history;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use actix::prelude::*;
+use bytes::Bytes;
+use indexmap::IndexSet;
+use serde::Serialize;
+use slab::Slab;
+use tokio::sync::mpsc::{self, error::TrySendError};
+
+pub use self::history::{History, MemoryHistory, Replay, ReplayFrom};
+use crate::{
+    config::Settings,
+    error::HubError,
+    event::{self, Event, EventDraft},
+    topic::Selector,
+};
+
+/// What the broadcaster needs from the settings.
+#[derive(Debug, Clone)]
+pub struct BroadcasterConfig {
+    pub heartbeat: Duration,
+    pub subscriber_buffer: usize,
+    pub max_subscribers: usize,
+    pub history_size: usize,
+    pub history_bytes: usize,
+}
+
+impl From<&Settings> for BroadcasterConfig {
+    fn from(settings: &Settings) -> Self {
+        Self {
+            heartbeat: settings.heartbeat,
+            subscriber_buffer: settings.subscriber_buffer,
+            max_subscribers: settings.max_subscribers,
+            history_size: settings.history_size,
+            history_bytes: settings.history_bytes,
+        }
+    }
+}
+
+/// Register a subscriber. Replay and registration happen in this one handler call, so no
+/// publish can fall between the replayed events and the live ones.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Subscription, HubError>")]
+pub struct Subscribe {
+    /// Empty: every public event.
+    pub selectors: Vec<Selector>,
+    /// Selectors whose private events this subscriber may receive.
+    pub private_selectors: Vec<Selector>,
+    /// The `Last-Event-ID` to resume after, or `earliest`.
+    pub last_event_id: Option<String>,
+}
+
+/// A registered subscriber's end: the bytes to send first, then its channel.
+#[derive(Debug)]
+pub struct Subscription {
+    /// The opening comment, then a `reset` event if the resume point was lost, then the replay.
+    pub opening: Bytes,
+    pub receiver: mpsc::Receiver<Bytes>,
+    /// Newest id in the history when the subscriber registered (`Last-Event-ID` header).
+    pub newest_id: Option<Arc<str>>,
+}
+
+/// Publish an event; replies with its id.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Arc<str>, HubError>")]
+pub struct Publish(pub EventDraft);
+
+/// Ask for the counters and gauges.
+#[derive(Debug, Message)]
+#[rtype(result = "Stats")]
+pub struct GetStats;
+
+/// End every stream and refuse new subscribers: the first step of a graceful shutdown.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+/// A snapshot of the broadcaster, served as JSON on `/stats`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Stats {
+    pub subscribers: usize,
+    /// Subscribers per selector (`*` for those without one).
+    pub subscribers_by_selector: BTreeMap<String, usize>,
+    pub subscribers_connected_total: u64,
+    pub subscribers_disconnected_total: u64,
+    pub subscribers_dropped_slow_total: u64,
+    pub events_published_total: u64,
+    pub events_delivered_total: u64,
+    pub history_len: usize,
+    pub history_bytes: usize,
+    pub history_oldest_id: Option<String>,
+    pub history_newest_id: Option<String>,
+}
+
+/// Name of the event that tells a resuming subscriber its `Last-Event-ID` is not in the history.
+pub const RESET_EVENT: &str = "reset";
+
+#[derive(Debug)]
+struct Subscriber {
+    sender: mpsc::Sender<Bytes>,
+    selectors: Vec<Selector>,
+    private_selectors: Vec<Selector>,
+    /// The last publish this subscriber was sent, so overlapping selectors deliver once.
+    stamp: u64,
+}
+
+impl Subscriber {
+    fn may_receive(&self, event: &Event) -> bool {
+        !event.private
+            || event
+                .topics
+                .iter()
+                .any(|t| self.private_selectors.iter().any(|s| s.matches(t)))
+    }
+
+    /// The one rule for "this event is for this subscriber"; the index finds the same set.
+    fn wants(&self, event: &Event) -> bool {
+        let selected = self.selectors.is_empty()
+            || event
+                .topics
+                .iter()
+                .any(|t| self.selectors.iter().any(|s| s.matches(t)));
+        selected && self.may_receive(event)
+    }
+}
+
+/// Finds candidate subscribers without looking at the others: exact topics by hash, `*` and
+/// selector-less subscribers in one set, templates grouped so each is matched once per topic.
+#[derive(Debug, Default)]
+struct TopicIndex {
+    any: IndexSet<usize>,
+    exact: HashMap<String, IndexSet<usize>>,
+    templates: HashMap<String, (Selector, IndexSet<usize>)>,
+}
+
+impl TopicIndex {
+    fn insert(&mut self, key: usize, selectors: &[Selector]) {
+        if selectors.is_empty() {
+            self.any.insert(key);
+        }
+        for selector in selectors {
+            match selector {
+                Selector::Any => {
+                    self.any.insert(key);
+                }
+                Selector::Exact(topic) => {
+                    self.exact.entry(topic.clone()).or_default().insert(key);
+                }
+                Selector::Template(template) => {
+                    self.templates
+                        .entry(template.as_str().to_owned())
+                        .or_insert_with(|| (selector.clone(), IndexSet::new()))
+                        .1
+                        .insert(key);
+                }
+            }
+        }
+    }
+
+    fn remove(&mut self, key: usize, selectors: &[Selector]) {
+        if selectors.is_empty() {
+            self.any.swap_remove(&key);
+        }
+        for selector in selectors {
+            match selector {
+                Selector::Any => {
+                    self.any.swap_remove(&key);
+                }
+                Selector::Exact(topic) => {
+                    if let Some(set) = self.exact.get_mut(topic) {
+                        set.swap_remove(&key);
+                        if set.is_empty() {
+                            self.exact.remove(topic);
+                        }
+                    }
+                }
+                Selector::Template(template) => {
+                    if let Some((_, set)) = self.templates.get_mut(template.as_str()) {
+                        set.swap_remove(&key);
+                        if set.is_empty() {
+                            self.templates.remove(template.as_str());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Calls `f` for every subscriber whose selectors match one of `topics` (possibly more
+    /// than once for overlapping selectors: the caller deduplicates).
+    fn for_each_candidate(&self, topics: &[String], mut f: impl FnMut(usize)) {
+        self.any.iter().for_each(|&k| f(k));
+        for topic in topics {
+            if let Some(set) = self.exact.get(topic) {
+                set.iter().for_each(|&k| f(k));
+            }
+            for (selector, set) in self.templates.values() {
+                if selector.matches(topic) {
+                    set.iter().for_each(|&k| f(k));
+                }
+            }
+        }
+    }
+}
+
+/// Event ids: decimal numbers that only grow, seeded from the wall clock in microseconds, so a
+/// restarted hub never hands out an id a client saw before the restart (unless the clock went
+/// back, or the previous run published faster than one event per microsecond on average).
+#[derive(Debug)]
+struct IdGenerator {
+    last: u64,
+}
+
+impl IdGenerator {
+    fn new() -> Self {
+        Self { last: 0 }
+    }
+
+    fn next(&mut self) -> u64 {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        self.last = now.max(self.last + 1);
+        self.last
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    connected: u64,
+    disconnected: u64,
+    dropped_slow: u64,
+    published: u64,
+    delivered: u64,
+}
+
+/// The actor. One per process, started before the HTTP server; every worker shares its `Addr`.
+#[derive(Debug)]
+pub struct Broadcaster {
+    config: BroadcasterConfig,
+    subscribers: Slab<Subscriber>,
+    index: TopicIndex,
+    history: Box<dyn History>,
+    ids: IdGenerator,
+    counters: Counters,
+    /// Increments per publish; compared with `Subscriber::stamp`.
+    stamp: u64,
+    keep_alive: Bytes,
+    shutting_down: bool,
+    /// Scratch lists reused by every fan-out, so it allocates nothing in the steady state.
+    candidates: Vec<usize>,
+    closed: Vec<usize>,
+    slow: Vec<usize>,
+}
+
+impl Broadcaster {
+    pub fn new(config: BroadcasterConfig) -> Self {
+        let history = Box::new(MemoryHistory::new(
+            config.history_size,
+            config.history_bytes,
+        ));
+        Self::with_history(config, history)
+    }
+
+    pub fn with_history(config: BroadcasterConfig, history: Box<dyn History>) -> Self {
+        Self {
+            config,
+            subscribers: Slab::new(),
+            index: TopicIndex::default(),
+            history,
+            ids: IdGenerator::new(),
+            counters: Counters::default(),
+            stamp: 0,
+            keep_alive: event::comment("keep-alive"),
+            shutting_down: false,
+            candidates: Vec::new(),
+            closed: Vec::new(),
+            slow: Vec::new(),
+        }
+    }
+
+    fn remove(&mut self, key: usize) {
+        if let Some(subscriber) = self.subscribers.try_remove(key) {
+            self.index.remove(key, &subscriber.selectors);
+            self.counters.disconnected += 1;
+            log::debug!("subscriber left key={key}");
+        }
+    }
+
+    /// Dropping the sender ends the stream once the subscriber has written what is queued;
+    /// it then reconnects with its last id and replays the rest from the history.
+    fn drop_slow(&mut self, key: usize) {
+        self.counters.dropped_slow += 1;
+        log::warn!(
+            "subscriber dropped as too slow key={key} buffer={}",
+            self.config.subscriber_buffer
+        );
+        self.remove(key);
+    }
+
+    /// Sends `frame` to one subscriber without waiting; records what must be removed.
+    /// Returns whether the frame was queued.
+    fn offer(&mut self, key: usize, frame: &Bytes) -> bool {
+        let Some(subscriber) = self.subscribers.get(key) else {
+            return false;
+        };
+        match subscriber.sender.try_send(frame.clone()) {
+            Ok(()) => return true,
+            Err(TrySendError::Closed(_)) => self.closed.push(key),
+            Err(TrySendError::Full(_)) => self.slow.push(key),
+        }
+        false
+    }
+
+    fn settle(&mut self) {
+        let mut closed = std::mem::take(&mut self.closed);
+        let mut slow = std::mem::take(&mut self.slow);
+        closed.drain(..).for_each(|key| self.remove(key));
+        slow.drain(..).for_each(|key| self.drop_slow(key));
+        self.closed = closed;
+        self.slow = slow;
+    }
+
+    fn fan_out(&mut self, event: &Event) {
+        self.stamp += 1;
+        let stamp = self.stamp;
+        let mut candidates = std::mem::take(&mut self.candidates);
+        self.index
+            .for_each_candidate(&event.topics, |key| candidates.push(key));
+        for &key in &candidates {
+            let Some(subscriber) = self.subscribers.get_mut(key) else {
+                continue;
+            };
+            if subscriber.stamp == stamp || !subscriber.may_receive(event) {
+                continue;
+            }
+            subscriber.stamp = stamp;
+            if self.offer(key, &event.frame) {
+                self.counters.delivered += 1;
+            }
+        }
+        candidates.clear();
+        self.candidates = candidates;
+        self.settle();
+    }
+
+    fn heartbeat(&mut self) {
+        let keep_alive = self.keep_alive.clone();
+        let keys: Vec<usize> = self.subscribers.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            self.offer(key, &keep_alive);
+        }
+        self.settle();
+    }
+
+    fn stats(&self) -> Stats {
+        let mut by_selector = BTreeMap::new();
+        for (_, subscriber) in &self.subscribers {
+            if subscriber.selectors.is_empty() {
+                *by_selector.entry("*".to_owned()).or_insert(0) += 1;
+            }
+            for selector in &subscriber.selectors {
+                *by_selector.entry(selector.as_str().to_owned()).or_insert(0) += 1;
+            }
+        }
+        Stats {
+            subscribers: self.subscribers.len(),
+            subscribers_by_selector: by_selector,
+            subscribers_connected_total: self.counters.connected,
+            subscribers_disconnected_total: self.counters.disconnected,
+            subscribers_dropped_slow_total: self.counters.dropped_slow,
+            events_published_total: self.counters.published,
+            events_delivered_total: self.counters.delivered,
+            history_len: self.history.len(),
+            history_bytes: self.history.size_bytes(),
+            history_oldest_id: self.history.oldest_id().map(|id| id.to_string()),
+            history_newest_id: self.history.newest_id().map(|id| id.to_string()),
+        }
+    }
+
+    fn next_id(&mut self) -> Arc<str> {
+        loop {
+            let id: Arc<str> = self.ids.next().to_string().into();
+            // A publisher may have chosen this very number as its own id.
+            if !self.history.contains(&id) {
+                return id;
+            }
+        }
+    }
+}
+
+impl Actor for Broadcaster {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        log::debug!("broadcaster started heartbeat={:?}", self.config.heartbeat);
+        ctx.run_interval(self.config.heartbeat, |this, _| this.heartbeat());
+    }
+}
+
+impl Handler<Subscribe> for Broadcaster {
+    type Result = Result<Subscription, HubError>;
+
+    fn handle(&mut self, msg: Subscribe, _: &mut Self::Context) -> Self::Result {
+        if self.shutting_down {
+            return Err(HubError::ShuttingDown);
+        }
+        if self.subscribers.len() >= self.config.max_subscribers {
+            return Err(HubError::SubscriberLimit {
+                limit: self.config.max_subscribers,
+            });
+        }
+        let (sender, receiver) = mpsc::channel(self.config.subscriber_buffer);
+        let subscriber = Subscriber {
+            sender,
+            selectors: msg.selectors,
+            private_selectors: msg.private_selectors,
+            stamp: self.stamp,
+        };
+
+        let mut opening = bytes::BytesMut::from(&event::comment("connected")[..]);
+        if let Some(last_event_id) = msg.last_event_id.as_deref() {
+            let from = if last_event_id == "earliest" {
+                ReplayFrom::Earliest
+            } else {
+                ReplayFrom::After(last_event_id)
+            };
+            let replay = self.history.replay(from);
+            if !replay.found {
+                let data = serde_json::json!({
+                    "lastEventId": last_event_id,
+                    "oldestId": self.history.oldest_id().as_deref(),
+                })
+                .to_string();
+                opening.extend_from_slice(&reset_frame(&data));
+            }
+            for event in replay.events.iter().filter(|e| subscriber.wants(e)) {
+                opening.extend_from_slice(&event.frame);
+            }
+        }
+
+        let key = self.subscribers.vacant_key();
+        self.index.insert(key, &subscriber.selectors);
+        self.subscribers.insert(subscriber);
+        self.counters.connected += 1;
+        log::debug!("subscriber joined key={key}");
+
+        Ok(Subscription {
+            opening: opening.freeze(),
+            receiver,
+            newest_id: self.history.newest_id(),
+        })
+    }
+}
+
+/// The `reset` control event. It has no `id:` on purpose: an id would move the browser's
+/// resume point past events it never received.
+fn reset_frame(data: &str) -> Bytes {
+    let mut frame = format!("event: {RESET_EVENT}\n");
+    frame.push_str("data: ");
+    frame.push_str(data);
+    frame.push_str("\n\n");
+    Bytes::from(frame)
+}
+
+impl Handler<Publish> for Broadcaster {
+    type Result = Result<Arc<str>, HubError>;
+
+    fn handle(&mut self, Publish(draft): Publish, _: &mut Self::Context) -> Self::Result {
+        let id: Arc<str> = match &draft.id {
+            Some(id) if self.history.contains(id) => {
+                return Err(HubError::DuplicateId(id.clone()));
+            }
+            Some(id) => id.as_str().into(),
+            None => self.next_id(),
+        };
+        let event = Arc::new(Event::new(id.clone(), draft));
+        self.counters.published += 1;
+        self.fan_out(&event);
+        self.history.append(event);
+        Ok(id)
+    }
+}
+
+impl Handler<GetStats> for Broadcaster {
+    type Result = MessageResult<GetStats>;
+
+    fn handle(&mut self, _: GetStats, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.stats())
+    }
+}
+
+impl Handler<Shutdown> for Broadcaster {
+    type Result = ();
+
+    fn handle(&mut self, _: Shutdown, _: &mut Self::Context) {
+        self.shutting_down = true;
+        let count = self.subscribers.len();
+        // Dropping every sender ends every stream once its queue is written.
+        self.subscribers.clear();
+        self.index = TopicIndex::default();
+        log::info!("broadcaster shut down, streams ended subscribers={count}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Generated ids only grow, and start at least at the current time in microseconds.
+    #[test]
+    fn ids_grow_and_follow_the_clock() {
+        let before = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock after epoch")
+            .as_micros() as u64;
+        let mut ids = IdGenerator::new();
+        let first = ids.next();
+        assert!(first >= before);
+        let mut last = first;
+        for _ in 0..10_000 {
+            let next = ids.next();
+            assert!(next > last);
+            last = next;
+        }
+    }
+}

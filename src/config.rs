@@ -1,0 +1,124 @@
+//! Settings: every knob of the hub as a CLI flag with an `SSE_HUB_*` environment twin, and
+//! the documented defaults as named constants.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::Parser;
+
+pub const DEFAULT_BIND: &str = "127.0.0.1:8080";
+/// Below the idle timeout of every common proxy (nginx 60 s, ALB 60 s, Cloudflare 100 s).
+pub const DEFAULT_HEARTBEAT: &str = "15s";
+/// Events a subscriber may have queued before it counts as too slow and is dropped.
+pub const DEFAULT_SUBSCRIBER_BUFFER: usize = 1024;
+pub const DEFAULT_BODY_LIMIT_BYTES: usize = 1024 * 1024;
+pub const DEFAULT_CORS_ORIGIN: &str = "*";
+pub const DEFAULT_SHUTDOWN_TIMEOUT: &str = "1s";
+pub const DEFAULT_MAX_SUBSCRIBERS: usize = 100_000;
+pub const DEFAULT_TOPIC: &str = "default";
+pub const DEFAULT_HISTORY_SIZE: usize = 10_000;
+pub const DEFAULT_HISTORY_BYTES: usize = 16 * 1024 * 1024;
+pub const DEFAULT_MAX_TOPICS: usize = 32;
+pub const DEFAULT_MAX_TOPIC_BYTES: usize = 1024;
+
+/// sse-hub: a Server-Sent Events hub.
+#[derive(Debug, Clone, Parser)]
+#[command(version, about)]
+pub struct Settings {
+    /// Address to listen on.
+    #[arg(long, env = "SSE_HUB_BIND", default_value = DEFAULT_BIND)]
+    pub bind: SocketAddr,
+
+    /// HTTP worker threads (0 = one per core).
+    #[arg(long, env = "SSE_HUB_WORKERS", default_value_t = 0)]
+    pub workers: usize,
+
+    /// Heartbeat period: a keep-alive comment to every subscriber, and closed ones pruned.
+    #[arg(long, env = "SSE_HUB_HEARTBEAT", default_value = DEFAULT_HEARTBEAT, value_parser = humantime::parse_duration)]
+    pub heartbeat: Duration,
+
+    /// Events queued per subscriber before it is dropped as too slow (it reconnects and replays).
+    #[arg(long, env = "SSE_HUB_SUBSCRIBER_BUFFER", default_value_t = DEFAULT_SUBSCRIBER_BUFFER, value_parser = positive)]
+    pub subscriber_buffer: usize,
+
+    /// Largest accepted publish body, in bytes (larger → 413).
+    #[arg(long, env = "SSE_HUB_BODY_LIMIT_BYTES", default_value_t = DEFAULT_BODY_LIMIT_BYTES)]
+    pub body_limit_bytes: usize,
+
+    /// `Access-Control-Allow-Origin` sent on the quick-start routes.
+    #[arg(long, env = "SSE_HUB_CORS_ORIGIN", default_value = DEFAULT_CORS_ORIGIN)]
+    pub cors_origin: String,
+
+    /// How long shutdown waits for streams to drain before closing them anyway.
+    #[arg(long, env = "SSE_HUB_SHUTDOWN_TIMEOUT", default_value = DEFAULT_SHUTDOWN_TIMEOUT, value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Duration,
+
+    /// Subscribers held at once; further subscribe requests get 503.
+    #[arg(long, env = "SSE_HUB_MAX_SUBSCRIBERS", default_value_t = DEFAULT_MAX_SUBSCRIBERS)]
+    pub max_subscribers: usize,
+
+    /// Topic of events published without one (the /send, /left, /right triggers among them).
+    #[arg(long, env = "SSE_HUB_DEFAULT_TOPIC", default_value = DEFAULT_TOPIC)]
+    pub default_topic: String,
+
+    /// Events kept in the history for replay (0 disables replay).
+    #[arg(long, env = "SSE_HUB_HISTORY_SIZE", default_value_t = DEFAULT_HISTORY_SIZE)]
+    pub history_size: usize,
+
+    /// Bytes the history may hold; the oldest events are trimmed first.
+    #[arg(long, env = "SSE_HUB_HISTORY_BYTES", default_value_t = DEFAULT_HISTORY_BYTES)]
+    pub history_bytes: usize,
+
+    /// Topics per publish and selectors per subscribe.
+    #[arg(long, env = "SSE_HUB_MAX_TOPICS", default_value_t = DEFAULT_MAX_TOPICS)]
+    pub max_topics: usize,
+
+    /// Longest topic or selector, in bytes.
+    #[arg(long, env = "SSE_HUB_MAX_TOPIC_BYTES", default_value_t = DEFAULT_MAX_TOPIC_BYTES)]
+    pub max_topic_bytes: usize,
+}
+
+fn positive(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(err) => Err(err.to_string()),
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self::parse_from(["sse-hub"])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With no flags and no environment, every default is the documented one.
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let settings = Settings::try_parse_from(["sse-hub"]).expect("defaults parse");
+        assert_eq!(settings.bind, DEFAULT_BIND.parse().expect("valid"));
+        assert_eq!(settings.heartbeat, Duration::from_secs(15));
+        assert_eq!(settings.shutdown_timeout, Duration::from_secs(1));
+        assert_eq!(settings.subscriber_buffer, DEFAULT_SUBSCRIBER_BUFFER);
+        assert_eq!(settings.cors_origin, "*");
+    }
+
+    /// Durations take human units, so tests can run a 50 ms heartbeat.
+    #[test]
+    fn durations_take_units() {
+        let settings =
+            Settings::try_parse_from(["sse-hub", "--heartbeat", "50ms", "--bind", "0.0.0.0:0"])
+                .expect("parses");
+        assert_eq!(settings.heartbeat, Duration::from_millis(50));
+        assert_eq!(settings.bind.port(), 0);
+    }
+
+    /// A zero subscriber buffer could never hold an event, so it is refused.
+    #[test]
+    fn zero_buffer_is_refused() {
+        assert!(Settings::try_parse_from(["sse-hub", "--subscriber-buffer", "0"]).is_err());
+    }
+}

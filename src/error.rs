@@ -1,0 +1,63 @@
+//! The request error enum and its mapping to status codes and `{"error": "..."}` bodies.
+
+use actix_web::{HttpResponse, ResponseError, http::StatusCode};
+
+/// Everything a request can be refused for. The message is written for the user who sent it;
+/// internal details go to the log only.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error("{field} {reason}")]
+    InvalidField {
+        field: &'static str,
+        reason: &'static str,
+    },
+    #[error("invalid {what}: {reason}")]
+    Invalid { what: &'static str, reason: String },
+    #[error("the request body is not valid UTF-8")]
+    InvalidUtf8,
+    #[error("the request body is larger than the limit of {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("an event with id `{0}` is already in the history")]
+    DuplicateId(String),
+    #[error("too many {what}: at most {limit} per request")]
+    TooMany { what: &'static str, limit: usize },
+    #[error("the hub is at its limit of {limit} subscribers")]
+    SubscriberLimit { limit: usize },
+    #[error("the hub is shutting down")]
+    ShuttingDown,
+    #[error("no route for {method} {path}")]
+    NotFound { method: String, path: String },
+    #[error("method {method} is not allowed on {path}")]
+    MethodNotAllowed { method: String, path: String },
+    #[error("internal error")]
+    Internal,
+}
+
+impl ResponseError for HubError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::InvalidField { .. } | Self::Invalid { .. } | Self::InvalidUtf8 => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::DuplicateId(_) => StatusCode::CONFLICT,
+            Self::TooMany { .. } => StatusCode::BAD_REQUEST,
+            Self::SubscriberLimit { .. } | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NotFound { .. } => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::build(self.status_code())
+            .json(serde_json::json!({ "error": self.to_string() }))
+    }
+}
+
+impl From<actix::MailboxError> for HubError {
+    fn from(err: actix::MailboxError) -> Self {
+        log::error!("broadcaster unreachable error={err}");
+        Self::ShuttingDown
+    }
+}

@@ -1,0 +1,261 @@
+//! Events: the fields a publisher gives, their validation, and the one wire encoder
+//! (WHATWG `text/event-stream`) that turns an event into the bytes every subscriber shares.
+
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::error::HubError;
+
+/// Longest accepted event id or event type, in bytes (also the `Last-Event-ID` limit).
+pub const MAX_ID_BYTES: usize = 1024;
+
+/// What a publisher asks to publish, before the broadcaster gives it an id.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventDraft {
+    /// Topics the event is published to (at least one).
+    pub topics: Vec<String>,
+    /// The `data` payload; may contain line breaks.
+    pub data: String,
+    /// A publisher-chosen id; `None` lets the broadcaster generate one.
+    pub id: Option<String>,
+    /// The SSE `event:` type; `None` means the default `message`.
+    pub event_type: Option<String>,
+    /// The SSE `retry:` reconnection time, in milliseconds.
+    pub retry_ms: Option<u64>,
+    /// Private events reach only subscribers authorised for one of their topics.
+    pub private: bool,
+}
+
+/// A published event: its id, routing facts, and its frame encoded once for all subscribers.
+#[derive(Debug)]
+pub struct Event {
+    pub id: Arc<str>,
+    pub topics: Vec<String>,
+    pub private: bool,
+    /// The complete wire frame, blank line included; cloning it is a refcount bump.
+    pub frame: Bytes,
+}
+
+impl Event {
+    /// Encodes `draft` under `id`. The draft must have passed [`validate_draft`].
+    pub fn new(id: Arc<str>, draft: EventDraft) -> Self {
+        let frame = encode(
+            &id,
+            draft.event_type.as_deref(),
+            draft.retry_ms,
+            &draft.data,
+        );
+        Self {
+            id,
+            topics: draft.topics,
+            private: draft.private,
+            frame,
+        }
+    }
+
+    /// Bytes this event holds in memory (frame, id and topics), for history accounting.
+    pub fn size_bytes(&self) -> usize {
+        self.frame.len() + self.id.len() + self.topics.iter().map(String::len).sum::<usize>()
+    }
+}
+
+/// Checks the fields that would break the framing. Topics are checked by the caller, which
+/// knows the configured limits.
+pub fn validate_draft(draft: &EventDraft) -> Result<(), HubError> {
+    if let Some(id) = &draft.id {
+        validate_id(id, "id")?;
+    }
+    if let Some(event_type) = &draft.event_type {
+        validate_field(event_type, "event type")?;
+    }
+    Ok(())
+}
+
+/// An id (published or `Last-Event-ID`) must be a non-empty single line of at most 1 KiB.
+pub fn validate_id(id: &str, what: &'static str) -> Result<(), HubError> {
+    if id.is_empty() {
+        return Err(HubError::InvalidField {
+            field: what,
+            reason: "must not be empty",
+        });
+    }
+    validate_field(id, what)
+}
+
+fn validate_field(value: &str, what: &'static str) -> Result<(), HubError> {
+    if value.len() > MAX_ID_BYTES {
+        return Err(HubError::InvalidField {
+            field: what,
+            reason: "is longer than 1024 bytes",
+        });
+    }
+    if value.contains(['\r', '\n', '\0']) {
+        return Err(HubError::InvalidField {
+            field: what,
+            reason: "must not contain CR, LF or NUL",
+        });
+    }
+    Ok(())
+}
+
+/// Encodes one event. `data` is split on CRLF, CR and LF into one `data:` line each, so a
+/// subscriber's `e.data` is the posted text with its line breaks normalised to LF.
+pub fn encode(id: &str, event_type: Option<&str>, retry_ms: Option<u64>, data: &str) -> Bytes {
+    let mut buf = BytesMut::with_capacity(id.len() + data.len() + 32);
+    buf.put_slice(b"id: ");
+    buf.put_slice(id.as_bytes());
+    buf.put_u8(b'\n');
+    if let Some(event_type) = event_type {
+        buf.put_slice(b"event: ");
+        buf.put_slice(event_type.as_bytes());
+        buf.put_u8(b'\n');
+    }
+    if let Some(retry_ms) = retry_ms {
+        buf.put_slice(b"retry: ");
+        buf.put_slice(retry_ms.to_string().as_bytes());
+        buf.put_u8(b'\n');
+    }
+    for line in lines(data) {
+        buf.put_slice(b"data: ");
+        buf.put_slice(line.as_bytes());
+        buf.put_u8(b'\n');
+    }
+    buf.put_u8(b'\n');
+    buf.freeze()
+}
+
+/// Encodes an SSE comment (`: text`), used for the opening bytes and the heartbeat.
+pub fn comment(text: &str) -> Bytes {
+    let mut buf = BytesMut::with_capacity(text.len() + 4);
+    for line in lines(text) {
+        buf.put_slice(b": ");
+        buf.put_slice(line.as_bytes());
+        buf.put_u8(b'\n');
+    }
+    buf.put_u8(b'\n');
+    buf.freeze()
+}
+
+/// Splits on CRLF, CR or LF, as the SSE parser does; an empty input is one empty line.
+fn lines(text: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(text);
+    std::iter::from_fn(move || {
+        let current = rest?;
+        match current.find(['\r', '\n']) {
+            Some(at) => {
+                let skip = if current[at..].starts_with("\r\n") {
+                    2
+                } else {
+                    1
+                };
+                rest = Some(&current[at + skip..]);
+                Some(&current[..at])
+            }
+            None => {
+                rest = None;
+                Some(current)
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use actix_web::body;
+    use actix_web_lab::sse;
+    use futures_util::stream;
+
+    use super::*;
+
+    fn data(text: &str) -> Bytes {
+        encode("7", None, None, text)
+    }
+
+    /// Our encoder agrees byte for byte with actix-web-lab's `sse` encoder on every field both
+    /// support, so switching between them can never change the wire.
+    #[actix_web::test]
+    async fn encoder_matches_actix_web_lab() {
+        let cases = [
+            ("1", None, "left"),
+            ("2", Some("update"), "a\nb"),
+            ("3", Some("x"), "a\r\nb\rc\n"),
+            ("4", None, ""),
+            ("5", None, "  indented\n\nafter blank"),
+        ];
+        for (id, event_type, text) in cases {
+            let mut lab = sse::Data::new(text).id(id);
+            if let Some(t) = event_type {
+                lab = lab.event(t);
+            }
+            let lab_bytes =
+                body::to_bytes(sse::Sse::from_stream(stream::iter([Ok::<_, Infallible>(
+                    sse::Event::Data(lab),
+                )])))
+                .await
+                .expect("lab encodes");
+            assert_eq!(encode(id, event_type, None, text), lab_bytes, "{text:?}");
+        }
+    }
+
+    /// A one-line event is `id`, `data`, blank line: the quick-start frame.
+    #[test]
+    fn single_line_event_is_id_then_data() {
+        assert_eq!(data("left"), "id: 7\ndata: left\n\n");
+    }
+
+    /// LF, CRLF and CR each start a new `data:` line; blank and indented lines survive.
+    #[test]
+    fn multi_line_data_becomes_several_data_lines() {
+        assert_eq!(data("a\nb"), "id: 7\ndata: a\ndata: b\n\n");
+        assert_eq!(data("a\r\nb"), "id: 7\ndata: a\ndata: b\n\n");
+        assert_eq!(data("a\rb"), "id: 7\ndata: a\ndata: b\n\n");
+        assert_eq!(data("a\n\n  b"), "id: 7\ndata: a\ndata: \ndata:   b\n\n");
+        assert_eq!(data("a\n"), "id: 7\ndata: a\ndata: \n\n");
+        assert_eq!(data("\r\n\r"), "id: 7\ndata: \ndata: \ndata: \n\n");
+    }
+
+    /// Empty data still produces one `data:` line, so browsers dispatch the event.
+    #[test]
+    fn empty_data_is_one_empty_data_line() {
+        assert_eq!(data(""), "id: 7\ndata: \n\n");
+    }
+
+    /// Event type and retry come before data, in that order.
+    #[test]
+    fn event_type_and_retry_are_encoded() {
+        assert_eq!(
+            encode("id-1", Some("update"), Some(2500), "x"),
+            "id: id-1\nevent: update\nretry: 2500\ndata: x\n\n"
+        );
+    }
+
+    /// Comments are `: ` lines ending with a blank line.
+    #[test]
+    fn comment_is_encoded() {
+        assert_eq!(comment("keep-alive"), ": keep-alive\n\n");
+    }
+
+    /// Event types and ids that would break the framing are refused.
+    #[test]
+    fn line_breaks_and_nul_in_type_or_id_are_rejected() {
+        for bad in ["a\nb", "a\rb", "a\0b"] {
+            let draft = EventDraft {
+                event_type: Some(bad.into()),
+                ..EventDraft::default()
+            };
+            assert!(validate_draft(&draft).is_err(), "{bad:?}");
+            let draft = EventDraft {
+                id: Some(bad.into()),
+                ..EventDraft::default()
+            };
+            assert!(validate_draft(&draft).is_err(), "{bad:?}");
+        }
+        assert!(validate_id("", "id").is_err());
+        assert!(validate_id(&"x".repeat(1025), "id").is_err());
+        assert!(validate_id(&"x".repeat(1024), "id").is_ok());
+        assert!(validate_draft(&EventDraft::default()).is_ok());
+    }
+}

@@ -1,0 +1,19 @@
+//! sse-hub: a Server-Sent Events hub on actix.
+//!
+//! - [`config`]: settings, as flags with `SSE_HUB_*` environment twins, and their defaults.
+//! - [`startup`]: builds the broadcaster and the HTTP server; main and the tests share it.
+//! - [`broadcaster`]: the actor: subscribers, topic index, history, fan-out, heartbeat.
+//! - [`event`]: event fields, their validation, and the one wire encoder.
+//! - [`topic`]: topic selectors: exact, `*`, and RFC 6570 URI templates.
+//! - [`sse`]: a subscriber's response: headers, and the body draining its channel.
+//! - [`routes`]: the HTTP surfaces: stream, publish, quick-start triggers, stats, health.
+//! - [`error`]: the request error enum and its JSON responses.
+
+pub mod broadcaster;
+pub mod config;
+pub mod error;
+pub mod event;
+pub mod routes;
+pub mod sse;
+pub mod startup;
+pub mod topic;

@@ -1,0 +1,141 @@
+//! The route table: every HTTP surface of the hub, and the request parsing they share.
+
+mod demo;
+mod ops;
+mod publish;
+mod stream;
+
+use std::sync::Arc;
+
+use actix::Addr;
+use actix_web::{HttpRequest, HttpResponse, web};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt as _;
+
+use crate::{broadcaster::Broadcaster, config::Settings, error::HubError};
+
+/// What every handler shares: the one broadcaster and the settings.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub broadcaster: Addr<Broadcaster>,
+    pub settings: Arc<Settings>,
+}
+
+/// The one route table, used by `startup::build` and so by main and the tests alike.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/stream")
+            .get(stream::subscribe)
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/publish")
+            .post(publish::publish)
+            .default_service(web::to(method_not_allowed)),
+    );
+    for (path, _) in demo::TRIGGERS {
+        cfg.service(
+            web::resource(path)
+                .get(demo::trigger)
+                .post(demo::trigger)
+                .default_service(web::to(method_not_allowed)),
+        );
+    }
+    cfg.service(
+        web::resource("/stats")
+            .get(ops::stats)
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/healthz")
+            .get(ops::health)
+            .default_service(web::to(method_not_allowed)),
+    );
+}
+
+/// The app-wide fallback: unknown routes get a JSON 404.
+pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, HubError> {
+    Err(HubError::NotFound {
+        method: req.method().to_string(),
+        path: req.path().to_owned(),
+    })
+}
+
+async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, HubError> {
+    Err(HubError::MethodNotAllowed {
+        method: req.method().to_string(),
+        path: req.path().to_owned(),
+    })
+}
+
+/// The query string's pairs, repeated keys kept (`?topic=a&topic=b`).
+fn query_pairs(req: &HttpRequest) -> Vec<(String, String)> {
+    form_urlencoded::parse(req.query_string().as_bytes())
+        .into_owned()
+        .collect()
+}
+
+/// Every value of `key` in the query string.
+fn query_values<'a>(pairs: &'a [(String, String)], key: &str) -> Vec<&'a str> {
+    pairs
+        .iter()
+        .filter(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
+/// The single value of `key`; a repeated one is an error, as its meaning would be ambiguous.
+fn query_value<'a>(
+    pairs: &'a [(String, String)],
+    key: &'static str,
+) -> Result<Option<&'a str>, HubError> {
+    match query_values(pairs, key).as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(one)),
+        _ => Err(HubError::Invalid {
+            what: "query",
+            reason: format!("`{key}` given more than once"),
+        }),
+    }
+}
+
+/// Checks the count and length limits on the topics or selectors of one request.
+fn check_topics(topics: &[&str], settings: &Settings, what: &'static str) -> Result<(), HubError> {
+    if topics.len() > settings.max_topics {
+        return Err(HubError::TooMany {
+            what,
+            limit: settings.max_topics,
+        });
+    }
+    for topic in topics {
+        if topic.is_empty() {
+            return Err(HubError::Invalid {
+                what,
+                reason: "empty topic".to_owned(),
+            });
+        }
+        if topic.len() > settings.max_topic_bytes {
+            return Err(HubError::Invalid {
+                what,
+                reason: format!("longer than {} bytes", settings.max_topic_bytes),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Reads a request body, refusing it with 413 as soon as it passes `limit`.
+async fn read_body(mut payload: web::Payload, limit: usize) -> Result<Bytes, HubError> {
+    let mut body = BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|err| HubError::Invalid {
+            what: "body",
+            reason: err.to_string(),
+        })?;
+        if body.len() + chunk.len() > limit {
+            return Err(HubError::BodyTooLarge { limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}

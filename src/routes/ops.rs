@@ -1,0 +1,34 @@
+//! Operations: `/stats` (JSON snapshot of the broadcaster) and `/healthz`.
+
+use std::time::Duration;
+
+use actix_web::{HttpResponse, web};
+
+use super::AppState;
+use crate::{broadcaster::GetStats, error::HubError};
+
+/// How long the health check waits for the broadcaster before calling it unhealthy.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Subscribers per selector, history size and ids, and the totals.
+pub async fn stats(state: web::Data<AppState>) -> Result<HttpResponse, HubError> {
+    let stats = state.broadcaster.send(GetStats).await?;
+    Ok(HttpResponse::Ok().json(stats))
+}
+
+/// 200 while the broadcaster answers, 503 otherwise.
+pub async fn health(state: web::Data<AppState>) -> HttpResponse {
+    match state
+        .broadcaster
+        .send(GetStats)
+        .timeout(HEALTH_TIMEOUT)
+        .await
+    {
+        Ok(_) => HttpResponse::Ok().json(serde_json::json!({ "status": "ok" })),
+        Err(err) => {
+            log::error!("health check failed error={err}");
+            HttpResponse::ServiceUnavailable()
+                .json(serde_json::json!({ "error": "the broadcaster does not answer" }))
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! `POST /publish`: the raw request body becomes one event's `data`.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+
+use super::{AppState, check_topics, query_pairs, query_value, query_values, read_body};
+use crate::{
+    broadcaster::Publish,
+    error::HubError,
+    event::{self, EventDraft},
+};
+
+/// Publishes the body to `?topic=` (repeatable; the default topic when absent), with optional
+/// `?event=` type, `?id=` and `?retry=` (milliseconds). Answers 200 `text/plain` with the id.
+pub async fn publish(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, HubError> {
+    let settings = &state.settings;
+    if let Some(length) = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        && length > settings.body_limit_bytes
+    {
+        return Err(HubError::BodyTooLarge {
+            limit: settings.body_limit_bytes,
+        });
+    }
+    let pairs = query_pairs(&req);
+    let mut topics = query_values(&pairs, "topic");
+    check_topics(&topics, settings, "topics")?;
+    if topics.is_empty() {
+        topics.push(&settings.default_topic);
+    }
+    let retry_ms = query_value(&pairs, "retry")?
+        .map(|retry| {
+            retry
+                .parse::<u64>()
+                .ok()
+                .filter(|_| retry.bytes().all(|b| b.is_ascii_digit()))
+                .ok_or(HubError::InvalidField {
+                    field: "retry",
+                    reason: "must be a number of milliseconds",
+                })
+        })
+        .transpose()?;
+    let draft = EventDraft {
+        topics: topics.into_iter().map(str::to_owned).collect(),
+        event_type: query_value(&pairs, "event")?.map(str::to_owned),
+        id: query_value(&pairs, "id")?.map(str::to_owned),
+        retry_ms,
+        private: false,
+        data: String::new(),
+    };
+    event::validate_draft(&draft)?;
+    let body = read_body(payload, settings.body_limit_bytes).await?;
+    let data = String::from_utf8(body.into()).map_err(|_| HubError::InvalidUtf8)?;
+    let id = state
+        .broadcaster
+        .send(Publish(EventDraft { data, ..draft }))
+        .await??;
+    Ok(published(&id))
+}
+
+/// The reply to every successful publish: 200 `text/plain` whose body is the event id.
+pub fn published(id: &str) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; charset=utf-8")
+        .body(id.to_owned())
+}

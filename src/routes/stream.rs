@@ -1,0 +1,87 @@
+//! `GET /stream`: subscribe to events, optionally narrowed by `?topic=` selectors and resumed
+//! after a `Last-Event-ID`.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+
+use super::{AppState, check_topics, query_pairs, query_value, query_values};
+use crate::{
+    broadcaster::Subscribe,
+    error::HubError,
+    event,
+    sse::{self, SubscriberBody},
+    topic::Selector,
+};
+
+/// Opens a subscriber's stream. The opening comment is written at once, so `onopen` fires
+/// before any publish; replayed events follow it, then live ones.
+pub async fn subscribe(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, HubError> {
+    let pairs = query_pairs(&req);
+    let selectors = query_values(&pairs, "topic");
+    check_topics(&selectors, &state.settings, "topic selectors")?;
+    let selectors = selectors
+        .into_iter()
+        .map(|s| {
+            Selector::parse(s).map_err(|err| HubError::Invalid {
+                what: "topic selector",
+                reason: err.to_string(),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let last_event_id = last_event_id(&req, &pairs)?;
+
+    let subscription = state
+        .broadcaster
+        .send(Subscribe {
+            selectors,
+            private_selectors: Vec::new(),
+            last_event_id,
+        })
+        .await??;
+
+    let newest = subscription.newest_id.as_deref().unwrap_or("earliest");
+    Ok(sse::response()
+        .insert_header(("last-event-id", newest))
+        // A stream that ends (shutdown, too slow) closes its connection, so shutdown need not
+        // wait for idle keep-alive connections, and the browser reconnects on a fresh one.
+        .force_close()
+        .body(SubscriberBody::new(
+            subscription.opening,
+            subscription.receiver,
+        )))
+}
+
+/// The resume point: the `Last-Event-ID` header, else the `lastEventID` or `last_event_id`
+/// query parameter. Malformed values are refused rather than ignored.
+fn last_event_id(
+    req: &HttpRequest,
+    pairs: &[(String, String)],
+) -> Result<Option<String>, HubError> {
+    let value = match req.headers().get("last-event-id") {
+        Some(header) => Some(
+            header
+                .to_str()
+                .map_err(|_| HubError::InvalidField {
+                    field: "Last-Event-ID",
+                    reason: "must be visible ASCII",
+                })?
+                .to_owned(),
+        ),
+        None => match query_value(pairs, "lastEventID")? {
+            Some(v) => Some(v.to_owned()),
+            None => query_value(pairs, "last_event_id")?.map(str::to_owned),
+        },
+    };
+    if let Some(id) = &value {
+        event::validate_id(id, "Last-Event-ID")?;
+        if id.chars().any(char::is_control) {
+            return Err(HubError::InvalidField {
+                field: "Last-Event-ID",
+                reason: "must not contain control characters",
+            });
+        }
+    }
+    Ok(value)
+}

@@ -1,0 +1,148 @@
+//! Building and running the hub: the broadcaster first, then the HTTP server sharing it. Main
+//! and the integration tests run this same code.
+
+use std::{io, net::SocketAddr, sync::Arc};
+
+use actix::{Actor, Addr};
+use actix_web::{
+    App, HttpServer,
+    dev::{Server, ServerHandle},
+    http::header,
+    middleware::{DefaultHeaders, Logger},
+    web,
+};
+
+use crate::{
+    broadcaster::{Broadcaster, BroadcasterConfig, Shutdown},
+    config::Settings,
+    routes::{self, AppState},
+};
+
+/// A bound, not yet running hub.
+#[allow(missing_debug_implementations)] // actix's `Server` has no Debug
+pub struct Application {
+    addr: SocketAddr,
+    server: Server,
+    broadcaster: Addr<Broadcaster>,
+}
+
+impl Application {
+    /// Starts the broadcaster and binds the server. Must run inside an actix system.
+    pub fn build(settings: Settings) -> io::Result<Self> {
+        // One broadcaster for every worker: started here, outside the server factory.
+        let broadcaster = Broadcaster::new(BroadcasterConfig::from(&settings)).start();
+        let state = AppState {
+            broadcaster: broadcaster.clone(),
+            settings: Arc::new(settings.clone()),
+        };
+        let cors_origin = settings.cors_origin.clone();
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(web::Data::new(state.clone()))
+                .wrap(
+                    DefaultHeaders::new()
+                        .add((header::ACCESS_CONTROL_ALLOW_ORIGIN, cors_origin.clone())),
+                )
+                .wrap(Logger::new("%a \"%r\" %s %b %T").log_target("sse_hub::access"))
+                .configure(routes::configure)
+                .default_service(web::to(routes::not_found))
+        })
+        // A subscriber that closes its end is noticed at once, not at the next write.
+        .h1_allow_half_closed(false)
+        // Signals are ours: streams must be ended before the server can stop gracefully.
+        .disable_signals()
+        .shutdown_timeout(whole_secs_rounded_up(settings.shutdown_timeout))
+        .max_connections(settings.max_subscribers.saturating_add(1024))
+        .backlog(4096);
+        if settings.workers > 0 {
+            server = server.workers(settings.workers);
+        }
+        let server = server.bind(settings.bind)?;
+        let addr =
+            server.addrs().first().copied().ok_or_else(|| {
+                io::Error::new(io::ErrorKind::AddrNotAvailable, "no address bound")
+            })?;
+        log::info!("listening addr=http://{addr}");
+        Ok(Self {
+            addr,
+            server: server.run(),
+            broadcaster,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn broadcaster(&self) -> Addr<Broadcaster> {
+        self.broadcaster.clone()
+    }
+
+    /// A handle that stops the hub the way a signal does.
+    pub fn stopper(&self) -> Stopper {
+        Stopper {
+            server: self.server.handle(),
+            broadcaster: self.broadcaster.clone(),
+        }
+    }
+
+    /// Serves until SIGINT or SIGTERM (or a [`Stopper`]), then shuts down gracefully.
+    pub async fn run_until_stopped(self) -> io::Result<()> {
+        let stopper = self.stopper();
+        actix_web::rt::spawn(async move {
+            wait_for_signal().await;
+            stopper.stop().await;
+        });
+        self.server.await
+    }
+}
+
+/// Stops a running hub: ends every stream, then stops the server, waiting at most the
+/// shutdown timeout for responses still being written.
+#[derive(Debug, Clone)]
+pub struct Stopper {
+    server: ServerHandle,
+    broadcaster: Addr<Broadcaster>,
+}
+
+impl Stopper {
+    pub async fn stop(&self) {
+        // Without this, actix would wait the whole timeout for streams that never end.
+        if let Err(err) = self.broadcaster.send(Shutdown).await {
+            log::error!("broadcaster did not take the shutdown error={err}");
+        }
+        self.server.stop(true).await;
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => log::info!("SIGINT received, shutting down"),
+                    _ = term.recv() => log::info!("SIGTERM received, shutting down"),
+                }
+            }
+            Err(err) => {
+                log::error!("cannot listen for SIGTERM error={err}");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        log::info!("interrupt received, shutting down");
+    }
+}
+
+fn whole_secs_rounded_up(duration: std::time::Duration) -> u64 {
+    duration.as_secs() + u64::from(duration.subsec_nanos() > 0)
+}

@@ -1,0 +1,818 @@
+//! Topic selectors: an exact topic, `*`, or an RFC 6570 URI template compiled once to an anchored
+//! regex, matched the way Mercure hubs match them (yosida95/uritemplate's `Regexp()`).
+
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::str::FromStr;
+
+use regex::Regex;
+
+/// A compiled topic selector.
+///
+/// `*` selects every topic, a string containing `{` is a URI template, anything else is an
+/// exact topic compared byte for byte.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Selector {
+    /// `*`: every topic.
+    Any,
+    /// One topic, compared by string equality.
+    Exact(String),
+    /// An RFC 6570 URI template, e.g. `https://example.com/books/{id}`.
+    Template(Template),
+}
+
+impl Selector {
+    /// Parses a selector; only URI templates can fail.
+    pub fn parse(s: &str) -> Result<Selector, SelectorError> {
+        if s == "*" {
+            Ok(Selector::Any)
+        } else if s.contains('{') {
+            Template::parse(s).map(Selector::Template)
+        } else {
+            Ok(Selector::Exact(s.to_owned()))
+        }
+    }
+
+    /// Whether `topic` is selected.
+    pub fn matches(&self, topic: &str) -> bool {
+        match self {
+            Selector::Any => true,
+            Selector::Exact(exact) => exact == topic,
+            Selector::Template(template) => template.matches(topic),
+        }
+    }
+
+    /// The selector as it was written.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Selector::Any => "*",
+            Selector::Exact(exact) => exact,
+            Selector::Template(template) => template.as_str(),
+        }
+    }
+}
+
+impl fmt::Display for Selector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Selector {
+    type Err = SelectorError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Selector::parse(s)
+    }
+}
+
+/// An RFC 6570 URI template compiled to an anchored regex that matches its expansions.
+///
+/// Equality and hashing use the source text only, so selectors can key a map.
+#[derive(Debug, Clone)]
+pub struct Template {
+    source: String,
+    regex: Regex,
+}
+
+impl Template {
+    /// Validates `source` as an RFC 6570 (level 4) template and compiles its matcher.
+    pub fn parse(source: &str) -> Result<Template, SelectorError> {
+        let pattern =
+            compile(source).map_err(|(offset, problem)| SelectorError::InvalidTemplate {
+                template: source.to_owned(),
+                offset,
+                problem,
+            })?;
+        // Only a pathologically large template can fail here (the regex size limit).
+        let regex = Regex::new(&pattern).map_err(|_| SelectorError::TooLarge(source.to_owned()))?;
+        Ok(Template {
+            source: source.to_owned(),
+            regex,
+        })
+    }
+
+    /// Whether `topic` is a possible expansion of the template.
+    ///
+    /// As in Mercure, a topic equal to the template text itself also matches.
+    pub fn matches(&self, topic: &str) -> bool {
+        topic == self.source || self.regex.is_match(topic)
+    }
+
+    /// The template as it was written.
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+}
+
+impl PartialEq for Template {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+impl Eq for Template {}
+
+impl Hash for Template {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.source.hash(state);
+    }
+}
+
+impl fmt::Display for Template {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.source)
+    }
+}
+
+/// Why a selector could not be parsed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SelectorError {
+    /// The selector contains `{` but is not a valid RFC 6570 URI template.
+    #[error("invalid URI template `{template}`: {problem} at byte {offset}")]
+    InvalidTemplate {
+        /// The selector as given.
+        template: String,
+        /// Byte offset of the offending literal character or expression (its `{`).
+        offset: usize,
+        /// What is wrong there.
+        problem: TemplateProblem,
+    },
+    /// The template is valid but its matcher exceeds the regex size limit.
+    #[error("URI template `{0}` is too large to compile")]
+    TooLarge(String),
+}
+
+/// The syntax error found in a URI template.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateProblem {
+    /// A `{` without its `}`, a `{` inside an expression, or a `}` outside one.
+    #[error("unbalanced brace")]
+    UnbalancedBrace,
+    /// `{}` or an operator with no variable, such as `{+}`.
+    #[error("empty expression")]
+    EmptyExpression,
+    /// An operator RFC 6570 reserves for future extensions (`=` `,` `!` `@` `|`).
+    #[error("unsupported operator `{0}`")]
+    UnsupportedOperator(char),
+    /// A variable name outside `varchar *( ["."] varchar )`.
+    #[error("invalid variable name `{0}`")]
+    InvalidVarName(String),
+    /// A prefix modifier that is not `:` followed by 1 to 9999.
+    #[error("invalid prefix length `{0}`")]
+    InvalidPrefix(String),
+    /// A character RFC 6570 does not allow outside expressions (space, `"`, `'`, `<`, ...).
+    #[error("invalid character {0:?} in literal")]
+    InvalidLiteral(char),
+    /// A `%` not followed by two hex digits.
+    #[error("invalid percent-encoding")]
+    InvalidPercentEncoding,
+}
+
+/// RFC 6570 unreserved characters as a regex class body (hex escapes keep `-`, `~` and friends
+/// from being read as class syntax).
+const UNRESERVED: &str = r"0-9A-Za-z\x2d\x2e\x5f\x7e";
+/// RFC 3986 reserved characters: `!#$&'()*+,/:;=?@[]`.
+const RESERVED: &str = r"\x21\x23\x24\x26-\x2c\x2f\x3a\x3b\x3d\x3f\x40\x5b\x5d";
+
+/// An expression operator and how it expands (RFC 6570 appendix A).
+#[derive(Debug, Clone, Copy)]
+enum Operator {
+    Simple,
+    Reserved,
+    Fragment,
+    Label,
+    PathSegment,
+    PathParameter,
+    Query,
+    QueryContinuation,
+}
+
+impl Operator {
+    /// The operator an expression body starts with; `Ok(None)` means a simple expression.
+    fn from_char(c: char) -> Result<Option<Operator>, TemplateProblem> {
+        Ok(Some(match c {
+            '+' => Operator::Reserved,
+            '#' => Operator::Fragment,
+            '.' => Operator::Label,
+            '/' => Operator::PathSegment,
+            ';' => Operator::PathParameter,
+            '?' => Operator::Query,
+            '&' => Operator::QueryContinuation,
+            '=' | ',' | '!' | '@' | '|' => return Err(TemplateProblem::UnsupportedOperator(c)),
+            _ => return Ok(None),
+        }))
+    }
+
+    /// Written before the first defined value.
+    fn first(self) -> &'static str {
+        match self {
+            Operator::Simple | Operator::Reserved => "",
+            Operator::Fragment => "#",
+            Operator::Label => ".",
+            Operator::PathSegment => "/",
+            Operator::PathParameter => ";",
+            Operator::Query => "?",
+            Operator::QueryContinuation => "&",
+        }
+    }
+
+    /// Written between values.
+    fn separator(self) -> &'static str {
+        match self {
+            Operator::Simple | Operator::Reserved | Operator::Fragment => ",",
+            Operator::Label => ".",
+            Operator::PathSegment => "/",
+            Operator::PathParameter => ";",
+            Operator::Query | Operator::QueryContinuation => "&",
+        }
+    }
+
+    /// Values are written as `name=value`.
+    fn named(self) -> bool {
+        matches!(
+            self,
+            Operator::PathParameter | Operator::Query | Operator::QueryContinuation
+        )
+    }
+
+    /// Reserved characters pass through unencoded.
+    fn allows_reserved(self) -> bool {
+        matches!(self, Operator::Reserved | Operator::Fragment)
+    }
+}
+
+/// Translates a template into an anchored regex pattern, or says where and why it is invalid.
+///
+/// Literals are matched literally; each expression becomes the pattern yosida95/uritemplate
+/// generates for it, so a template that both accept matches the same topics here and on a
+/// Mercure hub. Prefix lengths (`{var:3}`) are checked for syntax but, as there, not enforced.
+fn compile(source: &str) -> Result<String, (usize, TemplateProblem)> {
+    let mut pattern = String::from(r"\A");
+    let mut literal_start = 0;
+    let mut i = 0;
+    while let Some(c) = source[i..].chars().next() {
+        match c {
+            '{' => {
+                pattern.push_str(&regex::escape(&source[literal_start..i]));
+                let body_start = i + 1;
+                // The expression ends at the next `}`; a `{` before it, or none, is unbalanced.
+                let body_len = source[body_start..]
+                    .find(['{', '}'])
+                    .filter(|&len| source[body_start + len..].starts_with('}'))
+                    .ok_or((i, TemplateProblem::UnbalancedBrace))?;
+                let body = &source[body_start..body_start + body_len];
+                push_expression(&mut pattern, body).map_err(|problem| (i, problem))?;
+                i = body_start + body_len + 1;
+                literal_start = i;
+                continue;
+            }
+            '}' => return Err((i, TemplateProblem::UnbalancedBrace)),
+            '%' if !is_pct_encoded(source.as_bytes(), i) => {
+                return Err((i, TemplateProblem::InvalidPercentEncoding));
+            }
+            c if c == '%' || is_literal(c) => {}
+            c => return Err((i, TemplateProblem::InvalidLiteral(c))),
+        }
+        i += c.len_utf8();
+    }
+    pattern.push_str(&regex::escape(&source[literal_start..]));
+    pattern.push_str(r"\z");
+    Ok(pattern)
+}
+
+/// Appends the pattern for one expression (the text between `{` and `}`).
+///
+/// Mirrors yosida95/uritemplate: the whole expression is optional (an undefined variable
+/// expands to nothing), each value may be empty, simple and label/path values also admit `,`
+/// (a list expands to `a,b`), and named or exploded values admit `=`.
+fn push_expression(pattern: &mut String, body: &str) -> Result<(), TemplateProblem> {
+    let first_char = body
+        .chars()
+        .next()
+        .ok_or(TemplateProblem::EmptyExpression)?;
+    let (operator, var_list) = match Operator::from_char(first_char)? {
+        Some(operator) => (operator, &body[first_char.len_utf8()..]),
+        None => (Operator::Simple, body),
+    };
+    if var_list.is_empty() {
+        return Err(TemplateProblem::EmptyExpression);
+    }
+    let explodes = var_list
+        .split(',')
+        .map(parse_varspec)
+        .collect::<Result<Vec<bool>, _>>()?;
+
+    let first_explodes = explodes[0];
+    let any_explodes = explodes.contains(&true);
+    let allows_reserved = operator.allows_reserved();
+    let named = operator.named();
+
+    pattern.push_str("(?:");
+    pattern.push_str(&regex::escape(operator.first()));
+    push_value(pattern, allows_reserved, named || first_explodes);
+    if explodes.len() > 1 || any_explodes {
+        pattern.push_str("(?:");
+        pattern.push_str(&regex::escape(operator.separator()));
+        push_value(pattern, allows_reserved, named || any_explodes);
+        pattern.push(')');
+        if any_explodes {
+            pattern.push('*');
+        } else {
+            pattern.push_str(&format!("{{0,{}}}", explodes.len() - 1));
+        }
+    }
+    pattern.push_str(")?");
+    Ok(())
+}
+
+/// Appends the pattern for one (possibly empty) value: allowed characters or `%XX` triplets.
+fn push_value(pattern: &mut String, allows_reserved: bool, admits_equals: bool) {
+    pattern.push_str("(?:[");
+    pattern.push_str(UNRESERVED);
+    if allows_reserved {
+        pattern.push_str(RESERVED);
+    } else {
+        pattern.push_str(r"\x2c");
+        if admits_equals {
+            pattern.push_str(r"\x3d");
+        }
+    }
+    pattern.push_str("]|%[0-9A-Fa-f]{2})*");
+}
+
+/// Validates one varspec (`name`, `name*` or `name:N`) and says whether it explodes.
+///
+/// The prefix length is checked but not kept: like yosida95, matching does not bound a
+/// value's length.
+fn parse_varspec(varspec: &str) -> Result<bool, TemplateProblem> {
+    let (name, explode) = match varspec.strip_suffix('*') {
+        Some(name) => (name, true),
+        None => match varspec.split_once(':') {
+            Some((name, length)) => {
+                if !is_prefix_length(length) {
+                    return Err(TemplateProblem::InvalidPrefix(length.to_owned()));
+                }
+                (name, false)
+            }
+            None => (varspec, false),
+        },
+    };
+    if is_var_name(name) {
+        Ok(explode)
+    } else {
+        Err(TemplateProblem::InvalidVarName(name.to_owned()))
+    }
+}
+
+/// `max-length = %x31-39 0*3DIGIT`: 1 to 9999 without leading zeros.
+fn is_prefix_length(s: &str) -> bool {
+    matches!(s.as_bytes(), [b'1'..=b'9', rest @ ..] if rest.len() <= 3 && rest.iter().all(u8::is_ascii_digit))
+}
+
+/// `varname = varchar *( ["."] varchar )`, `varchar = ALPHA / DIGIT / "_" / pct-encoded`.
+fn is_var_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    // True at the start and after a dot: a varchar must come next.
+    let mut needs_varchar = true;
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'.' if !needs_varchar => {
+                needs_varchar = true;
+                i += 1;
+            }
+            b'%' if is_pct_encoded(bytes, i) => {
+                needs_varchar = false;
+                i += 3;
+            }
+            b if b.is_ascii_alphanumeric() || b == b'_' => {
+                needs_varchar = false;
+                i += 1;
+            }
+            _ => return false,
+        }
+    }
+    !needs_varchar
+}
+
+/// Whether `bytes[i..]` starts with `%` and two hex digits.
+fn is_pct_encoded(bytes: &[u8], i: usize) -> bool {
+    matches!(bytes.get(i..i + 3), Some([b'%', h, l]) if h.is_ascii_hexdigit() && l.is_ascii_hexdigit())
+}
+
+/// RFC 6570 §2.1 `literals`, less `%` (checked as pct-encoded by the caller).
+fn is_literal(c: char) -> bool {
+    match c {
+        '!' | '#' | '$' | '&' | '('..=';' | '=' | '?'..='[' | ']' | '_' | 'a'..='z' | '~' => true,
+        _ => is_ucschar_or_iprivate(u32::from(c)),
+    }
+}
+
+/// RFC 3987 `ucschar` and `iprivate`: most non-ASCII characters, less noncharacters and
+/// specials.
+fn is_ucschar_or_iprivate(c: u32) -> bool {
+    match c {
+        // ucschar A0-D7FF; iprivate E000-F8FF then ucschar F900-FDCF; ucschar FDF0-FFEF.
+        0xA0..=0xD7FF | 0xE000..=0xFDCF | 0xFDF0..=0xFFEF => true,
+        // Planes 1-16 less each plane's last two code points; plane 14 starts at E1000.
+        0x1_0000..=0x10_FFFF => c & 0xFFFF <= 0xFFFD && !(0xE_0000..0xE_1000).contains(&c),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn selector(s: &str) -> Selector {
+        Selector::parse(s).unwrap_or_else(|e| panic!("`{s}` should parse: {e}"))
+    }
+
+    fn template_error(template: &str) -> TemplateProblem {
+        match Selector::parse(template) {
+            Err(SelectorError::InvalidTemplate { problem, .. }) => problem,
+            other => panic!("`{template}` should be an invalid template, got {other:?}"),
+        }
+    }
+
+    /// Each selector form matches the topics Mercure matches and no others.
+    #[test]
+    fn selectors_match_topics_as_mercure_does() {
+        let book = "https://example.com/books/{id}";
+        let cases: &[(&str, &str, bool)] = &[
+            // Exact topics: string equality, case-sensitive, no prefix match.
+            (
+                "https://example.com/books/1",
+                "https://example.com/books/1",
+                true,
+            ),
+            (
+                "https://example.com/books/1",
+                "https://example.com/books/2",
+                false,
+            ),
+            (
+                "https://example.com/books/1",
+                "https://example.com/books/10",
+                false,
+            ),
+            (
+                "https://example.com/books/1",
+                "HTTPS://example.com/books/1",
+                false,
+            ),
+            ("urn:x}", "urn:x}", true),
+            // `*`: everything, even the empty topic.
+            ("*", "https://example.com/books/1", true),
+            ("*", "anything at all", true),
+            ("*", "", true),
+            // Simple expression: unreserved or %XX, never `/`, `?`, `#`; anchored both ends.
+            (book, "https://example.com/books/42", true),
+            (book, "https://example.com/books/a%20b", true),
+            (book, "https://example.com/books/A-z_0.9~", true),
+            (book, "https://example.com/books/", true),
+            (book, "https://example.com/books/42/reviews", false),
+            (book, "https://example.com/books/a?b", false),
+            (book, "https://example.com/books/a#b", false),
+            (book, "https://example.com/books/a b", false),
+            (book, "https://example.com/books/a%2", false),
+            (book, "https://example.com/books/a%zz", false),
+            (book, "xhttps://example.com/books/42", false),
+            (book, "https://example.com/authors/42", false),
+            // A topic equal to the template text matches, as in Mercure.
+            (book, book, true),
+            // List form: comma-separated values.
+            (
+                "https://example.com/size/{x,y}",
+                "https://example.com/size/1024,768",
+                true,
+            ),
+            (
+                "https://example.com/size/{x,y}",
+                "https://example.com/size/1024",
+                true,
+            ),
+            (
+                "https://example.com/size/{x,y}",
+                "https://example.com/size/1/2",
+                false,
+            ),
+            // Prefix modifier: accepted, length not enforced (as in yosida95).
+            (
+                "https://example.com/t/{term:1}",
+                "https://example.com/t/cat",
+                true,
+            ),
+            // Reserved expansion crosses `/`, `?` and keeps reserved characters.
+            (
+                "https://example.com{+path}",
+                "https://example.com/a/b?c=d&e=f#g",
+                true,
+            ),
+            ("https://example.com{+path}", "https://example.com", true),
+            (
+                "https://example.com/{+path}/here",
+                "https://example.com/x/y/here",
+                true,
+            ),
+            (
+                "https://example.com{+path}",
+                "https://example.com/a b",
+                false,
+            ),
+            // Fragment expansion: `#` then a reserved-expanded value, or nothing.
+            (
+                "https://example.com/page{#frag}",
+                "https://example.com/page#intro/1",
+                true,
+            ),
+            (
+                "https://example.com/page{#frag}",
+                "https://example.com/page#",
+                true,
+            ),
+            (
+                "https://example.com/page{#frag}",
+                "https://example.com/page",
+                true,
+            ),
+            (
+                "https://example.com/page{#frag}",
+                "https://example.com/pagex",
+                false,
+            ),
+            (
+                "https://example.com/page{#frag}",
+                "https://example.com/page/x",
+                false,
+            ),
+            // Two expressions: each stays within its own segment.
+            (
+                "https://example.com/users/{user}/books/{id}",
+                "https://example.com/users/kevin/books/42",
+                true,
+            ),
+            (
+                "https://example.com/users/{user}/books/{id}",
+                "https://example.com/users/kevin/x/books/42",
+                false,
+            ),
+            (
+                "https://example.com/users/{user}/books/{id}",
+                "https://example.com/users/kevin/books/42/x",
+                false,
+            ),
+            // Regex metacharacters in literals are literal.
+            (
+                "https://example.com/a.b+(c)/{id}",
+                "https://example.com/a.b+(c)/1",
+                true,
+            ),
+            (
+                "https://example.com/a.b+(c)/{id}",
+                "https://example.com/aXb+(c)/1",
+                false,
+            ),
+            (
+                "https://example.com/a.b+(c)/{id}",
+                "https://example.com/a.bb(c)/1",
+                false,
+            ),
+            (
+                "https://example.com/a.b+(c)/{id}",
+                "https://example.com/a.b+c/1",
+                false,
+            ),
+            (
+                "https://example.com/a$[x]*?/{id}",
+                "https://example.com/a$[x]*?/1",
+                true,
+            ),
+            (
+                "https://example.com/a$[x]*?/{id}",
+                "https://example.com/a$x/1",
+                false,
+            ),
+            // Label: `.` then the value.
+            (
+                "https://example.com/file{.ext}",
+                "https://example.com/file.json",
+                true,
+            ),
+            (
+                "https://example.com/file{.ext}",
+                "https://example.com/file",
+                true,
+            ),
+            (
+                "https://example.com/file{.ext}",
+                "https://example.com/filejson",
+                false,
+            ),
+            (
+                "https://example.com/file{.ext}",
+                "https://example.com/file.json/x",
+                false,
+            ),
+            // Path segment: `/` then the value; exploded, several segments.
+            (
+                "https://example.com/users{/id}",
+                "https://example.com/users/42",
+                true,
+            ),
+            (
+                "https://example.com/users{/id}",
+                "https://example.com/users",
+                true,
+            ),
+            (
+                "https://example.com/users{/id}",
+                "https://example.com/users/42/x",
+                false,
+            ),
+            (
+                "https://example.com/files{/path*}",
+                "https://example.com/files/a/b/c",
+                true,
+            ),
+            (
+                "https://example.com/p{/a,b}",
+                "https://example.com/p/1/2",
+                true,
+            ),
+            (
+                "https://example.com/p{/a,b}",
+                "https://example.com/p/1/2/3",
+                false,
+            ),
+            // Path parameters: `;name=value` pairs.
+            (
+                "https://example.com/m{;x,y}",
+                "https://example.com/m;x=1024;y=768",
+                true,
+            ),
+            (
+                "https://example.com/m{;x,y}",
+                "https://example.com/m;x=1/2",
+                false,
+            ),
+            // Query: `?name=value&...`; no `/` or `#` inside values.
+            (
+                "https://example.com/search{?q,page}",
+                "https://example.com/search?q=rust&page=2",
+                true,
+            ),
+            (
+                "https://example.com/search{?q,page}",
+                "https://example.com/search?q=rust",
+                true,
+            ),
+            (
+                "https://example.com/search{?q,page}",
+                "https://example.com/search",
+                true,
+            ),
+            (
+                "https://example.com/search{?q,page}",
+                "https://example.com/search?q=a/b",
+                false,
+            ),
+            (
+                "https://example.com/search{?q,page}",
+                "https://example.com/search?q=a#b",
+                false,
+            ),
+            (
+                "https://example.com/s{?list*}",
+                "https://example.com/s?list=red&list=green&list=blue",
+                true,
+            ),
+            // Query continuation: `&name=value` after a literal query.
+            (
+                "https://example.com/s?fixed=yes{&x}",
+                "https://example.com/s?fixed=yes&x=1024",
+                true,
+            ),
+            (
+                "https://example.com/s?fixed=yes{&x}",
+                "https://example.com/s?fixed=yes",
+                true,
+            ),
+            (
+                "https://example.com/s?fixed=yes{&x}",
+                "https://example.com/s?fixed=no&x=1024",
+                false,
+            ),
+            // Variable names: dotted and percent-encoded forms are valid.
+            ("urn:{a.b}:{c%20d}", "urn:1:2", true),
+            // Non-ASCII literals are allowed and literal.
+            (
+                "https://example.com/café/{id}",
+                "https://example.com/café/1",
+                true,
+            ),
+            (
+                "https://example.com/café/{id}",
+                "https://example.com/cafe/1",
+                false,
+            ),
+        ];
+        for &(source, topic, expected) in cases {
+            let selector = selector(source);
+
+            let matched = selector.matches(topic);
+
+            assert_eq!(
+                matched, expected,
+                "selector `{source}` against topic `{topic}`"
+            );
+        }
+    }
+
+    /// `*` is Any, a string with `{` is a template, anything else (even with `}`) is exact.
+    #[test]
+    fn parse_chooses_the_selector_kind() {
+        assert_eq!(selector("*"), Selector::Any);
+        assert_eq!(selector("urn:a}"), Selector::Exact("urn:a}".to_owned()));
+        assert_eq!(selector("**"), Selector::Exact("**".to_owned()));
+        assert!(matches!(selector("urn:{id}"), Selector::Template(_)));
+    }
+
+    /// `as_str`, `Display` and `FromStr` give back the original text.
+    #[test]
+    fn selector_round_trips_its_text() {
+        for source in ["*", "urn:topic", "https://example.com/books/{id}{?q}"] {
+            let selector: Selector = source.parse().expect("valid selector");
+
+            assert_eq!(selector.as_str(), source);
+            assert_eq!(selector.to_string(), source);
+        }
+    }
+
+    /// Malformed templates are rejected with the problem named.
+    #[test]
+    fn malformed_templates_are_rejected() {
+        let cases: &[(&str, TemplateProblem)] = &[
+            ("x{", TemplateProblem::UnbalancedBrace),
+            ("x{id", TemplateProblem::UnbalancedBrace),
+            ("x}{id}", TemplateProblem::UnbalancedBrace),
+            ("x{id}}", TemplateProblem::UnbalancedBrace),
+            ("{a{b}}", TemplateProblem::UnbalancedBrace),
+            ("x{}", TemplateProblem::EmptyExpression),
+            ("x{+}", TemplateProblem::EmptyExpression),
+            ("x{=a}", TemplateProblem::UnsupportedOperator('=')),
+            ("x{!a}", TemplateProblem::UnsupportedOperator('!')),
+            ("x{a,}", TemplateProblem::InvalidVarName(String::new())),
+            ("x{a-b}", TemplateProblem::InvalidVarName("a-b".to_owned())),
+            ("x{a b}", TemplateProblem::InvalidVarName("a b".to_owned())),
+            (
+                "x{.a..b}",
+                TemplateProblem::InvalidVarName("a..b".to_owned()),
+            ),
+            ("x{a.}", TemplateProblem::InvalidVarName("a.".to_owned())),
+            ("x{a%2}", TemplateProblem::InvalidVarName("a%2".to_owned())),
+            ("x{a*b}", TemplateProblem::InvalidVarName("a*b".to_owned())),
+            ("x{a:0}", TemplateProblem::InvalidPrefix("0".to_owned())),
+            ("x{a:}", TemplateProblem::InvalidPrefix(String::new())),
+            (
+                "x{a:10000}",
+                TemplateProblem::InvalidPrefix("10000".to_owned()),
+            ),
+            ("a b/{id}", TemplateProblem::InvalidLiteral(' ')),
+            ("a\"/{id}", TemplateProblem::InvalidLiteral('"')),
+            ("a|/{id}", TemplateProblem::InvalidLiteral('|')),
+            ("a%2/{id}", TemplateProblem::InvalidPercentEncoding),
+            ("a%zz/{id}", TemplateProblem::InvalidPercentEncoding),
+        ];
+        for (template, expected) in cases {
+            assert_eq!(&template_error(template), expected, "template `{template}`");
+        }
+    }
+
+    /// The error message quotes the template and names the problem and where it is.
+    #[test]
+    fn template_error_message_names_the_problem() {
+        let error = Selector::parse("x{").expect_err("unbalanced");
+
+        assert_eq!(
+            error.to_string(),
+            "invalid URI template `x{`: unbalanced brace at byte 1"
+        );
+        assert_eq!(
+            error,
+            SelectorError::InvalidTemplate {
+                template: "x{".to_owned(),
+                offset: 1,
+                problem: TemplateProblem::UnbalancedBrace,
+            }
+        );
+    }
+
+    /// Selectors compare and hash by their text, so equal selectors can share an index entry.
+    #[test]
+    fn equal_templates_compare_equal() {
+        assert_eq!(selector("urn:{id}"), selector("urn:{id}"));
+        assert_ne!(selector("urn:{id}"), selector("urn:{+id}"));
+    }
+}
