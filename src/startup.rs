@@ -97,6 +97,11 @@ impl Application {
             wait_for_signal().await;
             stopper.stop().await;
         });
+        self.run().await
+    }
+
+    /// Serves until a [`Stopper`] stops it; signals are left alone (tests use this).
+    pub async fn run(self) -> io::Result<()> {
         self.server.await
     }
 }

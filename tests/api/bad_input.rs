@@ -1,0 +1,104 @@
+//! Malformed requests: each gets a clear 4xx with a JSON error, and disturbs nobody.
+
+use actix_web::http::StatusCode;
+
+use crate::helpers::{assert_json_error, spawn_app_with};
+
+/// Oversized body → 413, bad event type → 400, invalid UTF-8 → 400, unknown route → 404,
+/// wrong method → 405; after each, a subscriber still receives the next event.
+#[actix_web::test]
+async fn bad_input_is_refused_and_disturbs_nobody() {
+    let app = spawn_app_with(|s| s.body_limit_bytes = 1024).await;
+    let mut subscriber = app.subscribe("/stream").await;
+
+    let cases: Vec<(&str, &str, Vec<u8>, StatusCode, &str)> = vec![
+        (
+            "POST",
+            "/publish",
+            vec![b'x'; 1025],
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "larger than the limit of 1024 bytes",
+        ),
+        (
+            "POST",
+            "/publish?event=a%0Ab",
+            b"x".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "event type must not contain CR, LF or NUL",
+        ),
+        (
+            "POST",
+            "/publish?event=a%0Db",
+            b"x".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "event type",
+        ),
+        (
+            "POST",
+            "/publish?event=a%00b",
+            b"x".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "event type",
+        ),
+        (
+            "POST",
+            "/publish",
+            vec![0xff, 0xfe, b'a'],
+            StatusCode::BAD_REQUEST,
+            "not valid UTF-8",
+        ),
+        (
+            "POST",
+            "/publish?retry=soon",
+            b"x".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "retry",
+        ),
+        (
+            "GET",
+            "/no/such/route",
+            Vec::new(),
+            StatusCode::NOT_FOUND,
+            "no route for GET /no/such/route",
+        ),
+        (
+            "DELETE",
+            "/left",
+            Vec::new(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "DELETE is not allowed on /left",
+        ),
+        (
+            "GET",
+            "/publish",
+            Vec::new(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "GET is not allowed on /publish",
+        ),
+    ];
+    for (n, (method, path, body, status, needle)) in cases.into_iter().enumerate() {
+        let method = actix_web::http::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut response = app
+            .client
+            .request(method, app.url(path))
+            .send_body(body)
+            .await
+            .expect("answered");
+        let text = String::from_utf8(response.body().await.expect("body").to_vec()).expect("utf-8");
+        assert_json_error(response.status(), &text, status, needle);
+        assert_eq!(
+            response
+                .headers()
+                .get("content-type")
+                .expect("content type"),
+            "application/json"
+        );
+
+        let marker = format!("after case {n}");
+        let id = app.publish("", &marker).await;
+        let event = subscriber.next_event().await;
+        assert_eq!(event.data.as_deref(), Some(marker.as_str()));
+        assert_eq!(event.id.as_deref(), Some(id.as_str()));
+    }
+    assert_eq!(app.stats().await["events_published_total"], 9);
+}

@@ -1,0 +1,304 @@
+//! Test harness: spawns the real hub on `127.0.0.1:0` through `startup::Application`, and an
+//! SSE reader that parses frames chunk by chunk with a timeout.
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use actix_web::http::StatusCode;
+use awc::{Client, ClientResponse, Connector};
+use bytes::BytesMut;
+use futures_util::StreamExt as _;
+use serde_json::Value;
+use sse_hub::{
+    config::Settings,
+    startup::{Application, Stopper},
+};
+
+/// How long any single expected frame may take before a test fails.
+pub const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running hub and a client for it. Dropping it stops the hub.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: Client,
+    stopper: Stopper,
+}
+
+/// Settings for tests: an ephemeral port, a 50 ms heartbeat, two workers.
+pub fn test_settings() -> Settings {
+    let mut settings = Settings::default();
+    settings.bind = "127.0.0.1:0".parse().expect("literal address");
+    settings.heartbeat = Duration::from_millis(50);
+    settings.workers = 2;
+    settings
+}
+
+/// Starts the hub with default test settings.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Starts the hub with test settings adjusted by `adjust`.
+pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let mut settings = test_settings();
+    adjust(&mut settings);
+    let app = Application::build(settings).expect("the hub binds an ephemeral port");
+    let addr = app.addr();
+    let stopper = app.stopper();
+    actix_web::rt::spawn(app.run());
+    TestApp {
+        addr,
+        client: client(),
+        stopper,
+    }
+}
+
+/// An HTTP client without a connection limit, for hundreds of concurrent streams.
+pub fn client() -> Client {
+    Client::builder()
+        .connector(Connector::new().limit(0))
+        .timeout(Duration::from_secs(30))
+        .finish()
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Opens a stream on `path` and waits for its opening comment, so the subscriber is
+    /// registered when this returns.
+    pub async fn subscribe(&self, path: &str) -> SseStream {
+        self.subscribe_with(path, &[]).await
+    }
+
+    pub async fn subscribe_with(&self, path: &str, headers: &[(&str, &str)]) -> SseStream {
+        let mut req = self.client.get(self.url(path));
+        for header in headers {
+            req = req.insert_header(*header);
+        }
+        let response = req.send().await.expect("the stream request is answered");
+        assert_eq!(response.status(), StatusCode::OK, "subscribe to {path}");
+        let mut stream = SseStream::new(response);
+        let opening = stream.next_frame().await.expect("an opening frame");
+        assert!(
+            opening.comment.is_some(),
+            "the stream opens with a comment, got {opening:?}"
+        );
+        stream
+    }
+
+    /// Publishes `body` with `POST /publish?{query}` and returns the event id.
+    pub async fn publish(&self, query: &str, body: &str) -> String {
+        let (status, text) = self.post(&format!("/publish?{query}"), body).await;
+        assert_eq!(status, StatusCode::OK, "publish failed: {text}");
+        text
+    }
+
+    pub async fn post(&self, path: &str, body: &str) -> (StatusCode, String) {
+        let mut response = self
+            .client
+            .post(self.url(path))
+            .send_body(body.to_owned())
+            .await
+            .expect("the publish request is answered");
+        let body = response.body().limit(1 << 24).await.expect("a body");
+        (
+            response.status(),
+            String::from_utf8(body.to_vec()).expect("utf-8 body"),
+        )
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, String) {
+        let mut response = self
+            .client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("the request is answered");
+        let body = response.body().limit(1 << 24).await.expect("a body");
+        (
+            response.status(),
+            String::from_utf8(body.to_vec()).expect("utf-8 body"),
+        )
+    }
+
+    pub async fn stats(&self) -> Value {
+        let (status, body) = self.get("/stats").await;
+        assert_eq!(status, StatusCode::OK);
+        serde_json::from_str(&body).expect("stats are JSON")
+    }
+
+    /// Polls `/stats` until `check` holds, failing after `deadline`.
+    pub async fn wait_for_stats(
+        &self,
+        deadline: Duration,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let start = Instant::now();
+        loop {
+            let stats = self.stats().await;
+            if check(&stats) {
+                return stats;
+            }
+            assert!(
+                start.elapsed() < deadline,
+                "condition not reached within {deadline:?}; stats: {stats}"
+            );
+            actix_web::rt::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let stopper = self.stopper.clone();
+        actix_web::rt::spawn(async move { stopper.stop().await });
+    }
+}
+
+/// Asserts a JSON error reply: the status, and an `error` message containing `needle`.
+pub fn assert_json_error(status: StatusCode, body: &str, expected: StatusCode, needle: &str) {
+    assert_eq!(status, expected, "body: {body}");
+    let json: Value = serde_json::from_str(body).expect("error bodies are JSON");
+    let message = json["error"].as_str().expect("an `error` string");
+    assert!(
+        message.contains(needle),
+        "error {message:?} should mention {needle:?}"
+    );
+}
+
+/// One parsed SSE frame: an event, or a comment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Frame {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: Option<String>,
+    pub retry: Option<String>,
+    pub comment: Option<String>,
+    /// The frame's bytes as they came, blank line included.
+    pub raw: String,
+}
+
+/// Parses one frame (without its terminating blank line) the way the WHATWG parser does.
+pub fn parse_frame(raw: &str) -> Frame {
+    let mut frame = Frame {
+        raw: format!("{raw}\n\n"),
+        ..Frame::default()
+    };
+    for line in raw.split('\n') {
+        let (field, value) = match line.split_once(':') {
+            Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
+            None => (line, ""),
+        };
+        match field {
+            "" => frame.comment = Some(value.to_owned()),
+            "id" => frame.id = Some(value.to_owned()),
+            "event" => frame.event = Some(value.to_owned()),
+            "retry" => frame.retry = Some(value.to_owned()),
+            "data" => match &mut frame.data {
+                Some(data) => {
+                    data.push('\n');
+                    data.push_str(value);
+                }
+                None => frame.data = Some(value.to_owned()),
+            },
+            _ => {}
+        }
+    }
+    frame
+}
+
+/// An open SSE response read chunk by chunk.
+pub struct SseStream {
+    response: ClientResponse,
+    buffer: BytesMut,
+    /// How much of `buffer` is known to hold no blank line, so big frames are scanned once.
+    scanned: usize,
+    /// The id of the last event read, as a browser would keep it for reconnecting.
+    pub last_event_id: Option<String>,
+}
+
+impl SseStream {
+    pub fn new(response: ClientResponse) -> Self {
+        Self {
+            response,
+            buffer: BytesMut::new(),
+            scanned: 0,
+            last_event_id: None,
+        }
+    }
+
+    pub fn headers(&self) -> &actix_web::http::header::HeaderMap {
+        self.response.headers()
+    }
+
+    /// The next frame (event or comment), or `None` when the stream ends. Fails the test if
+    /// nothing arrives within [`FRAME_TIMEOUT`].
+    pub async fn next_frame(&mut self) -> Option<Frame> {
+        self.next_frame_within(FRAME_TIMEOUT)
+            .await
+            .unwrap_or_else(|| panic!("no frame within {FRAME_TIMEOUT:?}"))
+    }
+
+    /// Like [`Self::next_frame`], but `None` on timeout and `Some(None)` at the end.
+    pub async fn next_frame_within(&mut self, timeout: Duration) -> Option<Option<Frame>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let from = self.scanned.saturating_sub(1);
+            if let Some(end) = find_blank_line(&self.buffer[from..]).map(|at| at + from) {
+                self.scanned = 0;
+                let raw = self.buffer.split_to(end + 2);
+                let text = std::str::from_utf8(&raw[..end]).expect("frames are UTF-8");
+                let frame = parse_frame(text);
+                if frame.id.is_some() {
+                    self.last_event_id.clone_from(&frame.id);
+                }
+                return Some(Some(frame));
+            }
+            self.scanned = self.buffer.len();
+            match tokio::time::timeout_at(deadline, self.response.next()).await {
+                Err(_) => return None,
+                Ok(None) => return Some(None),
+                Ok(Some(Ok(chunk))) => self.buffer.extend_from_slice(&chunk),
+                Ok(Some(Err(err))) => panic!("stream broke: {err}"),
+            }
+        }
+    }
+
+    /// The next event, skipping comments (keep-alives).
+    pub async fn next_event(&mut self) -> Frame {
+        loop {
+            let frame = self
+                .next_frame()
+                .await
+                .expect("the stream ended before an event");
+            if frame.comment.is_none() {
+                return frame;
+            }
+        }
+    }
+
+    /// Asserts that no event (only comments, if anything) arrives within `wait`.
+    pub async fn assert_no_event_within(&mut self, wait: Duration) {
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            match self.next_frame_within(left).await {
+                None => return,
+                Some(Some(frame)) if frame.comment.is_some() => continue,
+                Some(other) => panic!("expected no event, got {other:?}"),
+            }
+        }
+    }
+}
+
+fn find_blank_line(buffer: &[u8]) -> Option<usize> {
+    buffer.windows(2).position(|w| w == b"\n\n")
+}

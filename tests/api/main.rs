@@ -1,0 +1,7 @@
+//! Integration tests: the real hub on an ephemeral port, spoken to over HTTP.
+
+mod bad_input;
+mod helpers;
+mod quickstart;
+mod shutdown;
+mod slow_subscriber;

@@ -1,0 +1,86 @@
+//! A subscriber that stops reading is dropped once its buffer fills, and nobody waits on it.
+
+use std::{
+    io::Write as _,
+    net::TcpStream,
+    time::{Duration, Instant},
+};
+
+use socket2::{Domain, Socket, Type};
+
+use crate::helpers::spawn_app_with;
+
+const EVENTS: usize = 1000;
+const READERS: usize = 100;
+
+/// Opens `GET /stream` on a socket with a tiny receive buffer, and never reads from it.
+fn stalled_subscriber(addr: std::net::SocketAddr) -> TcpStream {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    socket
+        .set_recv_buffer_size(2048)
+        .expect("small receive buffer");
+    socket.connect(&addr.into()).expect("connect");
+    let mut stream: TcpStream = socket.into();
+    stream
+        .write_all(b"GET /stream HTTP/1.1\r\nHost: test\r\n\r\n")
+        .expect("write request");
+    stream
+}
+
+/// While a raw TCP subscriber never reads, 100 others receive every one of 1000 events in
+/// order, the stalled one is dropped (counted), and no publish waits on it.
+#[actix_web::test]
+async fn slow_subscriber_is_dropped_without_delaying_others() {
+    let app = spawn_app_with(|s| s.subscriber_buffer = 32).await;
+    let _stalled = stalled_subscriber(app.addr);
+    let mut readers = Vec::new();
+    for _ in 0..READERS {
+        let mut stream = app.subscribe("/stream").await;
+        readers.push(actix_web::rt::spawn(async move {
+            let mut seen = Vec::with_capacity(EVENTS);
+            while seen.len() < EVENTS {
+                let event = stream.next_event().await;
+                let data = event.data.expect("data");
+                seen.push((event.id.expect("id"), data[..5].to_owned()));
+            }
+            seen
+        }));
+    }
+    app.wait_for_stats(Duration::from_secs(5), |s| s["subscribers"] == READERS + 1)
+        .await;
+
+    // 1000 events of 6 KiB: more than the kernel's largest send buffer (4 MiB here) plus
+    // actix's write buffer can absorb, so the stalled subscriber's channel must fill.
+    let padding = "x".repeat(6144);
+    let mut ids = Vec::with_capacity(EVENTS);
+    let mut slowest = Duration::ZERO;
+    for n in 0..EVENTS {
+        let started = Instant::now();
+        ids.push(app.publish("", &format!("{n:05} {padding}")).await);
+        slowest = slowest.max(started.elapsed());
+    }
+    eprintln!("slowest of {EVENTS} publishes took {slowest:?}");
+
+    for reader in readers {
+        let seen = reader.await.expect("reader finished");
+        let want: Vec<(String, String)> = ids
+            .iter()
+            .enumerate()
+            .map(|(n, id)| (id.clone(), format!("{n:05}")))
+            .collect();
+        assert_eq!(seen, want, "every event, once, in order");
+    }
+    let stats = app.stats().await;
+    assert_eq!(stats["subscribers_dropped_slow_total"], 1, "{stats}");
+    let delivered = stats["events_delivered_total"].as_u64().expect("a count") as usize;
+    assert!(
+        (READERS * EVENTS..READERS * EVENTS + EVENTS).contains(&delivered),
+        "the stalled subscriber got only part of the events before it was dropped: {stats}"
+    );
+    // A blocking send would hang on the stalled subscriber forever; a generous bound
+    // catches that without timing anything that matters for performance.
+    assert!(
+        slowest < Duration::from_secs(5),
+        "a publish waited {slowest:?}"
+    );
+}
