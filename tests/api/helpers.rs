@@ -28,11 +28,12 @@ pub struct TestApp {
 
 /// Settings for tests: an ephemeral port, a 50 ms heartbeat, two workers.
 pub fn test_settings() -> Settings {
-    let mut settings = Settings::default();
-    settings.bind = "127.0.0.1:0".parse().expect("literal address");
-    settings.heartbeat = Duration::from_millis(50);
-    settings.workers = 2;
-    settings
+    Settings {
+        bind: "127.0.0.1:0".parse().expect("literal address"),
+        heartbeat: Duration::from_millis(50),
+        workers: 2,
+        ..Settings::default()
+    }
 }
 
 /// Starts the hub with default test settings.

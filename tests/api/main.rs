@@ -3,5 +3,7 @@
 mod bad_input;
 mod helpers;
 mod quickstart;
+mod replay;
 mod shutdown;
 mod slow_subscriber;
+mod topics;
