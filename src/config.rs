@@ -3,7 +3,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
 
 pub const DEFAULT_BIND: &str = "127.0.0.1:8080";
 /// Below the idle timeout of every common proxy (nginx 60 s, ALB 60 s, Cloudflare 100 s).
@@ -20,9 +20,24 @@ pub const DEFAULT_HISTORY_BYTES: usize = 16 * 1024 * 1024;
 pub const DEFAULT_MAX_TOPICS: usize = 32;
 pub const DEFAULT_MAX_TOPIC_BYTES: usize = 1024;
 
-/// sse-hub: a Server-Sent Events hub.
+/// sse-hub: a Server-Sent Events hub. Without a command, it runs the server.
 #[derive(Debug, Clone, Parser)]
 #[command(version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Asks the hub at `--bind` for /healthz; exits 0 when healthy (the image's HEALTHCHECK).
+    Healthcheck,
+}
+
+/// The server's settings.
+#[derive(Debug, Clone, Args)]
 pub struct Settings {
     /// Address to listen on.
     #[arg(long, env = "SSE_HUB_BIND", default_value = DEFAULT_BIND)]
@@ -86,8 +101,9 @@ fn positive(value: &str) -> Result<usize, String> {
 }
 
 impl Default for Settings {
+    /// The documented defaults (and any `SSE_HUB_*` variables set in the environment).
     fn default() -> Self {
-        Self::parse_from(["sse-hub"])
+        Cli::parse_from(["sse-hub"]).settings
     }
 }
 
@@ -98,7 +114,9 @@ mod tests {
     /// With no flags and no environment, every default is the documented one.
     #[test]
     fn defaults_are_the_documented_ones() {
-        let settings = Settings::try_parse_from(["sse-hub"]).expect("defaults parse");
+        let settings = Cli::try_parse_from(["sse-hub"])
+            .expect("defaults parse")
+            .settings;
         assert_eq!(settings.bind, DEFAULT_BIND.parse().expect("valid"));
         assert_eq!(settings.heartbeat, Duration::from_secs(15));
         assert_eq!(settings.shutdown_timeout, Duration::from_secs(1));
@@ -110,8 +128,9 @@ mod tests {
     #[test]
     fn durations_take_units() {
         let settings =
-            Settings::try_parse_from(["sse-hub", "--heartbeat", "50ms", "--bind", "0.0.0.0:0"])
-                .expect("parses");
+            Cli::try_parse_from(["sse-hub", "--heartbeat", "50ms", "--bind", "0.0.0.0:0"])
+                .expect("parses")
+                .settings;
         assert_eq!(settings.heartbeat, Duration::from_millis(50));
         assert_eq!(settings.bind.port(), 0);
     }
@@ -119,6 +138,20 @@ mod tests {
     /// A zero subscriber buffer could never hold an event, so it is refused.
     #[test]
     fn zero_buffer_is_refused() {
-        assert!(Settings::try_parse_from(["sse-hub", "--subscriber-buffer", "0"]).is_err());
+        assert!(Cli::try_parse_from(["sse-hub", "--subscriber-buffer", "0"]).is_err());
+    }
+}
+
+#[cfg(test)]
+mod cli_tests {
+    use super::*;
+
+    /// `healthcheck` is a command, and server flags still apply to it.
+    #[test]
+    fn healthcheck_command_parses_with_flags() {
+        let cli = Cli::try_parse_from(["sse-hub", "--bind", "0.0.0.0:9000", "healthcheck"])
+            .expect("parses");
+        assert!(matches!(cli.command, Some(Command::Healthcheck)));
+        assert_eq!(cli.settings.bind.port(), 9000);
     }
 }

@@ -8,11 +8,13 @@
 //! - [`sse`]: a subscriber's response: headers, and the body draining its channel.
 //! - [`routes`]: the HTTP surfaces: stream, publish, quick-start triggers, stats, health.
 //! - [`error`]: the request error enum and its JSON responses.
+//! - [`healthcheck`]: the `healthcheck` command, a /healthz probe without curl.
 
 pub mod broadcaster;
 pub mod config;
 pub mod error;
 pub mod event;
+pub mod healthcheck;
 pub mod routes;
 pub mod sse;
 pub mod startup;
