@@ -33,6 +33,24 @@ pub enum HubError {
     Internal,
 }
 
+impl HubError {
+    /// A short stable name for metrics labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::InvalidField { .. } | Self::Invalid { .. } => "invalid",
+            Self::InvalidUtf8 => "invalid_utf8",
+            Self::BodyTooLarge { .. } => "too_large",
+            Self::DuplicateId(_) => "duplicate_id",
+            Self::TooMany { .. } => "too_many_topics",
+            Self::SubscriberLimit { .. } => "subscriber_limit",
+            Self::ShuttingDown => "shutting_down",
+            Self::NotFound { .. } => "not_found",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
+            Self::Internal => "internal",
+        }
+    }
+}
+
 impl ResponseError for HubError {
     fn status_code(&self) -> StatusCode {
         match self {

@@ -8,6 +8,7 @@
 //! - [`sse`]: a subscriber's response: headers, and the body draining its channel.
 //! - [`routes`]: the HTTP surfaces: stream, publish, quick-start triggers, stats, health.
 //! - [`error`]: the request error enum and its JSON responses.
+//! - [`metrics`]: counters and gauges, rendered for Prometheus on /metrics.
 //! - [`healthcheck`]: the `healthcheck` command, a /healthz probe without curl.
 
 pub mod broadcaster;
@@ -15,6 +16,7 @@ pub mod config;
 pub mod error;
 pub mod event;
 pub mod healthcheck;
+pub mod metrics;
 pub mod routes;
 pub mod sse;
 pub mod startup;

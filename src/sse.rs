@@ -3,6 +3,7 @@
 
 use std::{
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
 };
 
@@ -13,6 +14,8 @@ use actix_web::{
 };
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
+
+use crate::metrics::Metrics;
 
 /// Most bytes joined into one chunk; past this the dispatcher flushes anyway.
 const MAX_CHUNK_BYTES: usize = 64 * 1024;
@@ -36,14 +39,41 @@ pub fn response() -> actix_web::HttpResponseBuilder {
 pub struct SubscriberBody {
     opening: Option<Bytes>,
     receiver: mpsc::Receiver<Bytes>,
+    metrics: Arc<Metrics>,
 }
 
 impl SubscriberBody {
-    pub fn new(opening: Bytes, receiver: mpsc::Receiver<Bytes>) -> Self {
+    pub fn new(opening: Bytes, receiver: mpsc::Receiver<Bytes>, metrics: Arc<Metrics>) -> Self {
         Self {
             opening: Some(opening).filter(|b| !b.is_empty()),
             receiver,
+            metrics,
         }
+    }
+
+    fn next_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        if let Some(opening) = self.opening.take() {
+            return Poll::Ready(Some(opening));
+        }
+        let first = match self.receiver.poll_recv(cx) {
+            Poll::Ready(Some(frame)) => frame,
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Pending => return Poll::Pending,
+        };
+        // One frame alone goes out as it is (no copy); several queued frames are joined.
+        let Ok(second) = self.receiver.try_recv() else {
+            return Poll::Ready(Some(first));
+        };
+        let mut chunk = BytesMut::with_capacity((first.len() + second.len()) * 4);
+        chunk.extend_from_slice(&first);
+        chunk.extend_from_slice(&second);
+        while chunk.len() < MAX_CHUNK_BYTES {
+            match self.receiver.try_recv() {
+                Ok(frame) => chunk.extend_from_slice(&frame),
+                Err(_) => break,
+            }
+        }
+        Poll::Ready(Some(chunk.freeze()))
     }
 }
 
@@ -58,27 +88,10 @@ impl MessageBody for SubscriberBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Bytes, Self::Error>>> {
-        if let Some(opening) = self.opening.take() {
-            return Poll::Ready(Some(Ok(opening)));
+        let chunk = self.next_chunk(cx);
+        if let Poll::Ready(Some(bytes)) = &chunk {
+            self.metrics.add_bytes_written(bytes.len());
         }
-        let first = match self.receiver.poll_recv(cx) {
-            Poll::Ready(Some(frame)) => frame,
-            Poll::Ready(None) => return Poll::Ready(None),
-            Poll::Pending => return Poll::Pending,
-        };
-        // One frame alone goes out as it is (no copy); several queued frames are joined.
-        let Ok(second) = self.receiver.try_recv() else {
-            return Poll::Ready(Some(Ok(first)));
-        };
-        let mut chunk = BytesMut::with_capacity((first.len() + second.len()) * 4);
-        chunk.extend_from_slice(&first);
-        chunk.extend_from_slice(&second);
-        while chunk.len() < MAX_CHUNK_BYTES {
-            match self.receiver.try_recv() {
-                Ok(frame) => chunk.extend_from_slice(&frame),
-                Err(_) => break,
-            }
-        }
-        Poll::Ready(Some(Ok(chunk.freeze())))
+        chunk.map(|chunk| chunk.map(Ok))
     }
 }

@@ -15,6 +15,7 @@ use actix_web::{
 use crate::{
     broadcaster::{Broadcaster, BroadcasterConfig, Shutdown},
     config::Settings,
+    metrics::Metrics,
     routes::{self, AppState},
 };
 
@@ -30,10 +31,13 @@ impl Application {
     /// Starts the broadcaster and binds the server. Must run inside an actix system.
     pub fn build(settings: Settings) -> io::Result<Self> {
         // One broadcaster for every worker: started here, outside the server factory.
-        let broadcaster = Broadcaster::new(BroadcasterConfig::from(&settings)).start();
+        let metrics = Metrics::new();
+        let broadcaster =
+            Broadcaster::new(BroadcasterConfig::from(&settings), metrics.clone()).start();
         let state = AppState {
             broadcaster: broadcaster.clone(),
             settings: Arc::new(settings.clone()),
+            metrics,
         };
         let cors_origin = settings.cors_origin.clone();
         let mut server = HttpServer::new(move || {

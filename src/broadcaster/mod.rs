@@ -21,6 +21,7 @@ use crate::{
     config::Settings,
     error::HubError,
     event::{self, Event, EventDraft},
+    metrics::{self, Metrics},
     topic::Selector,
 };
 
@@ -234,15 +235,6 @@ impl IdGenerator {
     }
 }
 
-#[derive(Debug, Default)]
-struct Counters {
-    connected: u64,
-    disconnected: u64,
-    dropped_slow: u64,
-    published: u64,
-    delivered: u64,
-}
-
 /// The actor. One per process, started before the HTTP server; every worker shares its `Addr`.
 #[derive(Debug)]
 pub struct Broadcaster {
@@ -251,7 +243,7 @@ pub struct Broadcaster {
     index: TopicIndex,
     history: Box<dyn History>,
     ids: IdGenerator,
-    counters: Counters,
+    metrics: Arc<Metrics>,
     /// Increments per publish; compared with `Subscriber::stamp`.
     stamp: u64,
     keep_alive: Bytes,
@@ -263,22 +255,26 @@ pub struct Broadcaster {
 }
 
 impl Broadcaster {
-    pub fn new(config: BroadcasterConfig) -> Self {
+    pub fn new(config: BroadcasterConfig, metrics: Arc<Metrics>) -> Self {
         let history = Box::new(MemoryHistory::new(
             config.history_size,
             config.history_bytes,
         ));
-        Self::with_history(config, history)
+        Self::with_history(config, metrics, history)
     }
 
-    pub fn with_history(config: BroadcasterConfig, history: Box<dyn History>) -> Self {
+    pub fn with_history(
+        config: BroadcasterConfig,
+        metrics: Arc<Metrics>,
+        history: Box<dyn History>,
+    ) -> Self {
         Self {
             config,
             subscribers: Slab::new(),
             index: TopicIndex::default(),
             history,
             ids: IdGenerator::new(),
-            counters: Counters::default(),
+            metrics,
             stamp: 0,
             keep_alive: event::comment("keep-alive"),
             shutting_down: false,
@@ -291,7 +287,8 @@ impl Broadcaster {
     fn remove(&mut self, key: usize) {
         if let Some(subscriber) = self.subscribers.try_remove(key) {
             self.index.remove(key, &subscriber.selectors);
-            self.counters.disconnected += 1;
+            self.metrics.subscribers_disconnected.inc();
+            metrics::set_gauge(&self.metrics.subscribers, self.subscribers.len());
             log::debug!("subscriber left key={key}");
         }
     }
@@ -299,7 +296,7 @@ impl Broadcaster {
     /// Dropping the sender ends the stream once the subscriber has written what is queued;
     /// it then reconnects with its last id and replays the rest from the history.
     fn drop_slow(&mut self, key: usize) {
-        self.counters.dropped_slow += 1;
+        self.metrics.subscribers_dropped_slow.inc();
         log::warn!(
             "subscriber dropped as too slow key={key} buffer={}",
             self.config.subscriber_buffer
@@ -336,6 +333,7 @@ impl Broadcaster {
         let mut candidates = std::mem::take(&mut self.candidates);
         self.index
             .for_each_candidate(&event.topics, |key| candidates.push(key));
+        let mut delivered = 0;
         for &key in &candidates {
             let Some(subscriber) = self.subscribers.get_mut(key) else {
                 continue;
@@ -345,9 +343,10 @@ impl Broadcaster {
             }
             subscriber.stamp = stamp;
             if self.offer(key, &event.frame) {
-                self.counters.delivered += 1;
+                delivered += 1;
             }
         }
+        self.metrics.events_delivered.inc_by(delivered);
         candidates.clear();
         self.candidates = candidates;
         self.settle();
@@ -375,11 +374,11 @@ impl Broadcaster {
         Stats {
             subscribers: self.subscribers.len(),
             subscribers_by_selector: by_selector,
-            subscribers_connected_total: self.counters.connected,
-            subscribers_disconnected_total: self.counters.disconnected,
-            subscribers_dropped_slow_total: self.counters.dropped_slow,
-            events_published_total: self.counters.published,
-            events_delivered_total: self.counters.delivered,
+            subscribers_connected_total: self.metrics.subscribers_connected.get(),
+            subscribers_disconnected_total: self.metrics.subscribers_disconnected.get(),
+            subscribers_dropped_slow_total: self.metrics.subscribers_dropped_slow.get(),
+            events_published_total: self.metrics.events_published.get(),
+            events_delivered_total: self.metrics.events_delivered.get(),
             history_len: self.history.len(),
             history_bytes: self.history.size_bytes(),
             history_oldest_id: self.history.oldest_id().map(|id| id.to_string()),
@@ -451,7 +450,8 @@ impl Handler<Subscribe> for Broadcaster {
         let key = self.subscribers.vacant_key();
         self.index.insert(key, &subscriber.selectors);
         self.subscribers.insert(subscriber);
-        self.counters.connected += 1;
+        self.metrics.subscribers_connected.inc();
+        metrics::set_gauge(&self.metrics.subscribers, self.subscribers.len());
         log::debug!("subscriber joined key={key}");
 
         Ok(Subscription {
@@ -484,9 +484,11 @@ impl Handler<Publish> for Broadcaster {
             None => self.next_id(),
         };
         let event = Arc::new(Event::new(id.clone(), draft));
-        self.counters.published += 1;
+        self.metrics.events_published.inc();
         self.fan_out(&event);
         self.history.append(event);
+        metrics::set_gauge(&self.metrics.history_events, self.history.len());
+        metrics::set_gauge(&self.metrics.history_bytes, self.history.size_bytes());
         Ok(id)
     }
 }
@@ -507,6 +509,8 @@ impl Handler<Shutdown> for Broadcaster {
         let count = self.subscribers.len();
         // Dropping every sender ends every stream once its queue is written.
         self.subscribers.clear();
+        self.metrics.subscribers_disconnected.inc_by(count as u64);
+        metrics::set_gauge(&self.metrics.subscribers, 0);
         self.index = TopicIndex::default();
         log::info!("broadcaster shut down, streams ended subscribers={count}");
     }

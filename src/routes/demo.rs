@@ -1,9 +1,12 @@
-//! The quick-start triggers of the original Go program: `/send`, `/left`, `/right` each
-//! publish a fixed message to the default topic, on GET or POST.
+//! The newcomer's surfaces: the demo page at `/`, and the quick-start triggers of the original
+//! Go program (`/send`, `/left`, `/right` each publish a fixed message to the default topic).
 
 use actix_web::{HttpRequest, HttpResponse, web};
 
-use super::{AppState, publish::published};
+use super::{
+    AppState,
+    publish::{published, timed},
+};
 use crate::{broadcaster::Publish, error::HubError, event::EventDraft};
 
 /// Route and the data it publishes, byte for byte as the original program sent them.
@@ -13,11 +16,26 @@ pub const TRIGGERS: [(&str, &str); 3] = [
     ("/right", "right"),
 ];
 
+/// The demo page, built into the binary.
+const PAGE: &str = include_str!("demo.html");
+
+/// `GET /`: connection state, a live event log, the trigger buttons, a publish form and a
+/// topic filter (`/?topic=a&topic=b` preselects one).
+pub async fn page() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(PAGE)
+}
+
 /// Publishes the route's fixed message; answers 200 `text/plain` with the event id.
 pub async fn trigger(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, HubError> {
+    timed(&state, trigger_body(req, &state)).await
+}
+
+async fn trigger_body(req: HttpRequest, state: &AppState) -> Result<HttpResponse, HubError> {
     let (_, data) = TRIGGERS
         .iter()
         .find(|(path, _)| *path == req.path())

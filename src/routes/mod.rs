@@ -12,18 +12,24 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt as _;
 
-use crate::{broadcaster::Broadcaster, config::Settings, error::HubError};
+use crate::{broadcaster::Broadcaster, config::Settings, error::HubError, metrics::Metrics};
 
-/// What every handler shares: the one broadcaster and the settings.
+/// What every handler shares: the one broadcaster, the settings and the metrics.
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub broadcaster: Addr<Broadcaster>,
     pub settings: Arc<Settings>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// The one route table, used by `startup::build` and so by main and the tests alike.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
+        web::resource("/")
+            .get(demo::page)
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
         web::resource("/stream")
             .get(stream::subscribe)
             .default_service(web::to(method_not_allowed)),
@@ -44,6 +50,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/stats")
             .get(ops::stats)
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/metrics")
+            .get(ops::metrics)
             .default_service(web::to(method_not_allowed)),
     )
     .service(

@@ -1,4 +1,4 @@
-//! Operations: `/stats` (JSON snapshot of the broadcaster) and `/healthz`.
+//! Operations: `/stats` (JSON snapshot of the broadcaster), `/metrics` and `/healthz`.
 
 use std::time::Duration;
 
@@ -14,6 +14,14 @@ const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 pub async fn stats(state: web::Data<AppState>) -> Result<HttpResponse, HubError> {
     let stats = state.broadcaster.send(GetStats).await?;
     Ok(HttpResponse::Ok().json(stats))
+}
+
+/// Every metric in the Prometheus text format. Gauges owned by the broadcaster are current as
+/// of its last change.
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .body(state.metrics.render())
 }
 
 /// 200 while the broadcaster answers, 503 otherwise.

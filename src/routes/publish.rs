@@ -1,5 +1,7 @@
 //! `POST /publish`: the raw request body becomes one event's `data`.
 
+use std::time::Instant;
+
 use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::{AppState, check_topics, query_pairs, query_value, query_values, read_body};
@@ -15,6 +17,31 @@ pub async fn publish(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
+) -> Result<HttpResponse, HubError> {
+    timed(&state, publish_body(req, payload, &state)).await
+}
+
+/// Records a publish's outcome in the metrics: its duration, or its error kind.
+pub async fn timed(
+    state: &AppState,
+    publish: impl Future<Output = Result<HttpResponse, HubError>>,
+) -> Result<HttpResponse, HubError> {
+    let started = Instant::now();
+    let result = publish.await;
+    match &result {
+        Ok(_) => state
+            .metrics
+            .publish_duration
+            .observe(started.elapsed().as_secs_f64()),
+        Err(err) => state.metrics.count_publish_error(err.kind()),
+    }
+    result
+}
+
+async fn publish_body(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
 ) -> Result<HttpResponse, HubError> {
     let settings = &state.settings;
     if let Some(length) = req

@@ -50,6 +50,7 @@ pub async fn subscribe(
         .body(SubscriberBody::new(
             subscription.opening,
             subscription.receiver,
+            state.metrics.clone(),
         )))
 }
 

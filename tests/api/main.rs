@@ -1,6 +1,7 @@
 //! Integration tests: the real hub on an ephemeral port, spoken to over HTTP.
 
 mod bad_input;
+mod browser;
 mod helpers;
 mod quickstart;
 mod replay;

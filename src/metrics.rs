@@ -1,0 +1,172 @@
+//! Metrics: the hub's counters and gauges, shared by the broadcaster and the routes, and
+//! rendered in the Prometheus text format on `/metrics`.
+
+use std::sync::{Arc, atomic::AtomicU64};
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+
+/// The `kind` label of a publish error (`invalid`, `too_large`, `duplicate_id`, ...).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorKind {
+    pub kind: &'static str,
+}
+
+/// Every metric of the hub. Updates are atomic adds; the broadcaster adds once per publish,
+/// never once per subscriber.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub subscribers: Gauge,
+    pub subscribers_connected: Counter,
+    pub subscribers_disconnected: Counter,
+    pub subscribers_dropped_slow: Counter,
+    pub events_published: Counter,
+    pub events_delivered: Counter,
+    pub bytes_written: Counter<u64, AtomicU64>,
+    pub publish_errors: Family<ErrorKind, Counter>,
+    pub publish_duration: Histogram,
+    pub history_events: Gauge,
+    pub history_bytes: Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::with_prefix("sse_hub");
+        let metrics = Self {
+            subscribers: Gauge::default(),
+            subscribers_connected: Counter::default(),
+            subscribers_disconnected: Counter::default(),
+            subscribers_dropped_slow: Counter::default(),
+            events_published: Counter::default(),
+            events_delivered: Counter::default(),
+            bytes_written: Counter::default(),
+            publish_errors: Family::default(),
+            // 50 µs .. ~0.8 s: a publish is one actor round trip.
+            publish_duration: Histogram::new(exponential_buckets(0.000_05, 2.0, 15)),
+            history_events: Gauge::default(),
+            history_bytes: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "subscribers",
+            "Subscribers connected now",
+            metrics.subscribers.clone(),
+        );
+        registry.register(
+            "subscribers_connected",
+            "Subscribers that connected",
+            metrics.subscribers_connected.clone(),
+        );
+        registry.register(
+            "subscribers_disconnected",
+            "Subscribers that left (closed, pruned, dropped or shut down)",
+            metrics.subscribers_disconnected.clone(),
+        );
+        registry.register(
+            "subscribers_dropped_slow",
+            "Subscribers whose stream was ended because their buffer was full",
+            metrics.subscribers_dropped_slow.clone(),
+        );
+        registry.register(
+            "events_published",
+            "Events accepted for publishing",
+            metrics.events_published.clone(),
+        );
+        registry.register(
+            "events_delivered",
+            "Events queued to subscribers (one per event per subscriber)",
+            metrics.events_delivered.clone(),
+        );
+        registry.register(
+            "bytes_written",
+            "Bytes of event streams handed to the HTTP layer",
+            metrics.bytes_written.clone(),
+        );
+        registry.register(
+            "publish_errors",
+            "Publish requests refused, by kind",
+            metrics.publish_errors.clone(),
+        );
+        registry.register(
+            "publish_duration_seconds",
+            "Time to accept a publish request (streams are not timed: they never end)",
+            metrics.publish_duration.clone(),
+        );
+        registry.register(
+            "history_events",
+            "Events held in the history",
+            metrics.history_events.clone(),
+        );
+        registry.register(
+            "history_bytes",
+            "Bytes held in the history",
+            metrics.history_bytes.clone(),
+        );
+        Arc::new(Self {
+            registry,
+            ..metrics
+        })
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn add_bytes_written(&self, bytes: usize) {
+        self.bytes_written.inc_by(bytes as u64);
+    }
+
+    pub fn count_publish_error(&self, kind: &'static str) {
+        self.publish_errors.get_or_create(&ErrorKind { kind }).inc();
+    }
+}
+
+/// Sets a gauge from a count.
+pub fn set_gauge(gauge: &Gauge, value: usize) {
+    gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every documented metric is in the exposition, with the `sse_hub_` prefix and the
+    /// `_total` suffix on counters.
+    #[test]
+    fn exposition_names_every_metric() {
+        let metrics = Metrics::new();
+        metrics.events_published.inc();
+        metrics.count_publish_error("too_large");
+        metrics.publish_duration.observe(0.001);
+        let text = metrics.render();
+        for name in [
+            "sse_hub_subscribers ",
+            "sse_hub_subscribers_connected_total ",
+            "sse_hub_subscribers_disconnected_total ",
+            "sse_hub_subscribers_dropped_slow_total ",
+            "sse_hub_events_published_total 1",
+            "sse_hub_events_delivered_total ",
+            "sse_hub_bytes_written_total ",
+            "sse_hub_publish_errors_total{kind=\"too_large\"} 1",
+            "sse_hub_publish_duration_seconds_bucket",
+            "sse_hub_history_events ",
+            "sse_hub_history_bytes ",
+        ] {
+            assert!(text.contains(name), "missing {name:?} in\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"));
+    }
+}

@@ -1,0 +1,170 @@
+//! The demo page in a real browser: headless Chromium driven over WebDriver (chromedriver).
+
+use std::{
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use hyper_util::client::legacy::connect::HttpConnector;
+
+use crate::helpers::spawn_app;
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+const WAIT: Duration = Duration::from_secs(15);
+
+/// A chromedriver process on a free port, killed on drop.
+struct Chromedriver {
+    child: Child,
+    addr: SocketAddr,
+    profile: PathBuf,
+}
+
+impl Chromedriver {
+    fn start() -> Self {
+        for tool in [CHROMIUM, CHROMEDRIVER] {
+            assert!(
+                Path::new(tool).exists(),
+                "{tool} is missing: the browser tests need Debian's `chromium` and \
+                 `chromium-driver` packages (scripts/test installs them)"
+            );
+        }
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port");
+        let child = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={}", addr.port()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver starts");
+        let started = Instant::now();
+        while TcpStream::connect(addr).is_err() {
+            assert!(started.elapsed() < WAIT, "chromedriver did not listen on {addr}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let profile = std::env::temp_dir().join(format!("sse-hub-chromium-{}", addr.port()));
+        Self {
+            child,
+            addr,
+            profile,
+        }
+    }
+
+    /// A headless Chromium session (flags this sandboxed, offline machine needs).
+    async fn browser(&self) -> Client {
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".to_owned(),
+            serde_json::json!({
+                "binary": CHROMIUM,
+                "args": [
+                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    "--disable-background-networking", "--disable-quic", "--no-first-run",
+                    "--disable-component-update", "--disable-sync", "--window-size=1280,860",
+                    format!("--user-data-dir={}", self.profile.display()),
+                ],
+            }),
+        );
+        ClientBuilder::new(HttpConnector::new())
+            .capabilities(caps)
+            .connect(&format!("http://{}", self.addr))
+            .await
+            .expect("a Chromium session")
+    }
+}
+
+impl Drop for Chromedriver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+/// Where screenshots go: `target/artifacts/`.
+fn artifact(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/artifacts");
+    std::fs::create_dir_all(&dir).expect("artifacts dir");
+    dir.join(name)
+}
+
+async fn wait_connected(browser: &Client) {
+    browser
+        .wait()
+        .at_most(WAIT)
+        .for_element(Locator::XPath("//*[@id='state' and text()='connected']"))
+        .await
+        .expect("the page shows \"connected\"");
+}
+
+async fn wait_for_entry(browser: &Client, data: &str) {
+    browser
+        .wait()
+        .at_most(WAIT)
+        .for_element(Locator::XPath(&format!(
+            "//li[contains(@class,'entry')]/span[contains(@class,'data') and text()='{data}']"
+        )))
+        .await
+        .unwrap_or_else(|err| panic!("the log shows {data:?}: {err}"));
+}
+
+/// The data column of every log entry, newest first.
+async fn logged(browser: &Client) -> Vec<String> {
+    let mut texts = Vec::new();
+    for cell in browser
+        .find_all(Locator::Css("#log li.entry .data"))
+        .await
+        .expect("log entries")
+    {
+        texts.push(cell.text().await.expect("entry text"));
+    }
+    texts
+}
+
+/// The demo page connects, its "left" button publishes and the log shows the event; a second
+/// tab filtered to one topic sees only that topic's events. Screenshots are saved to
+/// `target/artifacts/`.
+#[actix_web::test]
+async fn demo_page_shows_events_and_filters_by_topic() {
+    let app = spawn_app().await;
+    let driver = Chromedriver::start();
+    let browser = driver.browser().await;
+
+    browser.goto(&app.url("/")).await.expect("the page loads");
+    wait_connected(&browser).await;
+    browser
+        .find(Locator::Id("left"))
+        .await
+        .expect("a left button")
+        .click()
+        .await
+        .expect("click");
+    wait_for_entry(&browser, "left").await;
+    let first_tab = browser.window().await.expect("a window");
+
+    let second = browser.new_window(true).await.expect("a second tab");
+    browser.switch_to_window(second.handle).await.expect("switch");
+    browser.goto(&app.url("/?topic=chat")).await.expect("the page loads");
+    wait_connected(&browser).await;
+    app.publish("topic=weather", "not for chat").await;
+    app.publish("topic=chat", "for chat").await;
+    wait_for_entry(&browser, "for chat").await;
+    assert_eq!(logged(&browser).await, ["for chat"], "only the chat topic");
+    let png = browser.screenshot().await.expect("screenshot");
+    std::fs::write(artifact("demo-page-filtered.png"), png).expect("save screenshot");
+
+    browser.switch_to_window(first_tab).await.expect("switch back");
+    wait_for_entry(&browser, "for chat").await;
+    assert_eq!(
+        logged(&browser).await,
+        ["for chat", "not for chat", "left"],
+        "the unfiltered tab sees every topic, newest first"
+    );
+    let png = browser.screenshot().await.expect("screenshot");
+    std::fs::write(artifact("demo-page.png"), png).expect("save screenshot");
+    browser.close().await.expect("close the session");
+}
