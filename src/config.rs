@@ -3,7 +3,9 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgAction, Args, Parser, Subcommand};
+
+use crate::auth::{JwtAlgorithm, JwtKey, Keys};
 
 pub const DEFAULT_BIND: &str = "127.0.0.1:8080";
 /// Below the idle timeout of every common proxy (nginx 60 s, ALB 60 s, Cloudflare 100 s).
@@ -34,6 +36,25 @@ pub struct Cli {
 pub enum Command {
     /// Asks the hub at `--bind` for /healthz; exits 0 when healthy (the image's HEALTHCHECK).
     Healthcheck,
+    /// Prints a JWT signed with the configured publisher key, e.g. `token --publish '*'`.
+    Token(TokenArgs),
+}
+
+/// What the `token` command puts in the token.
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// Selectors the bearer may publish to (`mercure.publish`); repeatable.
+    #[arg(long = "publish", value_name = "SELECTOR")]
+    pub publish: Vec<String>,
+    /// Selectors whose private events the bearer may receive (`mercure.subscribe`); repeatable.
+    #[arg(long = "subscribe", value_name = "SELECTOR")]
+    pub subscribe: Vec<String>,
+    /// Lifetime of the token (`1h`, `30d`); without it the token does not expire.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub expires_in: Option<Duration>,
+    /// RS256 private key (PEM, or `@path`); needed when the publisher key is RS256.
+    #[arg(long)]
+    pub private_key: Option<String>,
 }
 
 /// The server's settings.
@@ -90,6 +111,75 @@ pub struct Settings {
     /// Longest topic or selector, in bytes.
     #[arg(long, env = "SSE_HUB_MAX_TOPIC_BYTES", default_value_t = DEFAULT_MAX_TOPIC_BYTES)]
     pub max_topic_bytes: usize,
+
+    /// JWT key for both roles: the HS256 secret, or an RS256 public key in PEM (`@path` reads a
+    /// file). Setting a publisher key makes POST /publish require a publisher token.
+    #[arg(long, env = "SSE_HUB_JWT_KEY", hide_env_values = true)]
+    pub jwt_key: Option<String>,
+
+    /// Algorithm of `--jwt-key`.
+    #[arg(long, env = "SSE_HUB_JWT_ALG", value_enum, default_value = "HS256")]
+    pub jwt_alg: JwtAlgorithm,
+
+    /// Publisher key, overriding `--jwt-key` for publishers.
+    #[arg(long, env = "SSE_HUB_PUBLISHER_JWT_KEY", hide_env_values = true)]
+    pub publisher_jwt_key: Option<String>,
+
+    /// Algorithm of `--publisher-jwt-key` (default: `--jwt-alg`).
+    #[arg(long, env = "SSE_HUB_PUBLISHER_JWT_ALG", value_enum)]
+    pub publisher_jwt_alg: Option<JwtAlgorithm>,
+
+    /// Subscriber key, overriding `--jwt-key` for subscribers.
+    #[arg(long, env = "SSE_HUB_SUBSCRIBER_JWT_KEY", hide_env_values = true)]
+    pub subscriber_jwt_key: Option<String>,
+
+    /// Algorithm of `--subscriber-jwt-key` (default: `--jwt-alg`).
+    #[arg(long, env = "SSE_HUB_SUBSCRIBER_JWT_ALG", value_enum)]
+    pub subscriber_jwt_alg: Option<JwtAlgorithm>,
+
+    /// Let subscribers without a token receive public events (`false`: a token is required).
+    #[arg(long, env = "SSE_HUB_ANONYMOUS", default_value_t = true, action = ArgAction::Set)]
+    pub anonymous: bool,
+
+    /// Origins allowed to call the Mercure routes cross-origin, with credentials (comma
+    /// separated; `*` for any). Default: same origin only.
+    #[arg(long, env = "SSE_HUB_CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub cors_allowed_origins: Vec<String>,
+
+    /// Serve the quick-start triggers /send, /left and /right (`false` turns them off).
+    #[arg(long, env = "SSE_HUB_TRIGGERS", default_value_t = true, action = ArgAction::Set)]
+    pub triggers: bool,
+}
+
+impl Settings {
+    /// The verification keys for both roles, from the key settings.
+    pub fn keys(&self) -> Result<Keys, String> {
+        let role = |key: &Option<String>, alg: Option<JwtAlgorithm>, name: &str| {
+            key.as_ref()
+                .or(self.jwt_key.as_ref())
+                .map(|material| {
+                    JwtKey::new(material, alg.unwrap_or(self.jwt_alg))
+                        .map_err(|err| format!("{name} key: {err}"))
+                })
+                .transpose()
+        };
+        Ok(Keys {
+            publisher: role(&self.publisher_jwt_key, self.publisher_jwt_alg, "publisher")?,
+            subscriber: role(
+                &self.subscriber_jwt_key,
+                self.subscriber_jwt_alg,
+                "subscriber",
+            )?,
+        })
+    }
+
+    /// The key material and algorithm publishers' tokens are checked with.
+    pub fn publisher_key_material(&self) -> Option<(&str, JwtAlgorithm)> {
+        match &self.publisher_jwt_key {
+            Some(key) => Some((key, self.publisher_jwt_alg.unwrap_or(self.jwt_alg))),
+            None => self.jwt_key.as_deref().map(|key| (key, self.jwt_alg)),
+        }
+    }
 }
 
 fn positive(value: &str) -> Result<usize, String> {

@@ -23,6 +23,10 @@ pub enum HubError {
     TooMany { what: &'static str, limit: usize },
     #[error("the hub is at its limit of {limit} subscribers")]
     SubscriberLimit { limit: usize },
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
     #[error("the hub is shutting down")]
     ShuttingDown,
     #[error("no route for {method} {path}")]
@@ -43,6 +47,8 @@ impl HubError {
             Self::DuplicateId(_) => "duplicate_id",
             Self::TooMany { .. } => "too_many_topics",
             Self::SubscriberLimit { .. } => "subscriber_limit",
+            Self::Unauthorized(_) => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
             Self::ShuttingDown => "shutting_down",
             Self::NotFound { .. } => "not_found",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
@@ -59,6 +65,8 @@ impl ResponseError for HubError {
             }
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::DuplicateId(_) => StatusCode::CONFLICT,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::TooMany { .. } => StatusCode::BAD_REQUEST,
             Self::SubscriberLimit { .. } | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,

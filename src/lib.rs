@@ -1,5 +1,6 @@
 //! sse-hub: a Server-Sent Events hub on actix.
 //!
+//! - [`auth`]: Mercure JWTs (HS256, RS256): token sources, verification, claims.
 //! - [`config`]: settings, as flags with `SSE_HUB_*` environment twins, and their defaults.
 //! - [`startup`]: builds the broadcaster and the HTTP server; main and the tests share it.
 //! - [`broadcaster`]: the actor: subscribers, topic index, history, fan-out, heartbeat.
@@ -11,6 +12,7 @@
 //! - [`metrics`]: counters and gauges, rendered for Prometheus on /metrics.
 //! - [`healthcheck`]: the `healthcheck` command, a /healthz probe without curl.
 
+pub mod auth;
 pub mod broadcaster;
 pub mod config;
 pub mod error;

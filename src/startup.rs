@@ -7,8 +7,7 @@ use actix::{Actor, Addr};
 use actix_web::{
     App, HttpServer,
     dev::{Server, ServerHandle},
-    http::header,
-    middleware::{DefaultHeaders, Logger},
+    middleware::Logger,
     web,
 };
 
@@ -30,25 +29,25 @@ pub struct Application {
 impl Application {
     /// Starts the broadcaster and binds the server. Must run inside an actix system.
     pub fn build(settings: Settings) -> io::Result<Self> {
-        // One broadcaster for every worker: started here, outside the server factory.
+        let keys = settings
+            .keys()
+            .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err))?;
         let metrics = Metrics::new();
+        // One broadcaster for every worker: started here, outside the server factory.
         let broadcaster =
             Broadcaster::new(BroadcasterConfig::from(&settings), metrics.clone()).start();
         let state = AppState {
             broadcaster: broadcaster.clone(),
             settings: Arc::new(settings.clone()),
+            keys: Arc::new(keys),
             metrics,
         };
-        let cors_origin = settings.cors_origin.clone();
+        let routes = routes::configure(&settings);
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(web::Data::new(state.clone()))
-                .wrap(
-                    DefaultHeaders::new()
-                        .add((header::ACCESS_CONTROL_ALLOW_ORIGIN, cors_origin.clone())),
-                )
                 .wrap(Logger::new("%a \"%r\" %s %b %T").log_target("sse_hub::access"))
-                .configure(routes::configure)
+                .configure(routes.clone())
                 .default_service(web::to(routes::not_found))
         })
         // A subscriber that closes its end is noticed at once, not at the next write.

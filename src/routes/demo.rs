@@ -36,6 +36,12 @@ pub async fn trigger(
 }
 
 async fn trigger_body(req: HttpRequest, state: &AppState) -> Result<HttpResponse, HubError> {
+    if !state.settings.triggers {
+        return Err(HubError::Forbidden(format!(
+            "the quick-start trigger {} is turned off (--triggers=false)",
+            req.path()
+        )));
+    }
     let (_, data) = TRIGGERS
         .iter()
         .find(|(path, _)| *path == req.path())

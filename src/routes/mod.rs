@@ -1,6 +1,7 @@
 //! The route table: every HTTP surface of the hub, and the request parsing they share.
 
 mod demo;
+mod mercure;
 mod ops;
 mod publish;
 mod stream;
@@ -8,22 +9,57 @@ mod stream;
 use std::sync::Arc;
 
 use actix::Addr;
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_cors::Cors;
+use actix_web::{HttpRequest, HttpResponse, http::header, middleware::DefaultHeaders, web};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt as _;
 
-use crate::{broadcaster::Broadcaster, config::Settings, error::HubError, metrics::Metrics};
+use crate::{
+    auth::Keys, broadcaster::Broadcaster, config::Settings, error::HubError, metrics::Metrics,
+};
 
-/// What every handler shares: the one broadcaster, the settings and the metrics.
+/// What every handler shares: the one broadcaster, the settings, the JWT keys and the metrics.
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub broadcaster: Addr<Broadcaster>,
     pub settings: Arc<Settings>,
+    pub keys: Arc<Keys>,
     pub metrics: Arc<Metrics>,
 }
 
 /// The one route table, used by `startup::build` and so by main and the tests alike.
-pub fn configure(cfg: &mut web::ServiceConfig) {
+///
+/// The Mercure route has its own CORS policy (listed origins, with credentials); every other
+/// route is the quick-start API, open to any origin (`--cors-origin`) and advertising the
+/// Mercure hub with a `Link: </.well-known/mercure>; rel="mercure"` header.
+pub fn configure(settings: &Settings) -> impl Fn(&mut web::ServiceConfig) + Clone + use<> {
+    let cors_origin = settings.cors_origin.clone();
+    let allowed_origins = settings.cors_allowed_origins.clone();
+    move |cfg: &mut web::ServiceConfig| {
+        cfg.service(
+            web::resource(mercure::PATH)
+                .wrap(mercure_cors(&allowed_origins))
+                .get(mercure::subscribe)
+                .post(mercure::publish)
+                .default_service(web::to(method_not_allowed)),
+        );
+        cfg.service(
+            web::scope("")
+                .wrap(
+                    DefaultHeaders::new()
+                        .add((header::ACCESS_CONTROL_ALLOW_ORIGIN, cors_origin.clone()))
+                        .add((header::LINK, MERCURE_LINK)),
+                )
+                .configure(quick_start)
+                .default_service(web::to(not_found)),
+        );
+    }
+}
+
+/// Advertises the Mercure hub on the quick-start routes (Mercure discovery).
+const MERCURE_LINK: &str = "</.well-known/mercure>; rel=\"mercure\"";
+
+fn quick_start(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/")
             .get(demo::page)
@@ -62,6 +98,33 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .get(ops::health)
             .default_service(web::to(method_not_allowed)),
     );
+}
+
+/// Cross-origin access to the Mercure route: only the listed origins (`*` for any), with
+/// credentials (the `mercureAuthorization` cookie), and the headers EventSource polyfills and
+/// publishers send. Other origins get no CORS headers, so browsers refuse them; same-origin
+/// requests are unaffected.
+fn mercure_cors(allowed_origins: &[String]) -> Cors {
+    let mut cors = Cors::default()
+        .allowed_methods(["GET", "POST"])
+        .allowed_headers([
+            header::AUTHORIZATION,
+            header::CACHE_CONTROL,
+            header::CONTENT_TYPE,
+            header::HeaderName::from_static("last-event-id"),
+        ])
+        .expose_headers([header::HeaderName::from_static("last-event-id")])
+        .supports_credentials()
+        .block_on_origin_mismatch(false)
+        .max_age(3600);
+    for origin in allowed_origins {
+        cors = if origin == "*" {
+            cors.allowed_origin_fn(|_, _| true)
+        } else {
+            cors.allowed_origin(origin)
+        };
+    }
+    cors
 }
 
 /// The app-wide fallback: unknown routes get a JSON 404.

@@ -6,6 +6,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::{AppState, check_topics, query_pairs, query_value, query_values, read_body};
 use crate::{
+    auth::{self, Grant},
     broadcaster::Publish,
     error::HubError,
     event::{self, EventDraft},
@@ -44,6 +45,7 @@ async fn publish_body(
     state: &AppState,
 ) -> Result<HttpResponse, HubError> {
     let settings = &state.settings;
+    let grant = auth::publisher_grant(&req, &state.keys, false)?;
     if let Some(length) = req
         .headers()
         .get(actix_web::http::header::CONTENT_LENGTH)
@@ -60,18 +62,10 @@ async fn publish_body(
     if topics.is_empty() {
         topics.push(&settings.default_topic);
     }
-    let retry_ms = query_value(&pairs, "retry")?
-        .map(|retry| {
-            retry
-                .parse::<u64>()
-                .ok()
-                .filter(|_| retry.bytes().all(|b| b.is_ascii_digit()))
-                .ok_or(HubError::InvalidField {
-                    field: "retry",
-                    reason: "must be a number of milliseconds",
-                })
-        })
-        .transpose()?;
+    if let Some(grant) = &grant {
+        authorize_topics(grant, &topics)?;
+    }
+    let retry_ms = query_value(&pairs, "retry")?.map(parse_retry).transpose()?;
     let draft = EventDraft {
         topics: topics.into_iter().map(str::to_owned).collect(),
         event_type: query_value(&pairs, "event")?.map(str::to_owned),
@@ -88,6 +82,28 @@ async fn publish_body(
         .send(Publish(EventDraft { data, ..draft }))
         .await??;
     Ok(published(&id))
+}
+
+/// Every topic must be allowed by the publisher's `mercure.publish` claim.
+pub fn authorize_topics(grant: &Grant, topics: &[&str]) -> Result<(), HubError> {
+    match topics.iter().find(|topic| !grant.allows(topic)) {
+        Some(topic) => Err(HubError::Forbidden(format!(
+            "the token's mercure.publish claim does not allow topic `{topic}`"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Reads a `retry` value: digits only, milliseconds.
+pub fn parse_retry(retry: &str) -> Result<u64, HubError> {
+    retry
+        .parse::<u64>()
+        .ok()
+        .filter(|_| retry.bytes().all(|b| b.is_ascii_digit()))
+        .ok_or(HubError::InvalidField {
+            field: "retry",
+            reason: "must be a number of milliseconds",
+        })
 }
 
 /// The reply to every successful publish: 200 `text/plain` whose body is the event id.

@@ -1,10 +1,11 @@
-//! `GET /stream`: subscribe to events, optionally narrowed by `?topic=` selectors and resumed
-//! after a `Last-Event-ID`.
+//! Subscribing: `GET /stream` (and, through [`open`], the Mercure subscribe route): selectors
+//! from `?topic=`, the resume point from `Last-Event-ID`, private events from the token.
 
 use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::{AppState, check_topics, query_pairs, query_value, query_values};
 use crate::{
+    auth,
     broadcaster::Subscribe,
     error::HubError,
     event,
@@ -18,8 +19,25 @@ pub async fn subscribe(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, HubError> {
-    let pairs = query_pairs(&req);
+    open(&req, &state, false).await
+}
+
+/// Opens a stream for `req`. With `topic_required`, at least one `topic` selector must be
+/// given (the Mercure protocol's rule); without one, `/stream` follows every public event.
+pub async fn open(
+    req: &HttpRequest,
+    state: &AppState,
+    topic_required: bool,
+) -> Result<HttpResponse, HubError> {
+    let grant = auth::subscriber_grant(req, &state.keys, state.settings.anonymous)?;
+    let pairs = query_pairs(req);
     let selectors = query_values(&pairs, "topic");
+    if topic_required && selectors.is_empty() {
+        return Err(HubError::Invalid {
+            what: "subscription",
+            reason: "at least one `topic` selector is required".to_owned(),
+        });
+    }
     check_topics(&selectors, &state.settings, "topic selectors")?;
     let selectors = selectors
         .into_iter()
@@ -30,13 +48,13 @@ pub async fn subscribe(
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let last_event_id = last_event_id(&req, &pairs)?;
+    let last_event_id = last_event_id(req, &pairs)?;
 
     let subscription = state
         .broadcaster
         .send(Subscribe {
             selectors,
-            private_selectors: Vec::new(),
+            private_selectors: grant.selectors,
             last_event_id,
         })
         .await??;

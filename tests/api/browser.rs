@@ -10,7 +10,10 @@ use std::{
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 
-use crate::helpers::spawn_app;
+use crate::{
+    helpers::{spawn_app, spawn_app_with},
+    mercure::{KEY, token},
+};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -43,7 +46,10 @@ impl Chromedriver {
             .expect("chromedriver starts");
         let started = Instant::now();
         while TcpStream::connect(addr).is_err() {
-            assert!(started.elapsed() < WAIT, "chromedriver did not listen on {addr}");
+            assert!(
+                started.elapsed() < WAIT,
+                "chromedriver did not listen on {addr}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         let profile = std::env::temp_dir().join(format!("sse-hub-chromium-{}", addr.port()));
@@ -147,8 +153,14 @@ async fn demo_page_shows_events_and_filters_by_topic() {
     let first_tab = browser.window().await.expect("a window");
 
     let second = browser.new_window(true).await.expect("a second tab");
-    browser.switch_to_window(second.handle).await.expect("switch");
-    browser.goto(&app.url("/?topic=chat")).await.expect("the page loads");
+    browser
+        .switch_to_window(second.handle)
+        .await
+        .expect("switch");
+    browser
+        .goto(&app.url("/?topic=chat"))
+        .await
+        .expect("the page loads");
     wait_connected(&browser).await;
     app.publish("topic=weather", "not for chat").await;
     app.publish("topic=chat", "for chat").await;
@@ -157,7 +169,10 @@ async fn demo_page_shows_events_and_filters_by_topic() {
     let png = browser.screenshot().await.expect("screenshot");
     std::fs::write(artifact("demo-page-filtered.png"), png).expect("save screenshot");
 
-    browser.switch_to_window(first_tab).await.expect("switch back");
+    browser
+        .switch_to_window(first_tab)
+        .await
+        .expect("switch back");
     wait_for_entry(&browser, "for chat").await;
     assert_eq!(
         logged(&browser).await,
@@ -166,5 +181,58 @@ async fn demo_page_shows_events_and_filters_by_topic() {
     );
     let png = browser.screenshot().await.expect("screenshot");
     std::fs::write(artifact("demo-page.png"), png).expect("save screenshot");
+    browser.close().await.expect("close the session");
+}
+
+/// Runs in the page: subscribes with `EventSource` on the Mercure route, publishes a private
+/// then a public update with `fetch` and a Bearer token, and reports what the page saw once
+/// the public one arrives (order is kept, so a private event would have come first).
+const MERCURE_PAGE_SCRIPT: &str = r#"
+const [topic, token, done] = arguments;
+const seen = [];
+const source = new EventSource("/.well-known/mercure?topic=" + encodeURIComponent(topic));
+const post = (fields) => fetch("/.well-known/mercure", {
+  method: "POST",
+  headers: { "Authorization": "Bearer " + token },
+  body: new URLSearchParams(fields),
+}).then((r) => r.text());
+source.onmessage = (e) => {
+  seen.push({ id: e.lastEventId, data: e.data });
+};
+source.onopen = async () => {
+  const privateId = await post({ topic, data: "private data", private: "on" });
+  const publicId = await post({ topic, data: "hello\n\n  from the hub" });
+  const wait = () => seen.length ? (source.close(), done({ privateId, publicId, seen })) : setTimeout(wait, 10);
+  wait();
+};
+"#;
+
+/// A page served by the hub at `/` subscribes to the Mercure route with `EventSource` and
+/// publishes with `fetch` and a Bearer token: it sees `e.lastEventId` and `e.data` as posted,
+/// and does not see the private update.
+#[actix_web::test]
+async fn browser_page_speaks_mercure() {
+    let app = spawn_app_with(|s| s.jwt_key = Some(KEY.to_owned())).await;
+    let driver = Chromedriver::start();
+    let browser = driver.browser().await;
+    browser.goto(&app.url("/")).await.expect("the page loads");
+
+    let result = browser
+        .execute_async(
+            MERCURE_PAGE_SCRIPT,
+            vec![
+                serde_json::json!("https://example.com/books/1"),
+                serde_json::json!(token(&["*"], &[])),
+            ],
+        )
+        .await
+        .expect("the script completes");
+    let public_id = result["publicId"].as_str().expect("an id");
+    assert!(!result["privateId"].as_str().expect("an id").is_empty());
+    assert_eq!(
+        result["seen"],
+        serde_json::json!([{ "id": public_id, "data": "hello\n\n  from the hub" }]),
+        "the page saw exactly the public update, as posted"
+    );
     browser.close().await.expect("close the session");
 }

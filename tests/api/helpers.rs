@@ -303,3 +303,11 @@ impl SseStream {
 fn find_blank_line(buffer: &[u8]) -> Option<usize> {
     buffer.windows(2).position(|w| w == b"\n\n")
 }
+
+/// A query string (without `?`) with each value percent-encoded, keys repeated as given:
+/// topics and templates carry `/`, `{`, `+` and `#`, which must not reach the hub raw.
+pub fn query(pairs: &[(&str, &str)]) -> String {
+    form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish()
+}

@@ -3,6 +3,7 @@
 mod bad_input;
 mod browser;
 mod helpers;
+mod mercure;
 mod quickstart;
 mod replay;
 mod shutdown;

@@ -1,0 +1,511 @@
+//! The Mercure protocol on `/.well-known/mercure`: form publishing, JWT auth (HS256, RS256),
+//! private events, CORS, and the quick-start routes' protection.
+
+use std::process::Command;
+
+use actix_web::http::StatusCode;
+use sse_hub::auth::{self, Claims, JwtAlgorithm, MercureClaim};
+
+use crate::helpers::{TestApp, assert_json_error, query, spawn_app_with};
+
+pub const KEY: &str = "!ChangeThisMercureHubJWTSecretKey!";
+const HUB: &str = "/.well-known/mercure";
+
+fn claims(publish: &[&str], subscribe: &[&str], exp: Option<u64>) -> Claims {
+    Claims {
+        mercure: MercureClaim {
+            publish: Some(publish.iter().map(|s| (*s).to_owned()).collect()),
+            subscribe: Some(subscribe.iter().map(|s| (*s).to_owned()).collect()),
+            payload: None,
+        },
+        exp,
+    }
+}
+
+/// An HS256 token for `KEY`.
+pub fn token(publish: &[&str], subscribe: &[&str]) -> String {
+    auth::sign(&claims(publish, subscribe, None), KEY, JwtAlgorithm::Hs256).expect("signs")
+}
+
+async fn mercure_app() -> TestApp {
+    spawn_app_with(|s| s.jwt_key = Some(KEY.to_owned())).await
+}
+
+/// Posts a Mercure update form with an optional bearer token.
+async fn post_update(
+    app: &TestApp,
+    token: Option<&str>,
+    fields: &[(&str, &str)],
+) -> (StatusCode, String) {
+    let mut req = app
+        .client
+        .post(app.url(HUB))
+        .insert_header(("content-type", "application/x-www-form-urlencoded"));
+    if let Some(token) = token {
+        req = req.insert_header(("authorization", format!("Bearer {token}")));
+    }
+    let mut response = req.send_body(query(fields)).await.expect("answered");
+    let body = response.body().await.expect("body");
+    (
+        response.status(),
+        String::from_utf8(body.to_vec()).expect("utf-8"),
+    )
+}
+
+fn subscribe_path(topic: &str) -> String {
+    format!("{HUB}?{}", query(&[("topic", topic)]))
+}
+
+/// A publish with a valid HS256 token answers 200 text/plain with the id, and the subscriber
+/// receives that id, type, retry and data byte for byte, blank and indented lines included.
+#[actix_web::test]
+async fn hs256_publish_is_delivered_byte_exact() {
+    let app = mercure_app().await;
+    let topic = "https://example.com/books/1";
+    let mut subscriber = app
+        .subscribe(&subscribe_path("https://example.com/books/{id}"))
+        .await;
+    assert!(subscriber.headers().contains_key("last-event-id"));
+
+    let (status, id) = post_update(
+        &app,
+        Some(&token(&["*"], &[])),
+        &[
+            ("topic", topic),
+            ("data", "first line\n\n  indented\n\tlast"),
+            ("id", "urn:uuid:5e94c686-2c0b-4f9b-958c-92ccc3bbb4eb"),
+            ("type", "book-updated"),
+            ("retry", "4000"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{id}");
+    assert_eq!(id, "urn:uuid:5e94c686-2c0b-4f9b-958c-92ccc3bbb4eb");
+
+    let event = subscriber.next_event().await;
+    assert_eq!(
+        event.raw,
+        format!(
+            "id: {id}\nevent: book-updated\nretry: 4000\ndata: first line\ndata: \ndata:   indented\ndata: \tlast\n\n"
+        )
+    );
+
+    // Without an id field, the hub makes one and answers with it.
+    let (status, generated) = post_update(
+        &app,
+        Some(&token(&["*"], &[])),
+        &[("topic", topic), ("data", "x")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        subscriber.next_event().await.id.as_deref(),
+        Some(generated.as_str())
+    );
+}
+
+/// Missing token, bad signature, `alg: none`, an unexpected algorithm, an expired token, a
+/// topic outside the claim and a token without a publish claim are each refused with 401/403
+/// and a JSON error; the subscriber then still receives the next event.
+#[actix_web::test]
+async fn bad_publisher_tokens_are_refused() {
+    let app = mercure_app().await;
+    let mut subscriber = app.subscribe(&subscribe_path("*")).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let expired = auth::sign(
+        &claims(&["*"], &[], Some(now - 60)),
+        KEY,
+        JwtAlgorithm::Hs256,
+    )
+    .expect("signs");
+    let wrong_key = auth::sign(
+        &claims(&["*"], &[], None),
+        "another key",
+        JwtAlgorithm::Hs256,
+    )
+    .expect("signs");
+    // {"alg":"none","typ":"JWT"} . {"mercure":{"publish":["*"]}} . (empty signature)
+    let alg_none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJtZXJjdXJlIjp7InB1Ymxpc2giOlsiKiJdfX0.";
+    // {"alg":"HS512","typ":"JWT"}, signed with the right key but not the configured algorithm.
+    let hs512 = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS512),
+        &claims(&["*"], &[], None),
+        &jsonwebtoken::EncodingKey::from_secret(KEY.as_bytes()),
+    )
+    .expect("signs");
+    let no_claim = auth::sign(
+        &Claims {
+            mercure: MercureClaim::default(),
+            exp: None,
+        },
+        KEY,
+        JwtAlgorithm::Hs256,
+    )
+    .expect("signs");
+    let narrow = token(&["https://example.com/books/{id}"], &[]);
+
+    let cases: [(Option<&str>, &str, StatusCode, &str); 7] = [
+        (None, "t", StatusCode::UNAUTHORIZED, "needs a publisher JWT"),
+        (
+            Some(&wrong_key),
+            "t",
+            StatusCode::UNAUTHORIZED,
+            "invalid signature",
+        ),
+        (
+            Some(alg_none),
+            "t",
+            StatusCode::UNAUTHORIZED,
+            "publisher token",
+        ),
+        (
+            Some(&hs512),
+            "t",
+            StatusCode::UNAUTHORIZED,
+            "not signed with HS256",
+        ),
+        (Some(&expired), "t", StatusCode::UNAUTHORIZED, "expired"),
+        (
+            Some(&narrow),
+            "https://example.com/authors/1",
+            StatusCode::FORBIDDEN,
+            "does not allow topic `https://example.com/authors/1`",
+        ),
+        (
+            Some(&no_claim),
+            "t",
+            StatusCode::FORBIDDEN,
+            "no mercure.publish claim",
+        ),
+    ];
+    for (n, (token, topic, status, needle)) in cases.into_iter().enumerate() {
+        let (got, body) = post_update(&app, token, &[("topic", topic), ("data", "refused")]).await;
+        assert_json_error(got, &body, status, needle);
+
+        let marker = format!("after case {n}");
+        let (ok, id) = post_update(
+            &app,
+            Some(&self::token(&["*"], &[])),
+            &[("topic", "t"), ("data", &marker)],
+        )
+        .await;
+        assert_eq!(ok, StatusCode::OK);
+        let event = subscriber.next_event().await;
+        assert_eq!(
+            (event.id.as_deref(), event.data.as_deref()),
+            (Some(id.as_str()), Some(marker.as_str()))
+        );
+    }
+    // A narrow token may publish inside its claim.
+    let (ok, _) = post_update(
+        &app,
+        Some(&narrow),
+        &[("topic", "https://example.com/books/7")],
+    )
+    .await;
+    assert_eq!(ok, StatusCode::OK);
+}
+
+/// A private event reaches only subscribers whose `mercure.subscribe` claim matches one of its
+/// topics, whether the token comes in the header, the cookie or the query string, live and on
+/// replay; anonymous subscribers and non-matching claims never see it.
+#[actix_web::test]
+async fn private_events_reach_only_authorised_subscribers() {
+    let app = mercure_app().await;
+    let topic = "https://example.com/users/7";
+    let allowed = token(&[], &["https://example.com/users/{id}"]);
+    let other = token(&[], &["https://example.com/orders/{id}"]);
+    let path = subscribe_path("*");
+
+    let mut anonymous = app.subscribe(&path).await;
+    let mut not_matching = app
+        .subscribe_with(&path, &[("authorization", &format!("Bearer {other}"))])
+        .await;
+    let mut by_header = app
+        .subscribe_with(&path, &[("authorization", &format!("Bearer {allowed}"))])
+        .await;
+    let mut by_cookie = app
+        .subscribe_with(
+            &path,
+            &[("cookie", &format!("mercureAuthorization={allowed}"))],
+        )
+        .await;
+    let mut by_query = app
+        .subscribe(&format!("{path}&{}", query(&[("authorization", &allowed)])))
+        .await;
+
+    let publisher = token(&["*"], &[]);
+    let (_, private_id) = post_update(
+        &app,
+        Some(&publisher),
+        &[("topic", topic), ("data", "secret"), ("private", "on")],
+    )
+    .await;
+    let (_, public_id) = post_update(
+        &app,
+        Some(&publisher),
+        &[("topic", topic), ("data", "public")],
+    )
+    .await;
+
+    for stream in [&mut by_header, &mut by_cookie, &mut by_query] {
+        assert_eq!(
+            stream.next_event().await.id.as_deref(),
+            Some(private_id.as_str())
+        );
+        assert_eq!(
+            stream.next_event().await.id.as_deref(),
+            Some(public_id.as_str())
+        );
+    }
+    // Order is preserved, so the public event arriving first proves the private one was skipped.
+    for stream in [&mut anonymous, &mut not_matching] {
+        assert_eq!(
+            stream.next_event().await.id.as_deref(),
+            Some(public_id.as_str())
+        );
+    }
+
+    // On replay the same rule holds.
+    let replay = format!("{path}&lastEventID=earliest");
+    let mut replay_anonymous = app.subscribe(&replay).await;
+    assert_eq!(
+        replay_anonymous.next_event().await.id.as_deref(),
+        Some(public_id.as_str())
+    );
+    let mut replay_allowed = app
+        .subscribe_with(&replay, &[("authorization", &format!("Bearer {allowed}"))])
+        .await;
+    assert_eq!(
+        replay_allowed.next_event().await.id.as_deref(),
+        Some(private_id.as_str())
+    );
+    assert_eq!(
+        replay_allowed.next_event().await.id.as_deref(),
+        Some(public_id.as_str())
+    );
+}
+
+/// Generates an RSA key pair with the `openssl` command: (private PEM, public PEM).
+fn rsa_key_pair() -> (String, String) {
+    let run = |args: &[&str], input: Option<&str>| -> String {
+        use std::io::Write as _;
+        let mut child = Command::new("openssl")
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("the RS256 test needs the `openssl` command (Debian package openssl)");
+        if let Some(input) = input {
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(input.as_bytes())
+                .expect("write");
+        } else {
+            drop(child.stdin.take());
+        }
+        let out = child.wait_with_output().expect("openssl runs");
+        assert!(out.status.success(), "openssl {args:?} failed");
+        String::from_utf8(out.stdout).expect("PEM is text")
+    };
+    let private = run(
+        &[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+        ],
+        None,
+    );
+    let public = run(&["pkey", "-pubout"], Some(&private));
+    (private, public)
+}
+
+/// With an RS256 public key configured, tokens signed by its private key publish and
+/// subscribe; an HS256 token is refused.
+#[actix_web::test]
+async fn rs256_tokens_from_a_generated_key_pair() {
+    let (private, public) = rsa_key_pair();
+    let app = spawn_app_with(|s| {
+        s.jwt_key = Some(public.clone());
+        s.jwt_alg = JwtAlgorithm::Rs256;
+    })
+    .await;
+    let rs = |publish: &[&str], subscribe: &[&str]| {
+        auth::sign(
+            &claims(publish, subscribe, None),
+            &private,
+            JwtAlgorithm::Rs256,
+        )
+        .expect("signs")
+    };
+    let mut subscriber = app
+        .subscribe_with(
+            &subscribe_path("*"),
+            &[("authorization", &format!("Bearer {}", rs(&[], &["*"])))],
+        )
+        .await;
+    let (status, id) = post_update(
+        &app,
+        Some(&rs(&["*"], &[])),
+        &[("topic", "t"), ("data", "signed"), ("private", "")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{id}");
+    let event = subscriber.next_event().await;
+    assert_eq!(
+        (event.id.as_deref(), event.data.as_deref()),
+        (Some(id.as_str()), Some("signed"))
+    );
+
+    let (status, body) = post_update(&app, Some(&token(&["*"], &[])), &[("topic", "t")]).await;
+    assert_json_error(
+        status,
+        &body,
+        StatusCode::UNAUTHORIZED,
+        "not signed with RS256",
+    );
+}
+
+/// With a publisher key configured, `POST /publish` needs a publisher token; the triggers stay
+/// open; and `--triggers=false` turns them off.
+#[actix_web::test]
+async fn quick_start_publish_is_protected_by_the_publisher_key() {
+    let app = mercure_app().await;
+    let (status, body) = app.post("/publish", "x").await;
+    assert_json_error(
+        status,
+        &body,
+        StatusCode::UNAUTHORIZED,
+        "needs a publisher JWT",
+    );
+    let mut response = app
+        .client
+        .post(app.url("/publish?topic=news"))
+        .insert_header(("authorization", format!("Bearer {}", token(&["news"], &[]))))
+        .send_body("with token")
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(!response.body().await.expect("id").is_empty());
+    let (status, body) = app.post("/publish?topic=sports", "outside").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(app.get("/left").await.0, StatusCode::OK);
+
+    let closed = spawn_app_with(|s| s.triggers = false).await;
+    let (status, body) = closed.get("/left").await;
+    assert_json_error(status, &body, StatusCode::FORBIDDEN, "turned off");
+}
+
+/// With `anonymous` off, subscribing without a token is refused with 401; with one it works.
+#[actix_web::test]
+async fn anonymous_subscribers_can_be_refused() {
+    let app = spawn_app_with(|s| {
+        s.jwt_key = Some(KEY.to_owned());
+        s.anonymous = false;
+    })
+    .await;
+    let (status, body) = app.get(&subscribe_path("*")).await;
+    assert_json_error(
+        status,
+        &body,
+        StatusCode::UNAUTHORIZED,
+        "needs a subscriber JWT",
+    );
+    let (status, body) = app.get(HUB).await;
+    assert_json_error(
+        status,
+        &body,
+        StatusCode::UNAUTHORIZED,
+        "needs a subscriber JWT",
+    );
+    app.subscribe_with(
+        &subscribe_path("*"),
+        &[("authorization", &format!("Bearer {}", token(&[], &[])))],
+    )
+    .await;
+    let (status, body) = mercure_app().await.get(HUB).await;
+    assert_json_error(
+        status,
+        &body,
+        StatusCode::BAD_REQUEST,
+        "at least one `topic`",
+    );
+}
+
+/// Listed origins get CORS with credentials and the Mercure headers in preflight; unlisted
+/// origins get no CORS headers on the Mercure route; the quick-start routes keep `*` and
+/// advertise the hub with a `Link` header.
+#[actix_web::test]
+async fn cors_is_per_route() {
+    let app = spawn_app_with(|s| {
+        s.jwt_key = Some(KEY.to_owned());
+        s.cors_allowed_origins = vec!["https://app.example".to_owned()];
+    })
+    .await;
+    let preflight = |origin: &'static str| {
+        app.client
+            .request(actix_web::http::Method::OPTIONS, app.url(HUB))
+            .insert_header(("origin", origin))
+            .insert_header(("access-control-request-method", "POST"))
+            .insert_header((
+                "access-control-request-headers",
+                "authorization, last-event-id, cache-control, content-type",
+            ))
+            .send()
+    };
+    let response = preflight("https://app.example").await.expect("answered");
+    assert_eq!(response.status(), StatusCode::OK);
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .map(|v| v.to_str().expect("ascii").to_ascii_lowercase())
+            .unwrap_or_default()
+    };
+    assert_eq!(header("access-control-allow-origin"), "https://app.example");
+    assert_eq!(header("access-control-allow-credentials"), "true");
+    for allowed in [
+        "authorization",
+        "last-event-id",
+        "cache-control",
+        "content-type",
+    ] {
+        assert!(
+            header("access-control-allow-headers").contains(allowed),
+            "{allowed}"
+        );
+    }
+    let response = preflight("https://evil.example").await.expect("answered");
+    assert!(
+        response
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+
+    let response = app
+        .client
+        .get(app.url("/stats"))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(
+        response
+            .headers()
+            .get("access-control-allow-origin")
+            .expect("acao"),
+        "*"
+    );
+    assert_eq!(
+        response.headers().get("link").expect("link"),
+        "</.well-known/mercure>; rel=\"mercure\""
+    );
+}
