@@ -65,6 +65,13 @@ impl Event {
 pub fn validate_draft(draft: &EventDraft) -> Result<(), HubError> {
     if let Some(id) = &draft.id {
         validate_id(id, "id")?;
+        if id == "earliest" {
+            // A browser holding this id would resume with `earliest` and replay everything.
+            return Err(HubError::InvalidField {
+                field: "id",
+                reason: "must not be `earliest`, which means \"the whole history\" on resume",
+            });
+        }
     }
     if let Some(event_type) = &draft.event_type {
         validate_field(event_type, "event type")?;
@@ -254,6 +261,11 @@ mod tests {
             assert!(validate_draft(&draft).is_err(), "{bad:?}");
         }
         assert!(validate_id("", "id").is_err());
+        let earliest = EventDraft {
+            id: Some("earliest".into()),
+            ..EventDraft::default()
+        };
+        assert!(validate_draft(&earliest).is_err());
         assert!(validate_id(&"x".repeat(1025), "id").is_err());
         assert!(validate_id(&"x".repeat(1024), "id").is_ok());
         assert!(validate_draft(&EventDraft::default()).is_ok());

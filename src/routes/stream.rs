@@ -31,7 +31,10 @@ pub async fn open(
 ) -> Result<HttpResponse, HubError> {
     let grant = auth::subscriber_grant(req, &state.keys, state.settings.anonymous)?;
     let pairs = query_pairs(req);
-    let selectors = query_values(&pairs, "topic");
+    let mut selectors = query_values(&pairs, "topic");
+    // A selector given twice is one selector (one index entry, one line in /stats).
+    let mut seen = std::collections::HashSet::new();
+    selectors.retain(|s| seen.insert(*s));
     if topic_required && selectors.is_empty() {
         return Err(HubError::Invalid {
             what: "subscription",
