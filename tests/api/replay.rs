@@ -612,6 +612,11 @@ async fn slow_subscriber_dropped_resumes_without_loss() {
 async fn earliest_is_refused_as_an_event_id() {
     let app = spawn_app().await;
     let (status, body) = app.post("/publish?id=earliest", "x").await;
-    assert_json_error(status, &body, StatusCode::BAD_REQUEST, "must not be `earliest`");
+    assert_json_error(
+        status,
+        &body,
+        StatusCode::BAD_REQUEST,
+        "must not be `earliest`",
+    );
     assert_eq!(app.stats().await["events_published_total"], 0);
 }
