@@ -2,6 +2,7 @@
 //! channel, joining every frame already queued into one chunk so they leave in one write.
 
 use std::{
+    collections::VecDeque,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
@@ -37,44 +38,58 @@ pub fn response() -> actix_web::HttpResponseBuilder {
 /// queues; it ends when the broadcaster drops the sender (shutdown, or too slow).
 #[derive(Debug)]
 pub struct SubscriberBody {
-    opening: Option<Bytes>,
+    opening: VecDeque<Bytes>,
     receiver: mpsc::Receiver<Bytes>,
     metrics: Arc<Metrics>,
 }
 
 impl SubscriberBody {
-    pub fn new(opening: Bytes, receiver: mpsc::Receiver<Bytes>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        opening: Vec<Bytes>,
+        receiver: mpsc::Receiver<Bytes>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
-            opening: Some(opening).filter(|b| !b.is_empty()),
+            opening: opening.into(),
             receiver,
             metrics,
         }
     }
 
     fn next_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
-        if let Some(opening) = self.opening.take() {
-            return Poll::Ready(Some(opening));
+        if let Some(first) = self.opening.pop_front() {
+            let opening = &mut self.opening;
+            return Poll::Ready(Some(join(first, || opening.pop_front())));
         }
         let first = match self.receiver.poll_recv(cx) {
             Poll::Ready(Some(frame)) => frame,
             Poll::Ready(None) => return Poll::Ready(None),
             Poll::Pending => return Poll::Pending,
         };
-        // One frame alone goes out as it is (no copy); several queued frames are joined.
-        let Ok(second) = self.receiver.try_recv() else {
-            return Poll::Ready(Some(first));
-        };
-        let mut chunk = BytesMut::with_capacity((first.len() + second.len()) * 4);
-        chunk.extend_from_slice(&first);
-        chunk.extend_from_slice(&second);
-        while chunk.len() < MAX_CHUNK_BYTES {
-            match self.receiver.try_recv() {
-                Ok(frame) => chunk.extend_from_slice(&frame),
-                Err(_) => break,
-            }
-        }
-        Poll::Ready(Some(chunk.freeze()))
+        let receiver = &mut self.receiver;
+        Poll::Ready(Some(join(first, || receiver.try_recv().ok())))
     }
+}
+
+/// Joins `first` with the frames `next` has ready, up to [`MAX_CHUNK_BYTES`]. A frame alone
+/// goes out as it is, without a copy.
+fn join(first: Bytes, mut next: impl FnMut() -> Option<Bytes>) -> Bytes {
+    if first.len() >= MAX_CHUNK_BYTES {
+        return first;
+    }
+    let Some(second) = next() else {
+        return first;
+    };
+    let mut chunk = BytesMut::with_capacity((first.len() + second.len()) * 4);
+    chunk.extend_from_slice(&first);
+    chunk.extend_from_slice(&second);
+    while chunk.len() < MAX_CHUNK_BYTES {
+        match next() {
+            Some(frame) => chunk.extend_from_slice(&frame),
+            None => break,
+        }
+    }
+    chunk.freeze()
 }
 
 impl MessageBody for SubscriberBody {

@@ -64,7 +64,9 @@ pub struct Subscribe {
 #[derive(Debug)]
 pub struct Subscription {
     /// The opening comment, then a `reset` event if the resume point was lost, then the replay.
-    pub opening: Bytes,
+    /// Replayed frames are the history's own (shared, not copied), so a replay costs a pointer
+    /// per event, however large the history.
+    pub opening: Vec<Bytes>,
     pub receiver: mpsc::Receiver<Bytes>,
     /// Newest id in the history when the subscriber registered (`Last-Event-ID` header).
     pub newest_id: Option<Arc<str>>,
@@ -247,6 +249,7 @@ pub struct Broadcaster {
     /// Increments per publish; compared with `Subscriber::stamp`.
     stamp: u64,
     keep_alive: Bytes,
+    connected: Bytes,
     shutting_down: bool,
     /// Scratch lists reused by every fan-out, so it allocates nothing in the steady state.
     candidates: Vec<usize>,
@@ -277,6 +280,7 @@ impl Broadcaster {
             metrics,
             stamp: 0,
             keep_alive: event::comment("keep-alive"),
+            connected: event::comment("connected"),
             shutting_down: false,
             candidates: Vec::new(),
             closed: Vec::new(),
@@ -426,7 +430,7 @@ impl Handler<Subscribe> for Broadcaster {
             stamp: self.stamp,
         };
 
-        let mut opening = bytes::BytesMut::from(&event::comment("connected")[..]);
+        let mut opening = vec![self.connected.clone()];
         if let Some(last_event_id) = msg.last_event_id.as_deref() {
             let from = if last_event_id == "earliest" {
                 ReplayFrom::Earliest
@@ -440,10 +444,10 @@ impl Handler<Subscribe> for Broadcaster {
                     "oldestId": self.history.oldest_id().as_deref(),
                 })
                 .to_string();
-                opening.extend_from_slice(&reset_frame(&data));
+                opening.push(reset_frame(&data));
             }
             for event in replay.events.iter().filter(|e| subscriber.wants(e)) {
-                opening.extend_from_slice(&event.frame);
+                opening.push(event.frame.clone());
             }
         }
 
@@ -455,7 +459,7 @@ impl Handler<Subscribe> for Broadcaster {
         log::debug!("subscriber joined key={key}");
 
         Ok(Subscription {
-            opening: opening.freeze(),
+            opening,
             receiver,
             newest_id: self.history.newest_id(),
         })
