@@ -6,6 +6,7 @@
 //! - [`broadcaster`]: the actor: subscribers, topic index, history, fan-out, heartbeat.
 //! - [`event`]: event fields, their validation, and the one wire encoder.
 //! - [`topic`]: topic selectors: exact, `*`, and RFC 6570 URI templates.
+//! - [`queue`]: a subscriber's bounded frame queue, drained in one go.
 //! - [`sse`]: a subscriber's response: headers, and the body draining its channel.
 //! - [`routes`]: the HTTP surfaces: stream, publish, quick-start triggers, stats, health.
 //! - [`error`]: the request error enum and its JSON responses.
@@ -19,6 +20,7 @@ pub mod error;
 pub mod event;
 pub mod healthcheck;
 pub mod metrics;
+pub mod queue;
 pub mod routes;
 pub mod sse;
 pub mod startup;

@@ -8,15 +8,16 @@ use std::{
     task::{Context, Poll},
 };
 
+use crate::{
+    metrics::Metrics,
+    queue::{self, Receiver},
+};
 use actix_web::{
     HttpResponse,
     body::{BodySize, MessageBody},
     http::header::{self, ContentEncoding},
 };
-use bytes::{Bytes, BytesMut};
-use tokio::sync::mpsc;
-
-use crate::metrics::Metrics;
+use bytes::Bytes;
 
 /// Most bytes joined into one chunk; past this the dispatcher flushes anyway.
 const MAX_CHUNK_BYTES: usize = 64 * 1024;
@@ -39,16 +40,12 @@ pub fn response() -> actix_web::HttpResponseBuilder {
 #[derive(Debug)]
 pub struct SubscriberBody {
     opening: VecDeque<Bytes>,
-    receiver: mpsc::Receiver<Bytes>,
+    receiver: Receiver,
     metrics: Arc<Metrics>,
 }
 
 impl SubscriberBody {
-    pub fn new(
-        opening: Vec<Bytes>,
-        receiver: mpsc::Receiver<Bytes>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub fn new(opening: Vec<Bytes>, receiver: Receiver, metrics: Arc<Metrics>) -> Self {
         Self {
             opening: opening.into(),
             receiver,
@@ -59,37 +56,14 @@ impl SubscriberBody {
     fn next_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
         if let Some(first) = self.opening.pop_front() {
             let opening = &mut self.opening;
-            return Poll::Ready(Some(join(first, || opening.pop_front())));
+            return Poll::Ready(Some(queue::join(
+                first,
+                || opening.pop_front(),
+                MAX_CHUNK_BYTES,
+            )));
         }
-        let first = match self.receiver.poll_recv(cx) {
-            Poll::Ready(Some(frame)) => frame,
-            Poll::Ready(None) => return Poll::Ready(None),
-            Poll::Pending => return Poll::Pending,
-        };
-        let receiver = &mut self.receiver;
-        Poll::Ready(Some(join(first, || receiver.try_recv().ok())))
+        self.receiver.poll_drain(cx, MAX_CHUNK_BYTES)
     }
-}
-
-/// Joins `first` with the frames `next` has ready, up to [`MAX_CHUNK_BYTES`]. A frame alone
-/// goes out as it is, without a copy.
-fn join(first: Bytes, mut next: impl FnMut() -> Option<Bytes>) -> Bytes {
-    if first.len() >= MAX_CHUNK_BYTES {
-        return first;
-    }
-    let Some(second) = next() else {
-        return first;
-    };
-    let mut chunk = BytesMut::with_capacity((first.len() + second.len()) * 4);
-    chunk.extend_from_slice(&first);
-    chunk.extend_from_slice(&second);
-    while chunk.len() < MAX_CHUNK_BYTES {
-        match next() {
-            Some(frame) => chunk.extend_from_slice(&frame),
-            None => break,
-        }
-    }
-    chunk.freeze()
 }
 
 impl MessageBody for SubscriberBody {

@@ -14,7 +14,6 @@ use bytes::Bytes;
 use indexmap::IndexSet;
 use serde::Serialize;
 use slab::Slab;
-use tokio::sync::mpsc::{self, error::TrySendError};
 
 pub use self::history::{History, MemoryHistory, Replay, ReplayFrom};
 use crate::{
@@ -22,6 +21,7 @@ use crate::{
     error::HubError,
     event::{self, Event, EventDraft},
     metrics::{self, Metrics},
+    queue::{self, PushError},
     topic::Selector,
 };
 
@@ -67,7 +67,7 @@ pub struct Subscription {
     /// Replayed frames are the history's own (shared, not copied), so a replay costs a pointer
     /// per event, however large the history.
     pub opening: Vec<Bytes>,
-    pub receiver: mpsc::Receiver<Bytes>,
+    pub receiver: queue::Receiver,
     /// Newest id in the history when the subscriber registered (`Last-Event-ID` header).
     pub newest_id: Option<Arc<str>>,
 }
@@ -109,7 +109,7 @@ pub const RESET_EVENT: &str = "reset";
 
 #[derive(Debug)]
 struct Subscriber {
-    sender: mpsc::Sender<Bytes>,
+    sender: queue::Sender,
     selectors: Vec<Selector>,
     private_selectors: Vec<Selector>,
     /// The last publish this subscriber was sent, so overlapping selectors deliver once.
@@ -314,10 +314,10 @@ impl Broadcaster {
         let Some(subscriber) = self.subscribers.get(key) else {
             return false;
         };
-        match subscriber.sender.try_send(frame.clone()) {
+        match subscriber.sender.try_push(frame.clone()) {
             Ok(()) => return true,
-            Err(TrySendError::Closed(_)) => self.closed.push(key),
-            Err(TrySendError::Full(_)) => self.slow.push(key),
+            Err(PushError::Closed) => self.closed.push(key),
+            Err(PushError::Full) => self.slow.push(key),
         }
         false
     }
@@ -422,7 +422,7 @@ impl Handler<Subscribe> for Broadcaster {
                 limit: self.config.max_subscribers,
             });
         }
-        let (sender, receiver) = mpsc::channel(self.config.subscriber_buffer);
+        let (sender, receiver) = queue::queue(self.config.subscriber_buffer);
         let subscriber = Subscriber {
             sender,
             selectors: msg.selectors,
