@@ -46,7 +46,14 @@ impl Application {
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(web::Data::new(state.clone()))
-                .wrap(Logger::new("%a \"%r\" %s %b %T").log_target("sse_hub::access"))
+                // Streams are left out of the access log: they would hold the log line's state
+                // (about 400 bytes) for their whole life; the broadcaster logs joins and leaves.
+                .wrap(
+                    Logger::new("%a \"%r\" %s %b %T")
+                        .log_target("sse_hub::access")
+                        .exclude("/stream")
+                        .exclude(routes::MERCURE_PATH),
+                )
                 .configure(routes.clone())
                 .default_service(web::to(routes::not_found))
         })

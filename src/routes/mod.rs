@@ -18,6 +18,8 @@ use crate::{
     auth::Keys, broadcaster::Broadcaster, config::Settings, error::HubError, metrics::Metrics,
 };
 
+pub use mercure::PATH as MERCURE_PATH;
+
 /// What every handler shares: the one broadcaster, the settings, the JWT keys and the metrics.
 #[derive(Debug, Clone)]
 pub struct AppState {
