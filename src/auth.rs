@@ -7,7 +7,10 @@ use actix_web::{HttpRequest, http::header};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
 use serde::{Deserialize, Serialize};
 
-use crate::{error::HubError, topic::Selector};
+use crate::{
+    error::HubError,
+    topic::{Selector, SelectorCache},
+};
 
 /// The cookie Mercure clients send their token in.
 pub const COOKIE_NAME: &str = "mercureAuthorization";
@@ -171,12 +174,12 @@ pub struct Grant {
 }
 
 impl Grant {
-    fn from_claim(claim: Option<&[String]>) -> Self {
+    fn from_claim(claim: Option<&[String]>, cache: &SelectorCache) -> Self {
         Self {
             selectors: claim
                 .unwrap_or_default()
                 .iter()
-                .filter_map(|s| Selector::parse(s).ok())
+                .filter_map(|s| cache.get(s).ok())
                 .collect(),
         }
     }
@@ -191,6 +194,7 @@ impl Grant {
 pub fn publisher_grant(
     req: &HttpRequest,
     keys: &Keys,
+    cache: &SelectorCache,
     required: bool,
 ) -> Result<Option<Grant>, HubError> {
     let Some(key) = keys.for_role(Role::Publisher) else {
@@ -214,7 +218,7 @@ pub fn publisher_grant(
             "the token has no mercure.publish claim".to_owned(),
         ));
     };
-    Ok(Some(Grant::from_claim(Some(publish))))
+    Ok(Some(Grant::from_claim(Some(publish), cache)))
 }
 
 /// Checks the subscriber token of `req`, if any: its `mercure.subscribe` claim says which
@@ -223,6 +227,7 @@ pub fn publisher_grant(
 pub fn subscriber_grant(
     req: &HttpRequest,
     keys: &Keys,
+    cache: &SelectorCache,
     anonymous: bool,
 ) -> Result<Grant, HubError> {
     let token = token_from(req)?;
@@ -236,7 +241,10 @@ pub fn subscriber_grant(
         )),
         (Some(token), Some(key)) => {
             let claims = verify(&token, key, Role::Subscriber)?;
-            Ok(Grant::from_claim(claims.mercure.subscribe.as_deref()))
+            Ok(Grant::from_claim(
+                claims.mercure.subscribe.as_deref(),
+                cache,
+            ))
         }
     }
 }
@@ -339,14 +347,18 @@ mod tests {
     /// A grant matches topics through its selectors, templates included.
     #[test]
     fn grant_matches_selectors() {
-        let grant = Grant::from_claim(Some(&[
-            "https://example.com/books/{id}".to_owned(),
-            "chat".to_owned(),
-        ]));
+        let cache = SelectorCache::new(8);
+        let grant = Grant::from_claim(
+            Some(&[
+                "https://example.com/books/{id}".to_owned(),
+                "chat".to_owned(),
+            ]),
+            &cache,
+        );
         assert!(grant.allows("https://example.com/books/1"));
         assert!(grant.allows("chat"));
         assert!(!grant.allows("other"));
-        assert!(Grant::from_claim(Some(&["*".to_owned()])).allows("anything"));
+        assert!(Grant::from_claim(Some(&["*".to_owned()]), &cache).allows("anything"));
         assert!(!Grant::default().allows("anything"));
     }
 }

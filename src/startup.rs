@@ -16,7 +16,11 @@ use crate::{
     config::Settings,
     metrics::Metrics,
     routes::{self, AppState},
+    topic::SelectorCache,
 };
+
+/// Distinct URI templates kept compiled; past this the cache starts over.
+const SELECTOR_CACHE_SIZE: usize = 10_000;
 
 /// A bound, not yet running hub.
 #[allow(missing_debug_implementations)] // actix's `Server` has no Debug
@@ -41,6 +45,7 @@ impl Application {
             settings: Arc::new(settings.clone()),
             keys: Arc::new(keys),
             metrics,
+            selectors: Arc::new(SelectorCache::new(SELECTOR_CACHE_SIZE)),
         };
         let routes = routes::configure(&settings);
         let mut server = HttpServer::new(move || {

@@ -1,9 +1,13 @@
 //! Topic selectors: an exact topic, `*`, or an RFC 6570 URI template compiled once to an anchored
 //! regex, matched the way Mercure hubs match them (yosida95/uritemplate's `Regexp()`).
 
-use std::fmt;
-use std::hash::{Hash, Hasher};
-use std::str::FromStr;
+use std::{
+    collections::HashMap,
+    fmt,
+    hash::{Hash, Hasher},
+    str::FromStr,
+    sync::Mutex,
+};
 
 use regex::Regex;
 
@@ -126,6 +130,45 @@ impl fmt::Display for Template {
 }
 
 /// Why a selector could not be parsed.
+/// Compiled selectors shared by every subscriber that uses the same text, so ten thousand
+/// subscribers on one URI template compile it once and share its regex (a `Regex` clone is a
+/// reference count). Bounded: when full it starts over, which costs only recompilation.
+#[derive(Debug)]
+pub struct SelectorCache {
+    compiled: Mutex<HashMap<String, Selector>>,
+    capacity: usize,
+}
+
+impl SelectorCache {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            compiled: Mutex::new(HashMap::new()),
+            capacity,
+        }
+    }
+
+    /// The compiled selector for `text`, parsed at most once while it stays cached.
+    pub fn get(&self, text: &str) -> Result<Selector, SelectorError> {
+        // Exact topics and `*` cost nothing to build; only templates are worth caching.
+        if !text.contains('{') {
+            return Selector::parse(text);
+        }
+        let mut compiled = self
+            .compiled
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(selector) = compiled.get(text) {
+            return Ok(selector.clone());
+        }
+        let selector = Selector::parse(text)?;
+        if compiled.len() >= self.capacity {
+            compiled.clear();
+        }
+        compiled.insert(text.to_owned(), selector.clone());
+        Ok(selector)
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SelectorError {
     /// The selector contains `{` but is not a valid RFC 6570 URI template.
@@ -418,6 +461,34 @@ fn is_ucschar_or_iprivate(c: u32) -> bool {
         // Planes 1-16 less each plane's last two code points; plane 14 starts at E1000.
         0x1_0000..=0x10_FFFF => c & 0xFFFF <= 0xFFFD && !(0xE_0000..0xE_1000).contains(&c),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod cache_tests {
+    use super::*;
+
+    /// The cache returns the same selector as parsing, and survives being full.
+    #[test]
+    fn cache_gives_what_parse_gives() {
+        let cache = SelectorCache::new(2);
+        for text in [
+            "a",
+            "*",
+            "https://x/{id}",
+            "https://y/{id}",
+            "https://z/{+p}",
+            "https://x/{id}",
+        ] {
+            assert_eq!(cache.get(text), Selector::parse(text));
+        }
+        assert!(cache.get("bad{").is_err());
+        assert!(
+            cache
+                .get("https://x/{id}")
+                .expect("valid")
+                .matches("https://x/1")
+        );
     }
 }
 

@@ -42,7 +42,8 @@ async fn publish_form(
     payload: web::Payload,
     state: &AppState,
 ) -> Result<HttpResponse, HubError> {
-    let grant = auth::publisher_grant(&req, &state.keys, true)?.ok_or(HubError::Internal)?;
+    let grant = auth::publisher_grant(&req, &state.keys, &state.selectors, true)?
+        .ok_or(HubError::Internal)?;
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)

@@ -16,6 +16,7 @@ use futures_util::StreamExt as _;
 
 use crate::{
     auth::Keys, broadcaster::Broadcaster, config::Settings, error::HubError, metrics::Metrics,
+    topic::SelectorCache,
 };
 
 pub use mercure::PATH as MERCURE_PATH;
@@ -27,6 +28,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub keys: Arc<Keys>,
     pub metrics: Arc<Metrics>,
+    /// Compiled selectors shared across subscribers (and claims).
+    pub selectors: Arc<SelectorCache>,
 }
 
 /// The one route table, used by `startup::build` and so by main and the tests alike.

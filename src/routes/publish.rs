@@ -45,7 +45,7 @@ async fn publish_body(
     state: &AppState,
 ) -> Result<HttpResponse, HubError> {
     let settings = &state.settings;
-    let grant = auth::publisher_grant(&req, &state.keys, false)?;
+    let grant = auth::publisher_grant(&req, &state.keys, &state.selectors, false)?;
     if let Some(length) = req
         .headers()
         .get(actix_web::http::header::CONTENT_LENGTH)

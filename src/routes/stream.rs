@@ -10,7 +10,6 @@ use crate::{
     error::HubError,
     event,
     sse::{self, SubscriberBody},
-    topic::Selector,
 };
 
 /// Opens a subscriber's stream. The opening comment is written at once, so `onopen` fires
@@ -29,7 +28,8 @@ pub async fn open(
     state: &AppState,
     topic_required: bool,
 ) -> Result<HttpResponse, HubError> {
-    let grant = auth::subscriber_grant(req, &state.keys, state.settings.anonymous)?;
+    let grant =
+        auth::subscriber_grant(req, &state.keys, &state.selectors, state.settings.anonymous)?;
     let pairs = query_pairs(req);
     let mut selectors = query_values(&pairs, "topic");
     // A selector given twice is one selector (one index entry, one line in /stats).
@@ -45,7 +45,7 @@ pub async fn open(
     let selectors = selectors
         .into_iter()
         .map(|s| {
-            Selector::parse(s).map_err(|err| HubError::Invalid {
+            state.selectors.get(s).map_err(|err| HubError::Invalid {
                 what: "topic selector",
                 reason: err.to_string(),
             })
