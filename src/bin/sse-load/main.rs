@@ -1,0 +1,735 @@
+//! `sse-load`, the load tester: opens N subscribers to any SSE server on loopback, publishes P
+//! stamped events, and reports delivery rate, latency, loss, and the server's memory and CPU.
+//! This file holds the command line and the coordinator; subscribers run in worker processes.
+
+mod chart;
+mod http;
+mod procstat;
+mod publisher;
+mod report;
+mod sse;
+mod subscriber;
+mod tally;
+mod target;
+
+use std::{
+    path::PathBuf,
+    process::{ExitCode, Stdio},
+    rc::Rc,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    process::{Child, ChildStdin},
+    sync::mpsc,
+    task::LocalSet,
+};
+
+use crate::{
+    procstat::Server,
+    publisher::{DEFAULT_TEMPLATE, Plan, Template},
+    report::{Percentiles, Report, ServerFigures},
+    subscriber::{ConnectReport, WorkerArgs, WorkerReport},
+    tally::Counts,
+    target::Target,
+};
+
+/// Extra time a worker process gets past the coordinator's deadline before ending by itself.
+const WORKER_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sse-load",
+    version,
+    about = "Load-test an SSE server on loopback: N subscribers, P stamped events, exact loss and latency",
+    long_about = "Load-test an SSE server on loopback.\n\n\
+        Opens N subscribers to URL (spread over 127.0.0.2-254 source addresses, and over several \
+        processes when N exceeds the open-file limit), publishes P events to --publish-url with a \
+        sequence number and send time in each payload, and matches every received event to its \
+        publish: loss, duplicates, reordering and publish→receive latency are exact. Given the \
+        server's pid(s), also reports its RSS per subscriber and CPU time per delivered event.\n\n\
+        With -P 0 (the default) it only connects, holds the subscribers for --hold and measures \
+        memory. Only loopback targets (127.0.0.0/8, ::1) are accepted.\n\n\
+        Examples:\n  \
+        sse-load http://127.0.0.1:8080/stream -n 10000 -P 1000 --publish-url http://127.0.0.1:8080/publish --server-pid $(pidof sse-hub)\n  \
+        sse-load http://127.0.0.1:8090/sub/bench -n 10000 -P 100 --rate 5 --publish-url http://127.0.0.1:8090/pub/bench --server-pid $(cat nginx.pid) --server-children --json",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Draw one latency chart (SVG) from reports saved with --json.
+    Chart(ChartArgs),
+    /// A subscriber process started by the coordinator (internal).
+    #[command(hide = true)]
+    Worker(WorkerArgs),
+}
+
+#[derive(Debug, Args)]
+struct ChartArgs {
+    /// Where to write the SVG.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value = "publish → receive latency")]
+    title: String,
+    /// LABEL=FILE pairs: each FILE holds a report line printed by --json.
+    #[arg(required = true)]
+    reports: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// SSE stream to subscribe to, e.g. http://127.0.0.1:8080/stream (loopback only).
+    #[arg(required = true)]
+    url: Option<String>,
+    /// Subscribers to open.
+    #[arg(short = 'n', long, default_value_t = 100)]
+    subscribers: u64,
+    /// Events to publish; 0 = idle mode (connect, hold, measure memory).
+    #[arg(short = 'P', long, default_value_t = 0)]
+    events: u64,
+    /// Where to publish, e.g. http://127.0.0.1:8080/publish (loopback only).
+    #[arg(long)]
+    publish_url: Option<String>,
+    /// HTTP method for publishing.
+    #[arg(long, default_value = "POST")]
+    method: String,
+    /// Payload template: {seq} and {ts} become the sequence number and the send time (µs since
+    /// the epoch), {ack} how many leading events were answered when this one was sent (reorder
+    /// detection), {pad} as many 'x' as reach --size. Receivers find "seq":N, "ts":N, "ack":N.
+    #[arg(long, default_value = DEFAULT_TEMPLATE)]
+    body: String,
+    /// Payload size in bytes, reached by padding {pad}.
+    #[arg(short = 's', long, default_value_t = 64)]
+    size: usize,
+    /// Extra header on publish requests, "Name: value" (repeatable).
+    #[arg(long = "publish-header")]
+    publish_headers: Vec<String>,
+    /// Extra header on subscribe requests, "Name: value" (repeatable).
+    #[arg(short = 'H', long = "header")]
+    headers: Vec<String>,
+    /// Publish requests in flight (one keep-alive connection each).
+    #[arg(short = 'k', long, default_value_t = 16)]
+    in_flight: usize,
+    /// Publish at this many events per second instead of as fast as answers come.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Connection attempts in progress at once, per process.
+    #[arg(long, default_value_t = 256)]
+    connect_concurrency: usize,
+    /// Subscriber processes; by default as many as the open-file limit requires.
+    #[arg(long)]
+    processes: Option<usize>,
+    /// Read buffer per subscriber, bytes.
+    #[arg(long, default_value_t = 8192)]
+    read_buffer: usize,
+    /// Pause after all subscribers connect, before measuring memory and publishing.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    settle: Duration,
+    /// Idle mode: how long to hold the subscribers before measuring memory.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    hold: Duration,
+    /// After the last publish, how long to wait for every subscriber to get every event.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    drain_timeout: Duration,
+    /// Deadline for the whole run; everything stops by then.
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// Server process to measure (memory, CPU); repeatable.
+    #[arg(long = "server-pid")]
+    server_pids: Vec<u32>,
+    /// Also measure the descendants of --server-pid (nginx workers under the master).
+    #[arg(long)]
+    server_children: bool,
+    /// Print exactly one line of JSON on stdout (the summary goes to stderr).
+    #[arg(long)]
+    json: bool,
+    /// Write an SVG latency chart here.
+    #[arg(long)]
+    chart: Option<PathBuf>,
+    /// A name for this run in the report and chart.
+    #[arg(long, default_value = "")]
+    label: String,
+    /// No progress bars and no summary on stderr.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Worker(args)) => subscriber::run(args),
+        Some(Command::Chart(args)) => draw_chart(&args),
+        None => run(cli.run),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("sse-load: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Wall-clock µs since the epoch: publisher and subscribers share the machine's clock.
+pub fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let report = LocalSet::new().block_on(&runtime, coordinate(&args))?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+        if !args.quiet {
+            eprint!("{}", report.summary());
+        }
+    } else {
+        print!("{}", report.summary());
+    }
+    if let Some(path) = &args.chart {
+        let label = if args.label.is_empty() {
+            args.url.clone().unwrap_or_default()
+        } else {
+            args.label.clone()
+        };
+        chart::draw(
+            path,
+            "publish → receive latency",
+            &[chart::Series {
+                label,
+                points: report.latency_curve.clone(),
+            }],
+        )?;
+    }
+    Ok(())
+}
+
+fn draw_chart(args: &ChartArgs) -> anyhow::Result<()> {
+    let mut series = Vec::new();
+    for pair in &args.reports {
+        let (label, file) = pair
+            .split_once('=')
+            .with_context(|| format!("{pair}: expected LABEL=FILE"))?;
+        let text = std::fs::read_to_string(file).with_context(|| format!("read {file}"))?;
+        let report: Report = text
+            .lines()
+            .rev()
+            .find_map(|line| serde_json::from_str(line).ok())
+            .with_context(|| format!("{file} holds no report line"))?;
+        series.push(chart::Series {
+            label: label.to_owned(),
+            points: report.latency_curve,
+        });
+    }
+    chart::draw(&args.out, &args.title, &series)
+}
+
+/// The soft open-file limit of this process, from /proc/self/limits (None if unreadable).
+fn open_file_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// Subscribers one process may hold: the open-file limit less a margin for everything else.
+fn per_process_capacity(limit: u64) -> u64 {
+    let margin = (limit / 20).max(64);
+    limit.saturating_sub(margin).max(1)
+}
+
+/// Splits `n` subscribers over `processes`: (first index, count) each, sizes differing by ≤ 1.
+fn split(n: u64, processes: usize) -> Vec<(u64, u64)> {
+    let processes = processes.max(1) as u64;
+    let mut first = 0;
+    (0..processes)
+        .map(|i| {
+            let count = n / processes + u64::from(i < n % processes);
+            let share = (first, count);
+            first += count;
+            share
+        })
+        .filter(|(_, count)| *count > 0)
+        .collect()
+}
+
+/// A protocol line from a worker process.
+#[derive(Debug)]
+enum FromWorker {
+    Progress {
+        connected: u64,
+        closed: u64,
+        unique: u64,
+    },
+    Connected(ConnectReport),
+    Result(Box<WorkerReport>),
+    Exited,
+}
+
+fn parse_worker_line(line: &str) -> anyhow::Result<FromWorker> {
+    let (kind, body) = line.split_once(' ').unwrap_or((line, ""));
+    Ok(match kind {
+        "progress" => {
+            let mut n = body.split_whitespace().map(str::parse::<u64>);
+            let mut next = || n.next().and_then(Result::ok).unwrap_or(0);
+            FromWorker::Progress {
+                connected: next(),
+                closed: next(),
+                unique: next(),
+            }
+        }
+        "connected" => FromWorker::Connected(serde_json::from_str(body)?),
+        "result" => FromWorker::Result(Box::new(serde_json::from_str(body)?)),
+        _ => bail!("unexpected line from a worker: {line:?}"),
+    })
+}
+
+/// What the coordinator knows of one worker process.
+#[derive(Debug, Default)]
+struct WorkerState {
+    connected: u64,
+    closed: u64,
+    unique: u64,
+    connect: Option<ConnectReport>,
+    result: Option<WorkerReport>,
+    exited: bool,
+}
+
+/// The progress display: bars on stderr, hidden with --quiet or when stderr is no terminal.
+struct Bars {
+    connect: ProgressBar,
+    publish: ProgressBar,
+    deliver: ProgressBar,
+}
+
+impl Bars {
+    fn new(quiet: bool, subscribers: u64, events: u64) -> Self {
+        let multi = MultiProgress::with_draw_target(if quiet {
+            ProgressDrawTarget::hidden()
+        } else {
+            ProgressDrawTarget::stderr_with_hz(5)
+        });
+        let style = ProgressStyle::with_template(
+            "{prefix:>10} [{bar:40.cyan/blue}] {human_pos}/{human_len} {per_sec:>14} {msg}",
+        )
+        .expect("the template is valid")
+        .progress_chars("=> ");
+        let bar = |prefix: &'static str, len: u64| {
+            let bar = multi.add(ProgressBar::new(len));
+            bar.set_style(style.clone());
+            bar.set_prefix(prefix);
+            bar
+        };
+        Self {
+            connect: bar("connected", subscribers),
+            publish: bar("published", events),
+            deliver: bar("delivered", events.saturating_mul(subscribers)),
+        }
+    }
+
+    fn update(&self, workers: &[WorkerState]) {
+        self.connect
+            .set_position(workers.iter().map(|w| w.connected).sum());
+        let closed: u64 = workers.iter().map(|w| w.closed).sum();
+        if closed > 0 {
+            self.connect.set_message(format!("{closed} closed"));
+        }
+        self.deliver
+            .set_position(workers.iter().map(|w| w.unique).sum());
+    }
+
+    fn finish(&self) {
+        self.connect.abandon();
+        self.publish.abandon();
+        self.deliver.abandon();
+    }
+}
+
+struct Workers {
+    children: Vec<Child>,
+    stdins: Vec<Option<ChildStdin>>,
+    states: Vec<WorkerState>,
+    lines: mpsc::UnboundedReceiver<(usize, FromWorker)>,
+}
+
+impl Workers {
+    /// Applies one message; false once every worker has exited.
+    fn apply(&mut self, (w, msg): (usize, FromWorker)) {
+        let state = &mut self.states[w];
+        match msg {
+            FromWorker::Progress {
+                connected,
+                closed,
+                unique,
+            } => {
+                state.connected = connected;
+                state.closed = closed;
+                state.unique = unique;
+            }
+            FromWorker::Connected(report) => {
+                state.connected = report.connected;
+                state.connect = Some(report);
+            }
+            FromWorker::Result(report) => {
+                state.unique = report.counts.unique;
+                state.result = Some(*report);
+            }
+            FromWorker::Exited => state.exited = true,
+        }
+    }
+
+    /// Waits for messages until `done` holds for every worker (or it exited), or `until`.
+    async fn wait_all(
+        &mut self,
+        until: Instant,
+        bars: &Bars,
+        done: impl Fn(&WorkerState) -> bool,
+    ) -> bool {
+        loop {
+            if self.states.iter().all(|s| s.exited || done(s)) {
+                return true;
+            }
+            match tokio::time::timeout_at(until.into(), self.lines.recv()).await {
+                Ok(Some(msg)) => self.apply(msg),
+                Ok(None) | Err(_) => return false,
+            }
+            bars.update(&self.states);
+        }
+    }
+
+    async fn tell_all(&mut self, line: &str) {
+        for stdin in self.stdins.iter_mut().flatten() {
+            // A worker that died already is noticed when its result is missing.
+            let _ = stdin.write_all(line.as_bytes()).await;
+            let _ = stdin.flush().await;
+        }
+    }
+}
+
+fn spawn_workers(args: &RunArgs, url: &str, timeout: Duration) -> anyhow::Result<Workers> {
+    let limit = open_file_limit().unwrap_or(1024);
+    let capacity = per_process_capacity(limit);
+    let processes = args
+        .processes
+        .unwrap_or_else(|| args.subscribers.div_ceil(capacity).max(1) as usize);
+    let shares = split(args.subscribers, processes);
+    if let Some((_, biggest)) = shares.iter().max_by_key(|s| s.1)
+        && *biggest > capacity
+    {
+        bail!(
+            "{biggest} subscribers in one process exceed its open-file limit ({limit}, margin included: {capacity}); use more --processes"
+        );
+    }
+    let exe = std::env::current_exe().context("locate the sse-load executable")?;
+    let (tx, lines) = mpsc::unbounded_channel();
+    let mut workers = Workers {
+        children: Vec::new(),
+        stdins: Vec::new(),
+        states: Vec::new(),
+        lines,
+    };
+    for (w, (first, count)) in shares.into_iter().enumerate() {
+        let mut command = tokio::process::Command::new(&exe);
+        command
+            .arg("worker")
+            .args(["--url", url])
+            .args(["--count", &count.to_string()])
+            .args(["--first-index", &first.to_string()])
+            .args(["--events", &args.events.to_string()])
+            .args([
+                "--connect-concurrency",
+                &args.connect_concurrency.to_string(),
+            ])
+            .args(["--read-buffer", &args.read_buffer.to_string()])
+            .args(["--timeout-ms", &timeout.as_millis().to_string()]);
+        for header in &args.headers {
+            command.args(["--header", header]);
+        }
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("start a worker process")?;
+        workers.stdins.push(child.stdin.take());
+        let stdout = child.stdout.take().context("worker stdout")?;
+        let tx = tx.clone();
+        tokio::task::spawn_local(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                match parse_worker_line(&line) {
+                    Ok(msg) => {
+                        let _ = tx.send((w, msg));
+                    }
+                    Err(err) => eprintln!("sse-load: worker {w}: {err:#}"),
+                }
+            }
+            let _ = tx.send((w, FromWorker::Exited));
+        });
+        workers.children.push(child);
+        workers.states.push(WorkerState::default());
+    }
+    Ok(workers)
+}
+
+/// Runs the whole measurement and merges what the workers saw.
+async fn coordinate(args: &RunArgs) -> anyhow::Result<Report> {
+    let url = args.url.clone().context("a stream URL is required")?;
+    Target::parse(&url)?;
+    let plan = if args.events > 0 {
+        let publish_url = args
+            .publish_url
+            .as_deref()
+            .context("--publish-url is needed when -P is above 0")?;
+        if args.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+            bail!("--rate must be a positive number");
+        }
+        Some(Plan {
+            target: Target::parse(publish_url)?,
+            method: args.method.clone(),
+            headers: args.publish_headers.clone(),
+            template: Template::parse(&args.body, args.size)?,
+            events: args.events,
+            in_flight: args.in_flight,
+            rate: args.rate,
+            deadline: Instant::now() + args.timeout,
+        })
+    } else {
+        None
+    };
+    let started = Instant::now();
+    let deadline = started + args.timeout;
+    let server = (!args.server_pids.is_empty())
+        .then(|| Server::new(args.server_pids.clone(), args.server_children));
+    let before = server.as_ref().map(Server::sample);
+
+    let mut workers = spawn_workers(args, &url, args.timeout + WORKER_GRACE)?;
+    let bars = Bars::new(args.quiet, args.subscribers, args.events);
+    let mut report = Report {
+        label: args.label.clone(),
+        url: url.clone(),
+        processes: workers.children.len(),
+        subscribers: args.subscribers,
+        ..Report::default()
+    };
+
+    // Connect.
+    let all_connected = workers
+        .wait_all(deadline, &bars, |s| s.connect.is_some())
+        .await;
+    report.timed_out |= !all_connected;
+    let settle = if args.events == 0 {
+        args.hold
+    } else {
+        args.settle
+    };
+    let settle_until = (Instant::now() + settle).min(deadline);
+    // Keep reading progress while settling: a stream the server closes shows up here.
+    workers.wait_all(settle_until, &bars, |_| false).await;
+    let connected_sample = server.as_ref().map(Server::sample);
+
+    // Publish.
+    let connected_total: u64 = workers
+        .states
+        .iter()
+        .filter_map(|s| s.connect.as_ref())
+        .map(|c| c.connected)
+        .sum();
+    let mut cpu_before = None;
+    let publish_start_us = now_us();
+    let mut expected_per_subscriber = 0;
+    if let Some(plan) = plan.filter(|_| connected_total > 0 && !report.timed_out) {
+        cpu_before = server.as_ref().map(Server::sample);
+        let progress = Rc::new(publisher::Progress::default());
+        let mut publishing = tokio::task::spawn_local(publisher::publish(plan, progress.clone()));
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let outcome = loop {
+            tokio::select! {
+                outcome = &mut publishing => break outcome?,
+                msg = workers.lines.recv() => if let Some(msg) = msg { workers.apply(msg) },
+                _ = tick.tick() => {
+                    bars.publish.set_position(progress.done.get());
+                    bars.update(&workers.states);
+                }
+            }
+        };
+        bars.publish.set_position(progress.done.get());
+        report.published = outcome.attempted - outcome.failed;
+        report.publish_failed = outcome.failed;
+        report.publish_error = outcome.first_error;
+        report.publish_s = outcome.elapsed.as_secs_f64();
+        report.publish_round_trip_p99_ms =
+            outcome.round_trip.map_or(0.0, |h| Percentiles::of(&h).p99);
+        expected_per_subscriber = report.published;
+    }
+
+    // Drain: workers report once every subscriber has every event, or the drain timeout passes.
+    let drain_ms = args
+        .drain_timeout
+        .min(deadline.saturating_duration_since(Instant::now()))
+        .as_millis();
+    workers
+        .tell_all(&format!("published {expected_per_subscriber} {drain_ms}\n"))
+        .await;
+    let results_by =
+        (Instant::now() + args.drain_timeout + Duration::from_secs(5)).min(deadline + WORKER_GRACE);
+    if !workers
+        .wait_all(results_by, &bars, |s| s.result.is_some())
+        .await
+    {
+        report.timed_out = true;
+    }
+    let after = server.as_ref().map(Server::sample);
+    bars.update(&workers.states);
+    bars.finish();
+    for child in &mut workers.children {
+        let _ = child.start_kill();
+    }
+
+    report.load_cpu_s = procstat::own_cpu_us() as f64 / 1e6;
+    report.wall_s = started.elapsed().as_secs_f64();
+    merge(
+        &mut report,
+        &workers.states,
+        expected_per_subscriber,
+        publish_start_us,
+    );
+    if let (Some(server), Some(before), Some(connected), Some(after)) =
+        (&server, before, connected_sample, after)
+    {
+        let per_subscriber =
+            |a: u64, b: u64| (a as f64 - b as f64) * 1024.0 / (report.connected.max(1) as f64);
+        let cpu_us = cpu_before.map_or(0, |c| after.cpu_us.saturating_sub(c.cpu_us));
+        let writes =
+            cpu_before.map_or(0, |c| after.write_syscalls.saturating_sub(c.write_syscalls));
+        let per_event = |total: u64| {
+            if report.delivered > 0 {
+                total as f64 / report.delivered as f64
+            } else {
+                0.0
+            }
+        };
+        report.server = Some(ServerFigures {
+            pids: server.pids(),
+            rss_before_kib: before.rss_kib,
+            rss_connected_kib: connected.rss_kib,
+            rss_after_kib: after.rss_kib,
+            pss_before_kib: before.pss_kib,
+            pss_connected_kib: connected.pss_kib,
+            rss_per_subscriber_bytes: per_subscriber(connected.rss_kib, before.rss_kib),
+            pss_per_subscriber_bytes: per_subscriber(connected.pss_kib, before.pss_kib),
+            cpu_s: cpu_us as f64 / 1e6,
+            cpu_us_per_event: per_event(cpu_us),
+            writes_per_event: per_event(writes),
+        });
+    }
+    Ok(report)
+}
+
+/// Folds the workers' reports into `report`.
+fn merge(report: &mut Report, states: &[WorkerState], per_subscriber: u64, publish_start_us: u64) {
+    let mut latency = tally::new_histogram();
+    let mut connect_us = tally::new_histogram();
+    let mut counts = Counts::default();
+    let mut last_us = 0;
+    for state in states {
+        let connect = state
+            .result
+            .as_ref()
+            .map(|r| &r.connect)
+            .or(state.connect.as_ref());
+        if let Some(c) = connect {
+            report.connected += c.connected;
+            report.connect_failed += c.failed;
+            report.connect_s = report.connect_s.max(c.elapsed_us as f64 / 1e6);
+            if report.connect_error.is_none() {
+                report.connect_error.clone_from(&c.first_error);
+            }
+            tally::merge_pairs(&mut connect_us, &c.connect_us);
+        }
+        let Some(r) = &state.result else {
+            report.timed_out = true;
+            continue;
+        };
+        counts.add(&r.counts);
+        report.lost += r.lost;
+        report.closed_early += r.closed;
+        report.drain_timed_out |= r.drain_timed_out;
+        report.timed_out |= r.timed_out;
+        last_us = last_us.max(r.last_us);
+        report.load_cpu_s += r.cpu_us as f64 / 1e6;
+        tally::merge_pairs(&mut latency, &r.latency_us);
+    }
+    report.expected = per_subscriber * report.connected;
+    report.delivered = counts.unique;
+    report.duplicates = counts.duplicates;
+    report.reordered = counts.reordered;
+    report.foreign = counts.foreign;
+    // A worker that never reported lost everything it should have received.
+    report.lost = report
+        .lost
+        .max(report.expected.saturating_sub(counts.unique));
+    if last_us > publish_start_us && counts.unique > 0 {
+        report.delivery_s = (last_us - publish_start_us) as f64 / 1e6;
+        report.delivered_per_s = counts.unique as f64 / report.delivery_s;
+    }
+    report.connect_p99_ms = Percentiles::of(&connect_us).p99;
+    report.latency_ms = Percentiles::of(&latency);
+    report.latency_curve = report::curve(&latency);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Subscribers split evenly over processes, with consecutive index ranges.
+    #[test]
+    fn subscribers_split_evenly() {
+        assert_eq!(split(10, 3), vec![(0, 4), (4, 3), (7, 3)]);
+        assert_eq!(split(1, 4), vec![(0, 1)]);
+        assert_eq!(split(19_500, 2), vec![(0, 9_750), (9_750, 9_750)]);
+    }
+
+    /// Below the open-file limit one process suffices; 19,500 at a 20,000 limit needs two.
+    #[test]
+    fn capacity_keeps_a_margin() {
+        let capacity = per_process_capacity(20_000);
+        assert!((10_000..19_500).contains(&capacity));
+        assert!(open_file_limit().is_some());
+    }
+
+    /// Worker lines parse into their messages.
+    #[test]
+    fn worker_lines_parse() {
+        assert!(matches!(
+            parse_worker_line("progress 5 1 40").unwrap(),
+            FromWorker::Progress {
+                connected: 5,
+                closed: 1,
+                unique: 40
+            }
+        ));
+        let connected = serde_json::to_string(&ConnectReport::default()).unwrap();
+        assert!(matches!(
+            parse_worker_line(&format!("connected {connected}")).unwrap(),
+            FromWorker::Connected(_)
+        ));
+        assert!(parse_worker_line("hello").is_err());
+    }
+}

@@ -1,0 +1,355 @@
+//! The publisher: K keep-alive HTTP/1.1 connections, each sending the next stamped event as soon
+//! as its previous response arrives, or on a fixed schedule when a rate is set.
+
+use std::{
+    cell::{Cell, RefCell},
+    rc::Rc,
+    time::{Duration, Instant},
+};
+
+use anyhow::bail;
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpStream,
+};
+
+use crate::{
+    http::{self, BodyDecoder, Framing},
+    tally,
+    target::Target,
+};
+
+/// The payload template used unless `--body` says otherwise.
+pub const DEFAULT_TEMPLATE: &str = r#"{"seq":{seq},"ts":{ts},"ack":{ack},"pad":"{pad}"}"#;
+
+/// A body template split at its `{seq}`, `{ts}`, `{ack}` and `{pad}` placeholders.
+#[derive(Debug, Clone)]
+pub struct Template {
+    parts: Vec<Part>,
+    size: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Text(String),
+    Seq,
+    Ts,
+    Ack,
+    Pad,
+}
+
+impl Template {
+    /// `size` is the body length `{pad}` fills up to (bodies longer without padding stay so).
+    pub fn parse(template: &str, size: usize) -> anyhow::Result<Self> {
+        let mut parts = Vec::new();
+        let mut rest = template;
+        while let Some(at) = rest.find('{') {
+            let (part, len) = if rest[at..].starts_with("{seq}") {
+                (Part::Seq, 5)
+            } else if rest[at..].starts_with("{ts}") {
+                (Part::Ts, 4)
+            } else if rest[at..].starts_with("{ack}") {
+                (Part::Ack, 5)
+            } else if rest[at..].starts_with("{pad}") {
+                (Part::Pad, 5)
+            } else {
+                parts.push(Part::Text(rest[..=at].to_owned()));
+                rest = &rest[at + 1..];
+                continue;
+            };
+            if at > 0 {
+                parts.push(Part::Text(rest[..at].to_owned()));
+            }
+            parts.push(part);
+            rest = &rest[at + len..];
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Text(rest.to_owned()));
+        }
+        if !parts.contains(&Part::Seq) || !parts.contains(&Part::Ts) {
+            bail!(
+                "the body template needs {{seq}} and {{ts}} (as \"seq\":{{seq}} and \"ts\":{{ts}})"
+            );
+        }
+        Ok(Self { parts, size })
+    }
+
+    /// Writes the body for `seq` sent at `ts_us`, when seqs below `ack` were all answered, into
+    /// `out` (cleared first).
+    pub fn render(&self, seq: u64, ts_us: u64, ack: u64, out: &mut Vec<u8>) {
+        out.clear();
+        let (seq, ts, ack) = (seq.to_string(), ts_us.to_string(), ack.to_string());
+        let unpadded: usize = self
+            .parts
+            .iter()
+            .map(|p| match p {
+                Part::Text(t) => t.len(),
+                Part::Seq => seq.len(),
+                Part::Ts => ts.len(),
+                Part::Ack => ack.len(),
+                Part::Pad => 0,
+            })
+            .sum();
+        let mut pad = self.size.saturating_sub(unpadded);
+        for part in &self.parts {
+            match part {
+                Part::Text(t) => out.extend_from_slice(t.as_bytes()),
+                Part::Seq => out.extend_from_slice(seq.as_bytes()),
+                Part::Ts => out.extend_from_slice(ts.as_bytes()),
+                Part::Ack => out.extend_from_slice(ack.as_bytes()),
+                Part::Pad => {
+                    out.resize(out.len() + pad, b'x');
+                    pad = 0;
+                }
+            }
+        }
+    }
+}
+
+/// What to publish and how fast.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub target: Target,
+    pub method: String,
+    pub headers: Vec<String>,
+    pub template: Template,
+    pub events: u64,
+    pub in_flight: usize,
+    /// Events per second; None = as fast as responses come back.
+    pub rate: Option<f64>,
+    pub deadline: Instant,
+}
+
+/// How the publishing went.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    /// Sequence numbers handed out (0..attempted).
+    pub attempted: u64,
+    pub failed: u64,
+    pub first_error: Option<String>,
+    pub elapsed: Duration,
+    /// Publish request round trips, µs.
+    pub round_trip: Option<hdrhistogram::Histogram<u64>>,
+}
+
+/// Counters the progress display reads while publishing runs.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub done: Cell<u64>,
+}
+
+#[derive(Debug)]
+struct Run {
+    plan: Plan,
+    next: Cell<u64>,
+    /// Seqs answered (or failed), and the length of the answered prefix: every event carries
+    /// the prefix as it stood when it was sent, so receivers can tell real reordering from
+    /// concurrent publishes landing in either order.
+    answered: RefCell<Vec<bool>>,
+    acked: Cell<u64>,
+    failed: Cell<u64>,
+    first_error: RefCell<Option<String>>,
+    round_trip: RefCell<hdrhistogram::Histogram<u64>>,
+    start: Instant,
+    progress: Rc<Progress>,
+}
+
+/// Publishes the plan's events over `in_flight` connections; returns when all are answered or
+/// the deadline passes. Must run inside a `LocalSet`.
+pub async fn publish(plan: Plan, progress: Rc<Progress>) -> Outcome {
+    let connections = plan.in_flight.max(1);
+    let events = usize::try_from(plan.events).unwrap_or(0);
+    let run = Rc::new(Run {
+        plan,
+        next: Cell::new(0),
+        answered: RefCell::new(vec![false; events]),
+        acked: Cell::new(0),
+        failed: Cell::new(0),
+        first_error: RefCell::new(None),
+        round_trip: RefCell::new(tally::new_histogram()),
+        start: Instant::now(),
+        progress,
+    });
+    let tasks: Vec<_> = (0..connections)
+        .map(|_| tokio::task::spawn_local(connection(run.clone())))
+        .collect();
+    for task in tasks {
+        let _ = task.await;
+    }
+    Outcome {
+        attempted: run.next.get(),
+        failed: run.failed.get(),
+        first_error: run.first_error.borrow().clone(),
+        elapsed: run.start.elapsed(),
+        round_trip: Some(run.round_trip.borrow().clone()),
+    }
+}
+
+/// One publishing connection: takes the next sequence number, sends, waits for the answer.
+async fn connection(run: Rc<Run>) {
+    let plan = &run.plan;
+    let mut stream: Option<TcpStream> = None;
+    let mut request = Vec::with_capacity(512);
+    let mut body = Vec::with_capacity(plan.template.size + 64);
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let seq = run.next.get();
+        if seq >= plan.events || Instant::now() >= plan.deadline {
+            return;
+        }
+        run.next.set(seq + 1);
+        if let Some(rate) = plan.rate {
+            let due = run.start + Duration::from_secs_f64(seq as f64 / rate);
+            if due >= plan.deadline {
+                run.failed.set(run.failed.get() + 1);
+                return;
+            }
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let sent = Instant::now();
+        plan.template
+            .render(seq, crate::now_us(), run.acked.get(), &mut body);
+        build_request(plan, &body, &mut request);
+        let remaining = plan.deadline.saturating_duration_since(sent);
+        let answer = tokio::time::timeout(remaining, send(&mut stream, plan, &request, &mut buf))
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer before the deadline")));
+        match answer {
+            Ok(()) => tally::record_clamped(
+                &mut run.round_trip.borrow_mut(),
+                sent.elapsed().as_micros() as u64,
+            ),
+            Err(err) => {
+                stream = None;
+                run.failed.set(run.failed.get() + 1);
+                run.first_error
+                    .borrow_mut()
+                    .get_or_insert_with(|| format!("{err:#}"));
+            }
+        }
+        run.answer(seq);
+        run.progress.done.set(run.progress.done.get() + 1);
+    }
+}
+
+impl Run {
+    /// Marks `seq` answered and advances the answered prefix.
+    fn answer(&self, seq: u64) {
+        let mut answered = self.answered.borrow_mut();
+        if let Some(slot) = answered.get_mut(seq as usize) {
+            *slot = true;
+        }
+        let mut acked = self.acked.get();
+        while answered.get(acked as usize).copied().unwrap_or(false) {
+            acked += 1;
+        }
+        self.acked.set(acked);
+    }
+}
+
+fn build_request(plan: &Plan, body: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(plan.method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(plan.target.path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+    out.extend_from_slice(plan.target.host_header.as_bytes());
+    out.extend_from_slice(b"\r\nContent-Length: ");
+    out.extend_from_slice(body.len().to_string().as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for header in &plan.headers {
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+}
+
+/// Sends one request on the kept-alive connection (opening one if needed) and reads the whole
+/// response. A non-2xx status is an error.
+async fn send(
+    stream: &mut Option<TcpStream>,
+    plan: &Plan,
+    request: &[u8],
+    buf: &mut [u8],
+) -> anyhow::Result<()> {
+    if stream.is_none() {
+        let s = TcpStream::connect(plan.target.addr).await?;
+        s.set_nodelay(true)?;
+        *stream = Some(s);
+    }
+    let Some(conn) = stream.as_mut() else {
+        bail!("no connection");
+    };
+    conn.write_all(request).await?;
+    let mut filled = 0;
+    let (head, used) = loop {
+        if filled == buf.len() {
+            bail!("publish response head too large");
+        }
+        let n = conn.read(&mut buf[filled..]).await?;
+        if n == 0 {
+            bail!("connection closed before the publish response");
+        }
+        filled += n;
+        if let Some(parsed) = http::parse_head(&buf[..filled])? {
+            break parsed;
+        }
+    };
+    let mut decoder = BodyDecoder::new(head.framing);
+    decoder.feed(&buf[used..filled], |_| {})?;
+    while !decoder.is_done() {
+        let n = conn.read(buf).await?;
+        if n == 0 {
+            if head.framing == Framing::Close {
+                break;
+            }
+            bail!("connection closed inside the publish response");
+        }
+        decoder.feed(&buf[..n], |_| {})?;
+    }
+    if head.close || head.framing == Framing::Close {
+        *stream = None;
+    }
+    if !(200..300).contains(&head.status) {
+        bail!("publish answered status {}", head.status);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The default template renders to exactly the requested size, stamps first.
+    #[test]
+    fn default_template_pads_to_size() {
+        let template = Template::parse(DEFAULT_TEMPLATE, 64).unwrap();
+        let mut body = Vec::new();
+        template.render(123, 1_732_512_345_123_456, 120, &mut body);
+        let text = String::from_utf8(body.clone()).unwrap();
+        assert_eq!(body.len(), 64);
+        assert!(
+            text.starts_with(r#"{"seq":123,"ts":1732512345123456,"ack":120,"pad":"xx"#),
+            "{text}"
+        );
+        assert_eq!(
+            crate::sse::extract(&body),
+            crate::sse::Data::Stamped {
+                seq: 123,
+                ts_us: 1_732_512_345_123_456,
+                ack: 120,
+            }
+        );
+    }
+
+    /// Other braces pass through; a template without stamps is refused.
+    #[test]
+    fn templates_keep_other_braces() {
+        let template = Template::parse(r#"{"a":{"seq":{seq},"ts":{ts}}}"#, 0).unwrap();
+        let mut body = Vec::new();
+        template.render(1, 2, 0, &mut body);
+        assert_eq!(body, br#"{"a":{"seq":1,"ts":2}}"#);
+        assert!(Template::parse("{seq}", 10).is_err());
+    }
+}
