@@ -130,10 +130,9 @@ impl Receiver {
     /// `Some(Some(chunk))` when frames are queued, `Some(None)` at the end, `None` when empty.
     fn try_drain(&self, max_bytes: usize) -> Option<Option<Bytes>> {
         let mut state = self.shared.lock();
-        let Some(first) = state.frames.pop_front() else {
+        let Some(chunk) = take_chunk(&mut state.frames, max_bytes) else {
             return (!state.sender_alive).then_some(None);
         };
-        let chunk = join(first, || state.frames.pop_front(), max_bytes);
         // An idle subscriber should not keep the buffer a burst made it grow.
         if state.frames.is_empty() && state.frames.capacity() > 64 {
             state.frames = VecDeque::new();
@@ -142,25 +141,28 @@ impl Receiver {
     }
 }
 
-/// Joins `first` with the frames `next` yields, up to about `max_bytes`. A frame alone goes out
-/// as it is, without a copy.
-pub fn join(first: Bytes, mut next: impl FnMut() -> Option<Bytes>, max_bytes: usize) -> Bytes {
-    if first.len() >= max_bytes {
-        return first;
+/// Takes the frames at the front of `frames`, joined into one chunk of about `max_bytes` at
+/// most (sized once: one allocation, one copy per frame). A frame alone is returned as it is.
+pub fn take_chunk(frames: &mut VecDeque<Bytes>, max_bytes: usize) -> Option<Bytes> {
+    let first = frames.pop_front()?;
+    if frames.is_empty() || first.len() >= max_bytes {
+        return Some(first);
     }
-    let Some(second) = next() else {
-        return first;
-    };
-    let mut chunk = BytesMut::with_capacity((first.len() + second.len()) * 4);
-    chunk.extend_from_slice(&first);
-    chunk.extend_from_slice(&second);
-    while chunk.len() < max_bytes {
-        match next() {
-            Some(frame) => chunk.extend_from_slice(&frame),
-            None => break,
+    let mut size = first.len();
+    let mut count = 0;
+    for frame in frames.iter() {
+        if size >= max_bytes {
+            break;
         }
+        size += frame.len();
+        count += 1;
     }
-    chunk.freeze()
+    let mut chunk = BytesMut::with_capacity(size);
+    chunk.extend_from_slice(&first);
+    for frame in frames.drain(..count) {
+        chunk.extend_from_slice(&frame);
+    }
+    Some(chunk.freeze())
 }
 
 impl Drop for Receiver {

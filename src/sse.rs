@@ -54,13 +54,8 @@ impl SubscriberBody {
     }
 
     fn next_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
-        if let Some(first) = self.opening.pop_front() {
-            let opening = &mut self.opening;
-            return Poll::Ready(Some(queue::join(
-                first,
-                || opening.pop_front(),
-                MAX_CHUNK_BYTES,
-            )));
+        if let Some(chunk) = queue::take_chunk(&mut self.opening, MAX_CHUNK_BYTES) {
+            return Poll::Ready(Some(chunk));
         }
         self.receiver.poll_drain(cx, MAX_CHUNK_BYTES)
     }
