@@ -21,6 +21,9 @@ pub const DEFAULT_HISTORY_SIZE: usize = 10_000;
 pub const DEFAULT_HISTORY_BYTES: usize = 16 * 1024 * 1024;
 pub const DEFAULT_MAX_TOPICS: usize = 32;
 pub const DEFAULT_MAX_TOPIC_BYTES: usize = 1024;
+/// Long enough for a slow mobile link, short enough that a peer that stopped reading or
+/// vanished without a FIN does not hold its connection for the kernel's ~15 minutes.
+pub const DEFAULT_WRITE_TIMEOUT: &str = "60s";
 
 /// sse-hub: a Server-Sent Events hub. Without a command, it runs the server.
 #[derive(Debug, Clone, Parser)]
@@ -83,6 +86,11 @@ pub struct Settings {
     /// `Access-Control-Allow-Origin` sent on the quick-start routes.
     #[arg(long, env = "SSE_HUB_CORS_ORIGIN", default_value = DEFAULT_CORS_ORIGIN)]
     pub cors_origin: String,
+
+    /// Connections whose written data stays unacknowledged this long are closed by the kernel
+    /// (TCP_USER_TIMEOUT): subscribers that stopped reading or vanished (0 = the OS default).
+    #[arg(long, env = "SSE_HUB_WRITE_TIMEOUT", default_value = DEFAULT_WRITE_TIMEOUT, value_parser = humantime::parse_duration)]
+    pub write_timeout: Duration,
 
     /// How long shutdown waits for streams to drain before closing them anyway.
     #[arg(long, env = "SSE_HUB_SHUTDOWN_TIMEOUT", default_value = DEFAULT_SHUTDOWN_TIMEOUT, value_parser = humantime::parse_duration)]

@@ -1,7 +1,7 @@
 //! Building and running the hub: the broadcaster first, then the HTTP server sharing it. Main
 //! and the integration tests run this same code.
 
-use std::{io, net::SocketAddr, sync::Arc};
+use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
 use actix::{Actor, Addr};
 use actix_web::{
@@ -64,6 +64,7 @@ impl Application {
         })
         // A subscriber that closes its end is noticed at once, not at the next write.
         .h1_allow_half_closed(false)
+        .on_connect(write_timeout(settings.write_timeout))
         // Signals are ours: streams must be ended before the server can stop gracefully.
         .disable_signals()
         .shutdown_timeout(whole_secs_rounded_up(settings.shutdown_timeout))
@@ -163,6 +164,25 @@ async fn wait_for_signal() {
     }
 }
 
-fn whole_secs_rounded_up(duration: std::time::Duration) -> u64 {
+/// Sets TCP_USER_TIMEOUT on each accepted connection. A subscriber that stopped reading keeps
+/// its connection open forever otherwise (it acknowledges the kernel's zero-window probes), even
+/// after the broadcaster dropped it; and one that vanished without a FIN would hold it until the
+/// kernel gives up retransmitting, about 15 minutes later.
+fn write_timeout(
+    timeout: Duration,
+) -> impl Fn(&dyn std::any::Any, &mut actix_web::dev::Extensions) + Send + Sync + 'static {
+    move |connection, _| {
+        if timeout.is_zero() {
+            return;
+        }
+        if let Some(tcp) = connection.downcast_ref::<actix_web::rt::net::TcpStream>()
+            && let Err(err) = socket2::SockRef::from(tcp).set_tcp_user_timeout(Some(timeout))
+        {
+            log::warn!("cannot set TCP_USER_TIMEOUT error={err}");
+        }
+    }
+}
+
+fn whole_secs_rounded_up(duration: Duration) -> u64 {
     duration.as_secs() + u64::from(duration.subsec_nanos() > 0)
 }

@@ -84,3 +84,58 @@ async fn slow_subscriber_is_dropped_without_delaying_others() {
         "a publish waited {slowest:?}"
     );
 }
+
+/// Once dropped, a subscriber that still does not read has its connection closed by the
+/// kernel after the write timeout (TCP_USER_TIMEOUT), instead of holding it forever by
+/// acknowledging zero-window probes.
+#[actix_web::test]
+async fn stalled_subscriber_connection_is_closed_after_the_write_timeout() {
+    let app = spawn_app_with(|s| {
+        s.subscriber_buffer = 8;
+        s.body_limit_bytes = 1 << 20;
+        s.write_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let stalled = stalled_subscriber(app.addr);
+    app.wait_for_stats(Duration::from_secs(5), |s| s["subscribers"] == 1)
+        .await;
+
+    // More than the kernel buffers and actix's write buffer can hold (about 4.1 MiB here).
+    let big = "x".repeat(64 * 1024);
+    let mut published = 0;
+    while app.stats().await["subscribers_dropped_slow_total"] == 0 {
+        assert!(published < 512, "the stalled subscriber was never dropped");
+        app.publish("", &big).await;
+        published += 1;
+    }
+
+    // The kernel aborts without a reset, so the test looks at the server's side of the
+    // connection in the kernel's socket table.
+    let client_port = stalled.local_addr().expect("local address").port();
+    let started = Instant::now();
+    while server_side_is_open(app.addr.port(), client_port) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the stalled connection is still open"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "dropped after {published} events of 64 KiB; connection closed {:?} later",
+        started.elapsed()
+    );
+}
+
+/// Whether /proc/net/tcp lists the server end (local `server_port`, remote `client_port`).
+fn server_side_is_open(server_port: u16, client_port: u16) -> bool {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("Linux's /proc/net/tcp");
+    let local = format!(":{server_port:04X} ");
+    let remote = format!(":{client_port:04X} ");
+    table.lines().skip(1).any(|line| {
+        let mut fields = line.split_whitespace().skip(1);
+        let (Some(l), Some(r)) = (fields.next(), fields.next()) else {
+            return false;
+        };
+        format!("{l} ").ends_with(&local) && format!("{r} ").ends_with(&remote)
+    })
+}
