@@ -25,7 +25,7 @@ pub enum Role {
 }
 
 impl Role {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Self::Publisher => "publisher",
             Self::Subscriber => "subscriber",
@@ -53,15 +53,15 @@ impl JwtKey {
     /// from a file.
     pub fn new(material: &str, algorithm: JwtAlgorithm) -> Result<Self, String> {
         let material = read_material(material)?;
-        let (key, algorithm) = match algorithm {
-            JwtAlgorithm::Hs256 => (DecodingKey::from_secret(&material), Algorithm::HS256),
-            JwtAlgorithm::Rs256 => (
-                DecodingKey::from_rsa_pem(&material)
-                    .map_err(|err| format!("not an RSA public key in PEM form: {err}"))?,
-                Algorithm::RS256,
-            ),
+        let key = match algorithm {
+            JwtAlgorithm::Hs256 => DecodingKey::from_secret(&material),
+            JwtAlgorithm::Rs256 => DecodingKey::from_rsa_pem(&material)
+                .map_err(|err| format!("not an RSA public key in PEM form: {err}"))?,
         };
-        Ok(Self { key, algorithm })
+        Ok(Self {
+            key,
+            algorithm: algorithm.into(),
+        })
     }
 }
 
@@ -79,6 +79,15 @@ pub enum JwtAlgorithm {
     Hs256,
     #[value(name = "RS256")]
     Rs256,
+}
+
+impl From<JwtAlgorithm> for Algorithm {
+    fn from(algorithm: JwtAlgorithm) -> Self {
+        match algorithm {
+            JwtAlgorithm::Hs256 => Algorithm::HS256,
+            JwtAlgorithm::Rs256 => Algorithm::RS256,
+        }
+    }
 }
 
 /// The claims the hub reads: `{"mercure": {"publish": [...], "subscribe": [...]}}`.
@@ -253,15 +262,13 @@ pub fn subscriber_grant(
 /// the `token` command.
 pub fn sign(claims: &Claims, material: &str, algorithm: JwtAlgorithm) -> Result<String, String> {
     let material = read_material(material)?;
-    let (key, alg) = match algorithm {
-        JwtAlgorithm::Hs256 => (EncodingKey::from_secret(&material), Algorithm::HS256),
-        JwtAlgorithm::Rs256 => (
-            EncodingKey::from_rsa_pem(&material)
-                .map_err(|err| format!("not an RSA private key in PEM form: {err}"))?,
-            Algorithm::RS256,
-        ),
+    let key = match algorithm {
+        JwtAlgorithm::Hs256 => EncodingKey::from_secret(&material),
+        JwtAlgorithm::Rs256 => EncodingKey::from_rsa_pem(&material)
+            .map_err(|err| format!("not an RSA private key in PEM form: {err}"))?,
     };
-    jsonwebtoken::encode(&Header::new(alg), claims, &key).map_err(|err| err.to_string())
+    jsonwebtoken::encode(&Header::new(algorithm.into()), claims, &key)
+        .map_err(|err| err.to_string())
 }
 
 #[cfg(test)]

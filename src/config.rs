@@ -5,7 +5,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 
-use crate::auth::{JwtAlgorithm, JwtKey, Keys};
+use crate::auth::{JwtAlgorithm, JwtKey, Keys, Role};
 
 pub const DEFAULT_BIND: &str = "127.0.0.1:8080";
 /// Below the idle timeout of every common proxy (nginx 60 s, ALB 60 s, Cloudflare 100 s).
@@ -162,29 +162,27 @@ pub struct Settings {
 impl Settings {
     /// The verification keys for both roles, from the key settings.
     pub fn keys(&self) -> Result<Keys, String> {
-        let role = |key: &Option<String>, alg: Option<JwtAlgorithm>, name: &str| {
-            key.as_ref()
-                .or(self.jwt_key.as_ref())
-                .map(|material| {
-                    JwtKey::new(material, alg.unwrap_or(self.jwt_alg))
-                        .map_err(|err| format!("{name} key: {err}"))
+        let key = |role: Role| {
+            self.key_material(role)
+                .map(|(material, alg)| {
+                    JwtKey::new(material, alg).map_err(|err| format!("{} key: {err}", role.name()))
                 })
                 .transpose()
         };
         Ok(Keys {
-            publisher: role(&self.publisher_jwt_key, self.publisher_jwt_alg, "publisher")?,
-            subscriber: role(
-                &self.subscriber_jwt_key,
-                self.subscriber_jwt_alg,
-                "subscriber",
-            )?,
+            publisher: key(Role::Publisher)?,
+            subscriber: key(Role::Subscriber)?,
         })
     }
 
-    /// The key material and algorithm publishers' tokens are checked with.
-    pub fn publisher_key_material(&self) -> Option<(&str, JwtAlgorithm)> {
-        match &self.publisher_jwt_key {
-            Some(key) => Some((key, self.publisher_jwt_alg.unwrap_or(self.jwt_alg))),
+    /// The key material and algorithm for `role`: its own key if set, else `--jwt-key`.
+    pub fn key_material(&self, role: Role) -> Option<(&str, JwtAlgorithm)> {
+        let (key, alg) = match role {
+            Role::Publisher => (&self.publisher_jwt_key, self.publisher_jwt_alg),
+            Role::Subscriber => (&self.subscriber_jwt_key, self.subscriber_jwt_alg),
+        };
+        match key {
+            Some(key) => Some((key, alg.unwrap_or(self.jwt_alg))),
             None => self.jwt_key.as_deref().map(|key| (key, self.jwt_alg)),
         }
     }

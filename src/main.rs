@@ -8,7 +8,7 @@ use std::{
 
 use clap::Parser as _;
 use sse_hub::{
-    auth::{self, Claims, JwtAlgorithm, MercureClaim},
+    auth::{self, Claims, JwtAlgorithm, MercureClaim, Role},
     config::{Cli, Command, Settings, TokenArgs},
     healthcheck,
     startup::Application,
@@ -40,7 +40,7 @@ fn serve(settings: Settings) -> std::io::Result<()> {
 /// Signs a token for the configured publisher key (an HS256 secret, or with `--private-key`
 /// for RS256).
 fn token(settings: &Settings, args: &TokenArgs) -> Result<String, String> {
-    let (secret, algorithm) = settings.publisher_key_material().ok_or(
+    let (secret, algorithm) = settings.key_material(Role::Publisher).ok_or(
         "no key configured: pass --jwt-key (or SSE_HUB_JWT_KEY) before `token`".to_owned(),
     )?;
     let material = match (algorithm, &args.private_key) {

@@ -54,6 +54,7 @@ impl Metrics {
             publish_duration: Histogram::new(exponential_buckets(0.000_05, 2.0, 15)),
             history_events: Gauge::default(),
             history_bytes: Gauge::default(),
+            // Filled below, once every metric exists to be registered.
             registry: Registry::default(),
         };
         registry.register(

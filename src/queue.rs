@@ -91,11 +91,6 @@ impl Sender {
         self.shared.waker.wake();
         Ok(())
     }
-
-    /// Whether the body has gone (the subscriber disconnected).
-    pub fn is_closed(&self) -> bool {
-        !self.shared.lock().receiver_alive
-    }
 }
 
 impl Drop for Sender {
@@ -230,9 +225,7 @@ mod tests {
         sender.try_push(Bytes::new()).expect("room");
         sender.try_push(Bytes::new()).expect("room");
         assert_eq!(sender.try_push(Bytes::new()), Err(PushError::Full));
-        assert!(!sender.is_closed());
         drop(receiver);
-        assert!(sender.is_closed());
         assert_eq!(sender.try_push(Bytes::new()), Err(PushError::Closed));
     }
 

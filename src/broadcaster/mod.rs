@@ -308,20 +308,6 @@ impl Broadcaster {
         self.remove(key);
     }
 
-    /// Sends `frame` to one subscriber without waiting; records what must be removed.
-    /// Returns whether the frame was queued.
-    fn offer(&mut self, key: usize, frame: &Bytes) -> bool {
-        let Some(subscriber) = self.subscribers.get(key) else {
-            return false;
-        };
-        match subscriber.sender.try_push(frame.clone()) {
-            Ok(()) => return true,
-            Err(PushError::Closed) => self.closed.push(key),
-            Err(PushError::Full) => self.slow.push(key),
-        }
-        false
-    }
-
     fn settle(&mut self) {
         let mut closed = std::mem::take(&mut self.closed);
         let mut slow = std::mem::take(&mut self.slow);
@@ -346,7 +332,13 @@ impl Broadcaster {
                 continue;
             }
             subscriber.stamp = stamp;
-            if self.offer(key, &event.frame) {
+            if offer(
+                &subscriber.sender,
+                key,
+                &event.frame,
+                &mut self.closed,
+                &mut self.slow,
+            ) {
                 delivered += 1;
             }
         }
@@ -357,10 +349,14 @@ impl Broadcaster {
     }
 
     fn heartbeat(&mut self) {
-        let keep_alive = self.keep_alive.clone();
-        let keys: Vec<usize> = self.subscribers.iter().map(|(k, _)| k).collect();
-        for key in keys {
-            self.offer(key, &keep_alive);
+        for (key, subscriber) in &self.subscribers {
+            offer(
+                &subscriber.sender,
+                key,
+                &self.keep_alive,
+                &mut self.closed,
+                &mut self.slow,
+            );
         }
         self.settle();
     }
@@ -399,6 +395,23 @@ impl Broadcaster {
             }
         }
     }
+}
+
+/// Sends `frame` to one subscriber without waiting, noting in `closed` or `slow` what the
+/// broadcaster must remove once the round is over. Returns whether the frame was queued.
+fn offer(
+    sender: &queue::Sender,
+    key: usize,
+    frame: &Bytes,
+    closed: &mut Vec<usize>,
+    slow: &mut Vec<usize>,
+) -> bool {
+    match sender.try_push(frame.clone()) {
+        Ok(()) => return true,
+        Err(PushError::Closed) => closed.push(key),
+        Err(PushError::Full) => slow.push(key),
+    }
+    false
 }
 
 impl Actor for Broadcaster {
