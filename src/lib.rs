@@ -21,6 +21,7 @@ pub mod event;
 pub mod healthcheck;
 pub mod metrics;
 pub mod queue;
+pub mod reply;
 pub mod routes;
 pub mod sse;
 pub mod startup;

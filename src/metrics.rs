@@ -32,6 +32,7 @@ pub struct Metrics {
     pub events_published: Counter,
     pub events_delivered: Counter,
     pub bytes_written: Counter<u64, AtomicU64>,
+    pub stream_chunks: Counter,
     pub publish_errors: Family<ErrorKind, Counter>,
     pub publish_duration: Histogram,
     pub history_events: Gauge,
@@ -49,6 +50,7 @@ impl Metrics {
             events_published: Counter::default(),
             events_delivered: Counter::default(),
             bytes_written: Counter::default(),
+            stream_chunks: Counter::default(),
             publish_errors: Family::default(),
             // 50 µs .. ~0.8 s: a publish is one actor round trip.
             publish_duration: Histogram::new(exponential_buckets(0.000_05, 2.0, 15)),
@@ -93,6 +95,12 @@ impl Metrics {
             metrics.bytes_written.clone(),
         );
         registry.register(
+            "stream_chunks",
+            "Chunks of event streams handed to the HTTP layer; a socket write carries one or more \
+             (events_delivered / stream_chunks = events per chunk)",
+            metrics.stream_chunks.clone(),
+        );
+        registry.register(
             "publish_errors",
             "Publish requests refused, by kind",
             metrics.publish_errors.clone(),
@@ -126,7 +134,9 @@ impl Metrics {
         out
     }
 
-    pub fn add_bytes_written(&self, bytes: usize) {
+    /// One chunk of `bytes` handed to the HTTP layer by a subscriber's stream.
+    pub fn add_stream_chunk(&self, bytes: usize) {
+        self.stream_chunks.inc();
         self.bytes_written.inc_by(bytes as u64);
     }
 

@@ -76,20 +76,34 @@ pub struct Sender {
 }
 
 impl Sender {
-    /// Queues `frame` without waiting.
+    /// Queues `frame` without waiting, and wakes the body if it may be asleep.
     pub fn try_push(&self, frame: Bytes) -> Result<(), PushError> {
-        {
-            let mut state = self.shared.lock();
-            if !state.receiver_alive {
-                return Err(PushError::Closed);
-            }
-            if state.frames.len() >= self.shared.capacity {
-                return Err(PushError::Full);
-            }
-            state.frames.push_back(frame);
+        if self.push_quietly(frame)? {
+            self.wake();
         }
-        self.shared.waker.wake();
         Ok(())
+    }
+
+    /// Queues `frame` without waiting and without waking the body. Returns whether the queue
+    /// was empty: then the body may be asleep, and the caller must [`wake`](Self::wake) it once
+    /// it has queued everything it has for this round (one wake for many frames). A push onto
+    /// a queue that already held frames needs no wake: whoever made it non-empty owes one.
+    pub fn push_quietly(&self, frame: Bytes) -> Result<bool, PushError> {
+        let mut state = self.shared.lock();
+        if !state.receiver_alive {
+            return Err(PushError::Closed);
+        }
+        if state.frames.len() >= self.shared.capacity {
+            return Err(PushError::Full);
+        }
+        let was_empty = state.frames.is_empty();
+        state.frames.push_back(frame);
+        Ok(was_empty)
+    }
+
+    /// Wakes the body so it writes what is queued.
+    pub fn wake(&self) {
+        self.shared.waker.wake();
     }
 }
 
@@ -227,6 +241,42 @@ mod tests {
         assert_eq!(sender.try_push(Bytes::new()), Err(PushError::Full));
         drop(receiver);
         assert_eq!(sender.try_push(Bytes::new()), Err(PushError::Closed));
+    }
+
+    /// A quiet push reports whether the queue was empty (the body then needs a wake), and
+    /// wakes nobody until asked.
+    #[test]
+    fn quiet_push_reports_when_a_wake_is_owed() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::task::{Wake, Waker};
+
+        struct Count(AtomicUsize);
+        impl Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let (sender, mut receiver) = queue(8);
+        let mut cx = Context::from_waker(&waker);
+        assert_eq!(receiver.poll_drain(&mut cx, 1024), Poll::Pending);
+
+        assert_eq!(sender.push_quietly(Bytes::from_static(b"a")), Ok(true));
+        assert_eq!(sender.push_quietly(Bytes::from_static(b"b")), Ok(false));
+        assert_eq!(
+            count.0.load(Ordering::SeqCst),
+            0,
+            "quiet pushes wake nobody"
+        );
+        sender.wake();
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            receiver.poll_drain(&mut cx, 1024),
+            Poll::Ready(Some(Bytes::from_static(b"ab")))
+        );
+        assert_eq!(receiver.poll_drain(&mut cx, 1024), Poll::Pending);
+        assert_eq!(sender.push_quietly(Bytes::from_static(b"c")), Ok(true));
     }
 
     /// After the sender is dropped, queued frames are still drained, then the end.

@@ -74,7 +74,7 @@ impl MessageBody for SubscriberBody {
     ) -> Poll<Option<Result<Bytes, Self::Error>>> {
         let chunk = self.next_chunk(cx);
         if let Poll::Ready(Some(bytes)) = &chunk {
-            self.metrics.add_bytes_written(bytes.len());
+            self.metrics.add_stream_chunk(bytes.len());
         }
         chunk.map(|chunk| chunk.map(Ok))
     }

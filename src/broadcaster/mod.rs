@@ -1,5 +1,11 @@
 //! The Broadcaster actor: the registry of subscribers and their topic index, the history, the
 //! id generator, fan-out, and the heartbeat that keeps streams alive and prunes closed ones.
+//!
+//! Fan-out runs in rounds. A publish is given its id, recorded in the history and answered at
+//! once; the events published while the actor was busy are fanned out together when its mailbox
+//! is empty, so each subscriber is woken once per round, not once per event, and the frames of a
+//! round leave in one write. Every other message first fans out what is pending, so nothing
+//! observes an event in the history that subscribers have not been sent.
 
 mod history;
 
@@ -103,6 +109,16 @@ pub struct Stats {
     pub history_oldest_id: Option<String>,
     pub history_newest_id: Option<String>,
 }
+
+/// Most events fanned out in one round: past this, a publish fans the round out at once, so a
+/// flood of publishes cannot grow a round without bound.
+const MAX_ROUND: usize = 256;
+
+/// Fan out the pending round; sent by the broadcaster to itself, so it runs once the mailbox
+/// is empty.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct FanOut;
 
 /// Name of the event that tells a resuming subscriber its `Last-Event-ID` is not in the history.
 pub const RESET_EVENT: &str = "reset";
@@ -251,8 +267,12 @@ pub struct Broadcaster {
     keep_alive: Bytes,
     connected: Bytes,
     shutting_down: bool,
+    /// Events published, recorded in the history, and not yet fanned out.
+    pending: Vec<Arc<Event>>,
     /// Scratch lists reused by every fan-out, so it allocates nothing in the steady state.
     candidates: Vec<usize>,
+    /// Subscribers whose queue this round made non-empty: each is woken once, at its end.
+    woken: Vec<usize>,
     closed: Vec<usize>,
     slow: Vec<usize>,
 }
@@ -282,7 +302,9 @@ impl Broadcaster {
             keep_alive: event::comment("keep-alive"),
             connected: event::comment("connected"),
             shutting_down: false,
+            pending: Vec::new(),
             candidates: Vec::new(),
+            woken: Vec::new(),
             closed: Vec::new(),
             slow: Vec::new(),
         }
@@ -317,6 +339,30 @@ impl Broadcaster {
         self.slow = slow;
     }
 
+    /// Fans out every pending event, in publish order, then wakes each subscriber that got
+    /// something, once.
+    fn fan_out_pending(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let mut pending = std::mem::take(&mut self.pending);
+        for event in pending.drain(..) {
+            self.fan_out(&event);
+        }
+        self.pending = pending;
+        let mut woken = std::mem::take(&mut self.woken);
+        for key in woken.drain(..) {
+            // A subscriber removed during the round was woken by its sender's drop.
+            if let Some(subscriber) = self.subscribers.get(key) {
+                subscriber.sender.wake();
+            }
+        }
+        self.woken = woken;
+    }
+
+    /// Queues one event to every subscriber that wants it, without waking them (the round
+    /// does), and removes those found closed or too slow before the next event, so no one
+    /// receives a later event after missing an earlier one.
     fn fan_out(&mut self, event: &Event) {
         self.stamp += 1;
         let stamp = self.stamp;
@@ -332,14 +378,15 @@ impl Broadcaster {
                 continue;
             }
             subscriber.stamp = stamp;
-            if offer(
-                &subscriber.sender,
-                key,
-                &event.frame,
-                &mut self.closed,
-                &mut self.slow,
-            ) {
-                delivered += 1;
+            match subscriber.sender.push_quietly(event.frame.clone()) {
+                Ok(was_empty) => {
+                    delivered += 1;
+                    if was_empty {
+                        self.woken.push(key);
+                    }
+                }
+                Err(PushError::Closed) => self.closed.push(key),
+                Err(PushError::Full) => self.slow.push(key),
             }
         }
         self.metrics.events_delivered.inc_by(delivered);
@@ -349,14 +396,13 @@ impl Broadcaster {
     }
 
     fn heartbeat(&mut self) {
+        self.fan_out_pending();
         for (key, subscriber) in &self.subscribers {
-            offer(
-                &subscriber.sender,
-                key,
-                &self.keep_alive,
-                &mut self.closed,
-                &mut self.slow,
-            );
+            match subscriber.sender.try_push(self.keep_alive.clone()) {
+                Ok(()) => {}
+                Err(PushError::Closed) => self.closed.push(key),
+                Err(PushError::Full) => self.slow.push(key),
+            }
         }
         self.settle();
     }
@@ -397,23 +443,6 @@ impl Broadcaster {
     }
 }
 
-/// Sends `frame` to one subscriber without waiting, noting in `closed` or `slow` what the
-/// broadcaster must remove once the round is over. Returns whether the frame was queued.
-fn offer(
-    sender: &queue::Sender,
-    key: usize,
-    frame: &Bytes,
-    closed: &mut Vec<usize>,
-    slow: &mut Vec<usize>,
-) -> bool {
-    match sender.try_push(frame.clone()) {
-        Ok(()) => return true,
-        Err(PushError::Closed) => closed.push(key),
-        Err(PushError::Full) => slow.push(key),
-    }
-    false
-}
-
 impl Actor for Broadcaster {
     type Context = Context<Self>;
 
@@ -427,6 +456,9 @@ impl Handler<Subscribe> for Broadcaster {
     type Result = Result<Subscription, HubError>;
 
     fn handle(&mut self, msg: Subscribe, _: &mut Self::Context) -> Self::Result {
+        // The history already holds the pending events: fan them out first, or a resuming
+        // subscriber would get them twice (replayed, then live).
+        self.fan_out_pending();
         if self.shutting_down {
             return Err(HubError::ShuttingDown);
         }
@@ -492,7 +524,7 @@ fn reset_frame(data: &str) -> Bytes {
 impl Handler<Publish> for Broadcaster {
     type Result = Result<Arc<str>, HubError>;
 
-    fn handle(&mut self, Publish(draft): Publish, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, Publish(draft): Publish, ctx: &mut Self::Context) -> Self::Result {
         let id: Arc<str> = match &draft.id {
             Some(id) if self.history.contains(id) => {
                 return Err(HubError::DuplicateId(id.clone()));
@@ -502,11 +534,25 @@ impl Handler<Publish> for Broadcaster {
         };
         let event = Arc::new(Event::new(id.clone(), draft));
         self.metrics.events_published.inc();
-        self.fan_out(&event);
-        self.history.append(event);
+        self.history.append(event.clone());
         metrics::set_gauge(&self.metrics.history_events, self.history.len());
         metrics::set_gauge(&self.metrics.history_bytes, self.history.size_bytes());
+        if self.pending.is_empty() {
+            ctx.notify(FanOut);
+        }
+        self.pending.push(event);
+        if self.pending.len() >= MAX_ROUND {
+            self.fan_out_pending();
+        }
         Ok(id)
+    }
+}
+
+impl Handler<FanOut> for Broadcaster {
+    type Result = ();
+
+    fn handle(&mut self, _: FanOut, _: &mut Self::Context) {
+        self.fan_out_pending();
     }
 }
 
@@ -514,6 +560,7 @@ impl Handler<GetStats> for Broadcaster {
     type Result = MessageResult<GetStats>;
 
     fn handle(&mut self, _: GetStats, _: &mut Self::Context) -> Self::Result {
+        self.fan_out_pending();
         MessageResult(self.stats())
     }
 }
@@ -522,6 +569,8 @@ impl Handler<Shutdown> for Broadcaster {
     type Result = ();
 
     fn handle(&mut self, _: Shutdown, _: &mut Self::Context) {
+        // What was published before the shutdown is still written before the streams end.
+        self.fan_out_pending();
         self.shutting_down = true;
         let count = self.subscribers.len();
         // Dropping every sender ends every stream once its queue is written.
@@ -535,7 +584,77 @@ impl Handler<Shutdown> for Broadcaster {
 
 #[cfg(test)]
 mod tests {
+    use std::task::{Context, Poll};
+
+    use futures_util::task::noop_waker;
+
     use super::*;
+
+    fn config() -> BroadcasterConfig {
+        BroadcasterConfig {
+            heartbeat: Duration::from_secs(3600),
+            subscriber_buffer: 16,
+            max_subscribers: 16,
+            history_size: 16,
+            history_bytes: 1 << 20,
+        }
+    }
+
+    fn draft(id: &str) -> EventDraft {
+        EventDraft {
+            topics: vec!["t".to_owned()],
+            id: Some(id.to_owned()),
+            data: id.to_owned(),
+            ..EventDraft::default()
+        }
+    }
+
+    fn drain(receiver: &mut queue::Receiver) -> Vec<u8> {
+        let waker = noop_waker();
+        match receiver.poll_drain(&mut Context::from_waker(&waker), 1 << 20) {
+            Poll::Ready(Some(chunk)) => chunk.to_vec(),
+            other => panic!("expected queued frames, got {other:?}"),
+        }
+    }
+
+    /// Publishes answered but not yet fanned out are in the history already: a subscriber
+    /// resuming in the middle of that round gets them once, replayed, and not again live.
+    #[actix::test]
+    async fn a_resume_during_a_round_gets_each_event_once() {
+        let broadcaster = Broadcaster::new(config(), Metrics::new()).start();
+        // Queued back to back, so the actor takes all four in one pass over its mailbox.
+        let published: Vec<_> = ["a", "b", "c"]
+            .into_iter()
+            .map(|id| broadcaster.send(Publish(draft(id))))
+            .collect();
+        let subscribe = broadcaster.send(Subscribe {
+            selectors: Vec::new(),
+            private_selectors: Vec::new(),
+            last_event_id: Some("a".to_owned()),
+        });
+        for reply in published {
+            reply.await.expect("actor alive").expect("published");
+        }
+        let mut subscription = subscribe.await.expect("actor alive").expect("subscribed");
+        let opening: Vec<u8> = subscription.opening.concat();
+        assert_eq!(
+            String::from_utf8_lossy(&opening),
+            ": connected\n\nid: b\ndata: b\n\nid: c\ndata: c\n\n"
+        );
+
+        broadcaster
+            .send(Publish(draft("d")))
+            .await
+            .expect("actor alive")
+            .expect("published");
+        // GetStats fans out what is pending before it answers.
+        broadcaster.send(GetStats).await.expect("actor alive");
+        assert_eq!(
+            String::from_utf8_lossy(&drain(&mut subscription.receiver)),
+            "id: d\ndata: d\n\n",
+            "live delivery starts after the replay, without repeating it"
+        );
+    }
 
     /// Generated ids only grow, and start at least at the current time in microseconds.
     #[test]

@@ -51,6 +51,6 @@ async fn trigger_body(req: HttpRequest, state: &AppState) -> Result<HttpResponse
         data: (*data).to_owned(),
         ..EventDraft::default()
     };
-    let id = state.broadcaster.send(Publish(draft)).await??;
+    let id = state.ask(Publish(draft)).await??;
     Ok(published(&id))
 }

@@ -77,7 +77,7 @@ async fn publish_form(
         private: form.private,
     };
     event::validate_draft(&draft)?;
-    let id = state.broadcaster.send(Publish(draft)).await??;
+    let id = state.ask(Publish(draft)).await??;
     Ok(published(&id))
 }
 

@@ -8,7 +8,7 @@ mod stream;
 
 use std::sync::Arc;
 
-use actix::Addr;
+use actix::{Addr, Handler, MailboxError, Message};
 use actix_cors::Cors;
 use actix_web::{HttpRequest, HttpResponse, http::header, middleware::DefaultHeaders, web};
 use bytes::{Bytes, BytesMut};
@@ -16,7 +16,7 @@ use futures_util::StreamExt as _;
 
 use crate::{
     auth::Keys, broadcaster::Broadcaster, config::Settings, error::HubError, metrics::Metrics,
-    topic::SelectorCache,
+    reply, topic::SelectorCache,
 };
 
 pub use mercure::PATH as MERCURE_PATH;
@@ -30,6 +30,19 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Compiled selectors shared across subscribers (and claims).
     pub selectors: Arc<SelectorCache>,
+}
+
+impl AppState {
+    /// Sends `msg` to the broadcaster and awaits its reply, woken on this worker's own thread
+    /// so it goes ahead of the subscriber writes queued here (see [`crate::reply`]).
+    pub async fn ask<M>(&self, msg: M) -> Result<M::Result, MailboxError>
+    where
+        M: Message + Send + 'static,
+        M::Result: Send,
+        Broadcaster: Handler<M>,
+    {
+        reply::on_worker(std::pin::pin!(self.broadcaster.send(msg))).await
+    }
 }
 
 /// The one route table, used by `startup::build` and so by main and the tests alike.

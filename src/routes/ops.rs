@@ -12,7 +12,7 @@ const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Subscribers per selector, history size and ids, and the totals.
 pub async fn stats(state: web::Data<AppState>) -> Result<HttpResponse, HubError> {
-    let stats = state.broadcaster.send(GetStats).await?;
+    let stats = state.ask(GetStats).await?;
     Ok(HttpResponse::Ok().json(stats))
 }
 
@@ -26,6 +26,7 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
 
 /// 200 while the broadcaster answers, 503 otherwise.
 pub async fn health(state: web::Data<AppState>) -> HttpResponse {
+    // Not through `ask`: the probe's own timeout is part of the broadcaster's reply.
     match state
         .broadcaster
         .send(GetStats)

@@ -77,10 +77,7 @@ async fn publish_body(
     event::validate_draft(&draft)?;
     let body = read_body(payload, settings.body_limit_bytes).await?;
     let data = String::from_utf8(body.into()).map_err(|_| HubError::InvalidUtf8)?;
-    let id = state
-        .broadcaster
-        .send(Publish(EventDraft { data, ..draft }))
-        .await??;
+    let id = state.ask(Publish(EventDraft { data, ..draft })).await??;
     Ok(published(&id))
 }
 

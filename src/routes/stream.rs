@@ -54,8 +54,7 @@ pub async fn open(
     let last_event_id = last_event_id(req, &pairs)?;
 
     let subscription = state
-        .broadcaster
-        .send(Subscribe {
+        .ask(Subscribe {
             selectors,
             private_selectors: grant.selectors,
             last_event_id,
