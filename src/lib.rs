@@ -7,6 +7,7 @@
 //! - [`event`]: event fields, their validation, and the one wire encoder.
 //! - [`topic`]: topic selectors: exact, `*`, and RFC 6570 URI templates.
 //! - [`queue`]: a subscriber's bounded frame queue, drained in one go.
+//! - [`reply`]: broadcaster replies woken on the worker's own thread, ahead of subscriber writes.
 //! - [`sse`]: a subscriber's response: headers, and the body draining its channel.
 //! - [`routes`]: the HTTP surfaces: stream, publish, quick-start triggers, stats, health.
 //! - [`error`]: the request error enum and its JSON responses.

@@ -171,6 +171,7 @@ mod tests {
             "sse_hub_events_published_total 1",
             "sse_hub_events_delivered_total ",
             "sse_hub_bytes_written_total ",
+            "sse_hub_stream_chunks_total ",
             "sse_hub_publish_errors_total{kind=\"too_large\"} 1",
             "sse_hub_publish_duration_seconds_bucket",
             "sse_hub_history_events ",

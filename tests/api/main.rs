@@ -4,6 +4,7 @@ mod bad_input;
 mod browser;
 mod helpers;
 mod mercure;
+mod ops;
 mod quickstart;
 mod replay;
 mod shutdown;
