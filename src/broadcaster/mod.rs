@@ -273,8 +273,24 @@ pub struct Broadcaster {
     candidates: Vec<usize>,
     /// Subscribers whose queue this round made non-empty: each is woken once, at its end.
     woken: Vec<usize>,
+    /// Subscribers a push found closed or full, removed once the current event is out.
+    removals: Removals,
+}
+
+/// Subscribers to remove after a fan-out or heartbeat pass.
+#[derive(Debug, Default)]
+struct Removals {
     closed: Vec<usize>,
     slow: Vec<usize>,
+}
+
+impl Removals {
+    fn note(&mut self, key: usize, error: PushError) {
+        match error {
+            PushError::Closed => self.closed.push(key),
+            PushError::Full => self.slow.push(key),
+        }
+    }
 }
 
 impl Broadcaster {
@@ -305,8 +321,7 @@ impl Broadcaster {
             pending: Vec::new(),
             candidates: Vec::new(),
             woken: Vec::new(),
-            closed: Vec::new(),
-            slow: Vec::new(),
+            removals: Removals::default(),
         }
     }
 
@@ -331,12 +346,10 @@ impl Broadcaster {
     }
 
     fn settle(&mut self) {
-        let mut closed = std::mem::take(&mut self.closed);
-        let mut slow = std::mem::take(&mut self.slow);
-        closed.drain(..).for_each(|key| self.remove(key));
-        slow.drain(..).for_each(|key| self.drop_slow(key));
-        self.closed = closed;
-        self.slow = slow;
+        let mut removals = std::mem::take(&mut self.removals);
+        removals.closed.drain(..).for_each(|key| self.remove(key));
+        removals.slow.drain(..).for_each(|key| self.drop_slow(key));
+        self.removals = removals;
     }
 
     /// Fans out every pending event, in publish order, then wakes each subscriber that got
@@ -385,8 +398,7 @@ impl Broadcaster {
                         self.woken.push(key);
                     }
                 }
-                Err(PushError::Closed) => self.closed.push(key),
-                Err(PushError::Full) => self.slow.push(key),
+                Err(error) => self.removals.note(key, error),
             }
         }
         self.metrics.events_delivered.inc_by(delivered);
@@ -398,10 +410,8 @@ impl Broadcaster {
     fn heartbeat(&mut self) {
         self.fan_out_pending();
         for (key, subscriber) in &self.subscribers {
-            match subscriber.sender.try_push(self.keep_alive.clone()) {
-                Ok(()) => {}
-                Err(PushError::Closed) => self.closed.push(key),
-                Err(PushError::Full) => self.slow.push(key),
+            if let Err(error) = subscriber.sender.try_push(self.keep_alive.clone()) {
+                self.removals.note(key, error);
             }
         }
         self.settle();
