@@ -38,6 +38,15 @@ use crate::{
 
 const LW_BUFFER_SIZE: usize = 1024;
 const HW_BUFFER_SIZE: usize = 1024 * 8;
+
+/// Read buffer capacity of a new connection: room for a request head of up to 1 KiB plus
+/// `LW_BUFFER_SIZE`.
+///
+/// Connections do not start with `HW_BUFFER_SIZE`, so that those which send one small request
+/// and then wait (server-sent events, long polling, idle keep-alive) hold less memory: after such
+/// a head, `LW_BUFFER_SIZE` of room is left and the buffer is never grown. A connection that sends
+/// more fills this buffer, and it grows as before (see `read_available`).
+const INITIAL_READ_BUFFER_SIZE: usize = 1024 * 2;
 const MAX_PIPELINED_MESSAGES: usize = 16;
 
 /// Write buffer capacity at which we reallocate it after flushing.
@@ -304,8 +313,9 @@ where
                     graceful_shutdown: config.graceful_shutdown(),
 
                     io: Some(io),
-                    read_buf: BytesMut::with_capacity(HW_BUFFER_SIZE),
-                    write_buf: BytesMut::with_capacity(HW_BUFFER_SIZE),
+                    read_buf: BytesMut::with_capacity(INITIAL_READ_BUFFER_SIZE),
+                    // Allocated by the first response: the encoder reserves room for its head.
+                    write_buf: BytesMut::new(),
                     h1_write_buffer_size: config.h1_write_buffer_size(),
                     write_buf_needs_reset: false,
                     codec: Codec::new(config),

@@ -210,3 +210,53 @@ async fn buffer_above_configured_write_watermark_released() {
     // A larger watermark sets the limit directly; it is not multiplied by four.
     check_buffer_retention(512 * 1024, 256 * 1024, false, true).await;
 }
+
+#[actix_rt::test]
+async fn small_request_with_streaming_response_keeps_small_buffers() {
+    // A client that sends one short request head and then only receives (server-sent events,
+    // long polling) must not make the connection grow its buffers while it waits.
+    use futures_util::StreamExt as _;
+
+    let head = "GET /events HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    let io = TestBuffer::new(head);
+    let services = HttpFlow::new(
+        fn_service(|_: Request| async {
+            // One chunk, then a body that stays open.
+            let chunks = futures_util::stream::once(async {
+                Ok::<_, io::Error>(bytes::Bytes::from_static(b"data: hello\n\n"))
+            })
+            .chain(futures_util::stream::pending());
+            Ok::<_, Error>(Response::ok().set_body(crate::body::BodyStream::new(chunks)))
+        }),
+        ExpectHandler,
+        None::<UpgradeHandler>,
+    );
+    let dispatcher = Dispatcher::new(
+        io.clone(),
+        services,
+        ServiceConfigBuilder::new().build(),
+        None,
+        OnConnectData::default(),
+    );
+    let mut dispatcher = pin!(dispatcher);
+    let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+
+    assert!(dispatcher.as_mut().poll(&mut cx).is_pending());
+    assert!(io.write_buf_slice().ends_with(b"data: hello\n\n\r\n"));
+
+    let DispatcherState::Normal { inner } = &dispatcher.inner else {
+        panic!()
+    };
+    assert!(inner.read_buf.is_empty());
+    // What is left of the initial allocation after the head was split off; more if it grew.
+    assert!(
+        inner.read_buf.capacity() <= INITIAL_READ_BUFFER_SIZE - head.len(),
+        "read buffer grew to {} bytes",
+        inner.read_buf.capacity()
+    );
+    assert!(
+        inner.write_buf.capacity() < HW_BUFFER_SIZE,
+        "write buffer holds {} bytes",
+        inner.write_buf.capacity()
+    );
+}
