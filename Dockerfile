@@ -20,10 +20,13 @@
 FROM rust:1.95-bookworm AS builder
 WORKDIR /app
 
-# Dependencies first, in a layer of their own that stays cached until Cargo.toml or Cargo.lock
-# change: stub every source file the manifest names (and src/main.rs, src/lib.rs) and build.
+# Dependencies first, in a layer of their own that stays cached until Cargo.toml, Cargo.lock or
+# the vendored crates change: stub every source file the manifest names (and src/main.rs,
+# src/lib.rs) and build. vendor/ holds the patched actix-http that Cargo.toml's
+# [patch.crates-io] points at, so it must be there before this first build.
 # Only the hub's binary: the image does not ship the sse-load tester.
 COPY Cargo.toml Cargo.lock ./
+COPY vendor ./vendor
 RUN set -eu; \
     for stub in src/main.rs src/lib.rs $(sed -n 's/^path *= *"\(.*\.rs\)"$/\1/p' Cargo.toml); do \
         mkdir -p "$(dirname "$stub")"; echo 'fn main() {}' > "$stub"; \
@@ -32,9 +35,10 @@ RUN set -eu; \
     rm -rf src
 
 # Then the crate itself. COPY keeps the files' old mtimes, which can be older than the stub
-# build: touch them, or cargo would take the stub binary for up to date.
+# build: touch them, or cargo would take the stub binary for up to date. Not vendor/: it was
+# built above, and touching it would rebuild actix-http and all that depends on it.
 COPY . .
-RUN find . -name '*.rs' -not -path './target/*' -exec touch {} + \
+RUN find . -name '*.rs' -not -path './target/*' -not -path './vendor/*' -exec touch {} + \
     && cargo build --release --locked --bin sse-hub \
     && ./target/release/sse-hub --version | grep '^sse-hub '
 
