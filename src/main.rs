@@ -14,6 +14,11 @@ use sse_hub::{
     startup::Application,
 };
 
+/// jemalloc: less CPU per event on the fan-out path, and the memory a burst used goes back
+/// to the system (see Cargo.toml for the measurements).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
