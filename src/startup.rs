@@ -59,8 +59,8 @@ impl Application {
                         .exclude("/stream")
                         .exclude(routes::MERCURE_PATH),
                 )
+                // Unknown paths get their JSON 404 from the route table's catch-all scope.
                 .configure(routes.clone())
-                .default_service(web::to(routes::not_found))
         })
         // A subscriber that closes its end is noticed at once, not at the next write.
         .h1_allow_half_closed(false)

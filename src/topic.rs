@@ -129,7 +129,6 @@ impl fmt::Display for Template {
     }
 }
 
-/// Why a selector could not be parsed.
 /// Compiled selectors shared by every subscriber that uses the same text, so ten thousand
 /// subscribers on one URI template compile it once and share its regex (a `Regex` clone is a
 /// reference count). Bounded: when full it starts over, which costs only recompilation.
@@ -169,6 +168,7 @@ impl SelectorCache {
     }
 }
 
+/// Why a selector could not be parsed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SelectorError {
     /// The selector contains `{` but is not a valid RFC 6570 URI template.

@@ -269,9 +269,8 @@ pub struct Broadcaster {
     shutting_down: bool,
     /// Events published, recorded in the history, and not yet fanned out.
     pending: Vec<Arc<Event>>,
-    /// Scratch lists reused by every fan-out, so it allocates nothing in the steady state.
-    candidates: Vec<usize>,
     /// Subscribers whose queue this round made non-empty: each is woken once, at its end.
+    /// Reused by every round, like `removals`, so fan-out allocates nothing in the steady state.
     woken: Vec<usize>,
     /// Subscribers a push found closed or full, removed once the current event is out.
     removals: Removals,
@@ -319,7 +318,6 @@ impl Broadcaster {
             connected: event::comment("connected"),
             shutting_down: false,
             pending: Vec::new(),
-            candidates: Vec::new(),
             woken: Vec::new(),
             removals: Removals::default(),
         }
@@ -379,31 +377,30 @@ impl Broadcaster {
     fn fan_out(&mut self, event: &Event) {
         self.stamp += 1;
         let stamp = self.stamp;
-        let mut candidates = std::mem::take(&mut self.candidates);
-        self.index
-            .for_each_candidate(&event.topics, |key| candidates.push(key));
         let mut delivered = 0;
-        for &key in &candidates {
-            let Some(subscriber) = self.subscribers.get_mut(key) else {
-                continue;
+        // The index and the registry are separate fields: walk the candidates as the index
+        // yields them, without collecting them first.
+        let (subscribers, woken, removals) =
+            (&mut self.subscribers, &mut self.woken, &mut self.removals);
+        self.index.for_each_candidate(&event.topics, |key| {
+            let Some(subscriber) = subscribers.get_mut(key) else {
+                return;
             };
             if subscriber.stamp == stamp || !subscriber.may_receive(event) {
-                continue;
+                return;
             }
             subscriber.stamp = stamp;
             match subscriber.sender.push_quietly(event.frame.clone()) {
                 Ok(was_empty) => {
                     delivered += 1;
                     if was_empty {
-                        self.woken.push(key);
+                        woken.push(key);
                     }
                 }
-                Err(error) => self.removals.note(key, error),
+                Err(error) => removals.note(key, error),
             }
-        }
+        });
         self.metrics.events_delivered.inc_by(delivered);
-        candidates.clear();
-        self.candidates = candidates;
         self.settle();
     }
 
