@@ -52,6 +52,10 @@ RUN groupadd --gid 10001 sse-hub \
 
 COPY --from=builder /app/target/release/sse-hub /usr/local/bin/sse-hub
 
+# Where `--store file:/var/lib/sse-hub/history.redb` keeps the history. Owned by the hub's user,
+# so a named volume mounted here starts out writable by it (`-v sse-hub-data:/var/lib/sse-hub`).
+RUN mkdir -p /var/lib/sse-hub && chown 10001:10001 /var/lib/sse-hub
+
 # Inside the image the hub listens on every interface; publish the port to choose who reaches
 # it (`-p 127.0.0.1:8080:8080` for this host only).
 ENV SSE_HUB_BIND=0.0.0.0:8080

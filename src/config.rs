@@ -1,9 +1,9 @@
 //! Settings: every knob of the hub as a CLI flag with an `SSE_HUB_*` environment twin, and
 //! the documented defaults as named constants.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
-use clap::{ArgAction, Args, Parser, Subcommand};
+use clap::{ArgAction, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::auth::{JwtAlgorithm, JwtKey, Keys, Role};
 
@@ -24,6 +24,8 @@ pub const DEFAULT_MAX_TOPIC_BYTES: usize = 1024;
 /// Long enough for a slow mobile link, short enough that a peer that stopped reading or
 /// vanished without a FIN does not hold its connection for the kernel's ~15 minutes.
 pub const DEFAULT_WRITE_TIMEOUT: &str = "60s";
+/// History in memory: today's speed, nothing kept across a restart.
+pub const DEFAULT_STORE: &str = "memory";
 
 /// sse-hub: a Server-Sent Events hub. Without a command, it runs the server.
 #[derive(Debug, Clone, Parser)]
@@ -157,6 +159,49 @@ pub struct Settings {
     /// Serve the quick-start triggers /send, /left and /right (`false` turns them off).
     #[arg(long, env = "SSE_HUB_TRIGGERS", default_value_t = true, action = ArgAction::Set)]
     pub triggers: bool,
+
+    /// Where the history lives: `memory` (lost on restart) or `file:PATH` (an embedded store
+    /// on disk; a publish is answered once its event is fsync'd, and a restart keeps history
+    /// and ids).
+    #[arg(long, env = "SSE_HUB_STORE", default_value = DEFAULT_STORE)]
+    pub store: Store,
+}
+
+/// The event log's backend, as `--store` names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Store {
+    /// The history in the broadcaster's memory only.
+    Memory,
+    /// An embedded store in this file (created when missing).
+    File(PathBuf),
+}
+
+impl FromStr for Store {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        if value == "memory" {
+            return Ok(Self::Memory);
+        }
+        match value.strip_prefix("file:") {
+            Some("") => {
+                Err("`file:` needs a path, e.g. `file:/var/lib/sse-hub/history.redb`".to_owned())
+            }
+            Some(path) => Ok(Self::File(PathBuf::from(path))),
+            None => Err(format!(
+                "`{value}` is not a store: expected `memory` or `file:PATH`"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Memory => f.write_str("memory"),
+            Self::File(path) => write!(f, "file:{}", path.display()),
+        }
+    }
 }
 
 impl Settings {
@@ -197,9 +242,16 @@ fn positive(value: &str) -> Result<usize, String> {
 }
 
 impl Default for Settings {
-    /// The documented defaults (and any `SSE_HUB_*` variables set in the environment).
+    /// The documented defaults. Only the command line parser reads `SSE_HUB_*` variables, so
+    /// settings built from this (the tests' among them) do not depend on the environment.
     fn default() -> Self {
-        Cli::parse_from(["sse-hub"]).settings
+        let command = Cli::command().mut_args(|arg| arg.env(None));
+        let matches = command
+            .try_get_matches_from(["sse-hub"])
+            .expect("the defaults parse: each is a valid value of its flag");
+        Cli::from_arg_matches(&matches)
+            .expect("matches of Cli's own command convert back to it")
+            .settings
     }
 }
 
@@ -235,6 +287,56 @@ mod tests {
     #[test]
     fn zero_buffer_is_refused() {
         assert!(Cli::try_parse_from(["sse-hub", "--subscriber-buffer", "0"]).is_err());
+    }
+}
+
+#[cfg(test)]
+mod store_tests {
+    use super::*;
+
+    /// `--store` takes `memory` or `file:PATH`, and says what it expected otherwise.
+    #[test]
+    fn store_values_parse() {
+        assert_eq!("memory".parse::<Store>(), Ok(Store::Memory));
+        assert_eq!(
+            "file:/tmp/h.redb".parse::<Store>(),
+            Ok(Store::File("/tmp/h.redb".into()))
+        );
+        assert!("file:".parse::<Store>().is_err());
+        let err = "redis://x".parse::<Store>().expect_err("not a store");
+        assert!(err.contains("memory") && err.contains("file:PATH"), "{err}");
+        assert_eq!(Settings::default().store, Store::Memory);
+    }
+
+    /// `Settings::default()` ignores `SSE_HUB_*` variables: this test runs itself again as a
+    /// child process with `SSE_HUB_HISTORY_SIZE=7` set, where the default must still be the
+    /// documented one (the child checks, the parent asserts it passed).
+    #[test]
+    fn default_settings_ignore_the_environment() {
+        if std::env::var_os("SSE_HUB_TEST_CHILD").is_some() {
+            assert_eq!(Settings::default().history_size, DEFAULT_HISTORY_SIZE);
+            assert_eq!(Settings::default().store, Store::Memory);
+            // The parser, on the other hand, does read it.
+            assert_eq!(Cli::parse_from(["sse-hub"]).settings.history_size, 7);
+            return;
+        }
+        let output = std::process::Command::new(std::env::current_exe().expect("test binary"))
+            .args([
+                "--exact",
+                "config::store_tests::default_settings_ignore_the_environment",
+                "--nocapture",
+            ])
+            .env("SSE_HUB_TEST_CHILD", "1")
+            .env("SSE_HUB_HISTORY_SIZE", "7")
+            .env("SSE_HUB_STORE", "file:/nonexistent/x")
+            .output()
+            .expect("the test binary runs");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success() && stdout.contains("1 passed"),
+            "child run failed: {stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
 }
 

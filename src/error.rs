@@ -29,6 +29,8 @@ pub enum HubError {
     Forbidden(String),
     #[error("the hub is shutting down")]
     ShuttingDown,
+    #[error("the event could not be stored, so it was not published; try again")]
+    NotStored,
     #[error("no route for {method} {path}")]
     NotFound { method: String, path: String },
     #[error("method {method} is not allowed on {path}")]
@@ -50,6 +52,7 @@ impl HubError {
             Self::Unauthorized(_) => "unauthorized",
             Self::Forbidden(_) => "forbidden",
             Self::ShuttingDown => "shutting_down",
+            Self::NotStored => "not_stored",
             Self::NotFound { .. } => "not_found",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::Internal => "internal",
@@ -68,7 +71,9 @@ impl ResponseError for HubError {
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::TooMany { .. } => StatusCode::BAD_REQUEST,
-            Self::SubscriberLimit { .. } | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Self::SubscriberLimit { .. } | Self::ShuttingDown | Self::NotStored => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,

@@ -5,6 +5,8 @@
 //! - [`startup`]: builds the broadcaster and the HTTP server; main and the tests share it.
 //! - [`broadcaster`]: the actor: subscribers, topic index, history, fan-out, heartbeat.
 //! - [`event`]: event fields, their validation, and the one wire encoder.
+//! - [`event_log`]: where published events are committed: memory, or a file that survives
+//!   restarts.
 //! - [`topic`]: topic selectors: exact, `*`, and RFC 6570 URI templates.
 //! - [`queue`]: a subscriber's bounded frame queue, drained in one go.
 //! - [`reply`]: broadcaster replies woken on the worker's own thread, ahead of subscriber writes.
@@ -19,6 +21,7 @@ pub mod broadcaster;
 pub mod config;
 pub mod error;
 pub mod event;
+pub mod event_log;
 pub mod healthcheck;
 pub mod metrics;
 pub mod queue;

@@ -26,7 +26,7 @@ fn main() -> ExitCode {
         Some(Command::Healthcheck) => healthcheck::check(cli.settings.bind)
             .map_err(|err| format!("healthcheck failed: {err}")),
         Some(Command::Token(args)) => token(&cli.settings, &args).map(|jwt| println!("{jwt}")),
-        None => serve(cli.settings).map_err(|err| format!("server failed: {err}")),
+        None => serve(cli.settings),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -37,9 +37,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(settings: Settings) -> std::io::Result<()> {
-    actix_web::rt::System::new()
-        .block_on(async move { Application::build(settings)?.run_until_stopped().await })
+fn serve(settings: Settings) -> Result<(), String> {
+    actix_web::rt::System::new().block_on(async move {
+        let app = Application::build(settings).map_err(|err| err.to_string())?;
+        app.run_until_stopped()
+            .await
+            .map_err(|err| format!("server failed: {err}"))
+    })
 }
 
 /// Signs a token for the configured publisher key (an HS256 secret, or with `--private-key`

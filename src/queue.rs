@@ -101,6 +101,22 @@ impl Sender {
         Ok(was_empty)
     }
 
+    /// Queues a keep-alive unless frames are already waiting (they keep the connection alive
+    /// as well). So keep-alives never pile up behind a body still busy writing a long replay,
+    /// and never count against the buffer: only events make a subscriber too slow.
+    pub fn push_keep_alive(&self, frame: Bytes) -> Result<(), PushError> {
+        let mut state = self.shared.lock();
+        if !state.receiver_alive {
+            return Err(PushError::Closed);
+        }
+        if state.frames.is_empty() {
+            state.frames.push_back(frame);
+            drop(state);
+            self.wake();
+        }
+        Ok(())
+    }
+
     /// Wakes the body so it writes what is queued.
     pub fn wake(&self) {
         self.shared.waker.wake();
@@ -192,6 +208,30 @@ mod tests {
     fn drain(receiver: &mut Receiver, max_bytes: usize) -> Poll<Option<Bytes>> {
         let waker = noop_waker();
         receiver.poll_drain(&mut Context::from_waker(&waker), max_bytes)
+    }
+
+    /// Keep-alives do not pile up behind undrained frames, so they never fill the buffer;
+    /// a closed receiver is still reported.
+    #[test]
+    fn keep_alives_never_fill_the_buffer() {
+        let (sender, mut receiver) = queue(2);
+        for _ in 0..10 {
+            sender
+                .push_keep_alive(Bytes::from_static(b": k\n\n"))
+                .expect("never full");
+        }
+        sender
+            .try_push(Bytes::from_static(b"e\n\n"))
+            .expect("room for an event");
+        assert_eq!(
+            drain(&mut receiver, 1024),
+            Poll::Ready(Some(Bytes::from_static(b": k\n\ne\n\n")))
+        );
+        drop(receiver);
+        assert_eq!(
+            sender.push_keep_alive(Bytes::from_static(b": k\n\n")),
+            Err(PushError::Closed)
+        );
     }
 
     /// Frames queued together come out as one chunk, in order; a lone frame as it is.

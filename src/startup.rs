@@ -12,8 +12,9 @@ use actix_web::{
 };
 
 use crate::{
-    broadcaster::{Broadcaster, BroadcasterConfig, Shutdown},
+    broadcaster::{Broadcaster, BroadcasterConfig, Shutdown, Window},
     config::Settings,
+    event_log::{self, StoreError},
     metrics::Metrics,
     routes::{self, AppState},
     topic::SelectorCache,
@@ -21,6 +22,17 @@ use crate::{
 
 /// Distinct URI templates kept compiled; past this the cache starts over.
 const SELECTOR_CACHE_SIZE: usize = 10_000;
+
+/// Why the hub did not start. Each is one line naming what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("{0}")]
+    Keys(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: io::Error },
+}
 
 /// A bound, not yet running hub.
 #[allow(missing_debug_implementations)] // actix's `Server` has no Debug
@@ -31,15 +43,28 @@ pub struct Application {
 }
 
 impl Application {
-    /// Starts the broadcaster and binds the server. Must run inside an actix system.
-    pub fn build(settings: Settings) -> io::Result<Self> {
-        let keys = settings
-            .keys()
-            .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err))?;
+    /// Opens the event log, starts the broadcaster on it and binds the server. Must run inside
+    /// an actix system.
+    pub fn build(settings: Settings) -> Result<Self, StartupError> {
+        let keys = settings.keys().map_err(StartupError::Keys)?;
         let metrics = Metrics::new();
+        let (log, recovered) = event_log::open(
+            &settings.store,
+            Window::new(settings.history_size, settings.history_bytes),
+        )?;
+        log::info!(
+            "event log opened store={} events={}",
+            settings.store,
+            recovered.events.len()
+        );
         // One broadcaster for every worker: started here, outside the server factory.
-        let broadcaster =
-            Broadcaster::new(BroadcasterConfig::from(&settings), metrics.clone()).start();
+        let broadcaster = Broadcaster::with_log(
+            BroadcasterConfig::from(&settings),
+            metrics.clone(),
+            log,
+            recovered,
+        )
+        .start();
         let state = AppState {
             broadcaster: broadcaster.clone(),
             settings: Arc::new(settings.clone()),
@@ -73,11 +98,17 @@ impl Application {
         if settings.workers > 0 {
             server = server.workers(settings.workers);
         }
-        let server = server.bind(settings.bind)?;
-        let addr =
-            server.addrs().first().copied().ok_or_else(|| {
-                io::Error::new(io::ErrorKind::AddrNotAvailable, "no address bound")
-            })?;
+        let bind_error = |source| StartupError::Bind {
+            addr: settings.bind,
+            source,
+        };
+        let server = server.bind(settings.bind).map_err(bind_error)?;
+        let addr = server.addrs().first().copied().ok_or_else(|| {
+            bind_error(io::Error::new(
+                io::ErrorKind::AddrNotAvailable,
+                "no address bound",
+            ))
+        })?;
         log::info!("listening addr=http://{addr}");
         Ok(Self {
             addr,

@@ -1,5 +1,5 @@
-//! History: the bounded, ordered log of recent events that subscribers replay from after a
-//! reconnect, behind a small interface so a shared backend (Redis Streams) can replace it.
+//! History: the broadcaster's cache of the retained events, which subscribers replay from after
+//! a reconnect, and the retention rule ([`Window`]) that the durable event log applies too.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -26,84 +26,135 @@ pub struct Replay {
     pub found: bool,
 }
 
-/// The interface the broadcaster needs from a history store. Calls happen inside the actor,
-/// so implementations must answer without waiting.
-pub trait History: Send + std::fmt::Debug {
-    /// Appends an event, trimming the oldest ones to stay within the bounds.
-    fn append(&mut self, event: Arc<Event>);
-    /// Whether an event with this id is retained.
-    fn contains(&self, id: &str) -> bool;
-    /// The retained events after `from`, in publish order.
-    fn replay(&self, from: ReplayFrom<'_>) -> Replay;
-    fn oldest_id(&self) -> Option<Arc<str>>;
-    fn newest_id(&self) -> Option<Arc<str>>;
-    fn len(&self) -> usize;
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    /// Bytes held by the retained events.
-    fn size_bytes(&self) -> usize;
-}
-
-/// An in-memory ring bounded by event count and by bytes, with an id index for O(1) lookup.
-#[derive(Debug)]
-pub struct MemoryHistory {
-    events: VecDeque<Arc<Event>>,
-    /// id → sequence number; the front event has sequence `front_seq`.
-    index: HashMap<Arc<str>, u64>,
-    front_seq: u64,
-    size_bytes: usize,
+/// The retention rule: at most `max_events` events and `max_bytes` bytes, oldest out first.
+/// The history and the file store each run one over the same sequence of events, so they trim
+/// the same events, deterministically, without telling each other.
+#[derive(Debug, Clone)]
+pub struct Window {
+    sizes: VecDeque<usize>,
+    bytes: usize,
     max_events: usize,
     max_bytes: usize,
 }
 
-impl MemoryHistory {
+/// What [`Window::push`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admission {
+    /// How many of the oldest events leave the window.
+    pub evicted: usize,
+    /// Whether the new event is retained. An event that cannot be (larger than the whole byte
+    /// budget, or `max_events` is 0) evicts everything before it too: a replay from an older id
+    /// would otherwise skip it silently.
+    pub kept: bool,
+}
+
+impl Window {
+    pub fn new(max_events: usize, max_bytes: usize) -> Self {
+        Self {
+            sizes: VecDeque::new(),
+            bytes: 0,
+            max_events,
+            max_bytes,
+        }
+    }
+
+    /// Admits an event of `size` bytes.
+    pub fn push(&mut self, size: usize) -> Admission {
+        let mut evicted = 0;
+        if self.max_events == 0 || size > self.max_bytes {
+            evicted = self.sizes.len();
+            self.sizes.clear();
+            self.bytes = 0;
+            return Admission {
+                evicted,
+                kept: false,
+            };
+        }
+        while self.sizes.len() >= self.max_events || self.bytes + size > self.max_bytes {
+            if let Some(old) = self.sizes.pop_front() {
+                self.bytes -= old;
+                evicted += 1;
+            }
+        }
+        self.sizes.push_back(size);
+        self.bytes += size;
+        Admission {
+            evicted,
+            kept: true,
+        }
+    }
+
+    /// Forgets every event, keeping the bounds.
+    pub fn clear(&mut self) {
+        self.sizes.clear();
+        self.bytes = 0;
+    }
+
+    pub fn len(&self) -> usize {
+        self.sizes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sizes.is_empty()
+    }
+
+    /// Bytes held by the retained events.
+    pub fn size_bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+/// The retained events, bounded by a [`Window`], with an id index for O(1) lookup. Calls
+/// happen inside the actor and never wait.
+#[derive(Debug)]
+pub struct History {
+    events: VecDeque<Arc<Event>>,
+    /// id → sequence number; the front event has sequence `front_seq`.
+    index: HashMap<Arc<str>, u64>,
+    front_seq: u64,
+    window: Window,
+}
+
+impl History {
     pub fn new(max_events: usize, max_bytes: usize) -> Self {
         Self {
             events: VecDeque::new(),
             index: HashMap::new(),
             front_seq: 0,
-            size_bytes: 0,
-            max_events,
-            max_bytes,
+            window: Window::new(max_events, max_bytes),
         }
     }
 
     fn pop_front(&mut self) {
         if let Some(old) = self.events.pop_front() {
             self.index.remove(&old.id);
-            self.size_bytes -= old.size_bytes();
             self.front_seq += 1;
         }
     }
-}
 
-impl History for MemoryHistory {
-    fn append(&mut self, event: Arc<Event>) {
-        let size = event.size_bytes();
-        if self.max_events == 0 || size > self.max_bytes {
-            // Cannot be retained at all: the whole history before it is now stale too, since
-            // a replay from an older id would skip this event.
-            while !self.events.is_empty() {
-                self.pop_front();
-            }
+    /// Appends an event, trimming the oldest ones to stay within the bounds.
+    pub fn append(&mut self, event: Arc<Event>) {
+        let admission = self.window.push(event.size_bytes());
+        for _ in 0..admission.evicted {
+            self.pop_front();
+        }
+        if !admission.kept {
+            // The gap it leaves moves the sequence on, as a retained event would.
             self.front_seq += 1;
             return;
         }
-        while self.events.len() >= self.max_events || self.size_bytes + size > self.max_bytes {
-            self.pop_front();
-        }
         let seq = self.front_seq + self.events.len() as u64;
         self.index.insert(event.id.clone(), seq);
-        self.size_bytes += size;
         self.events.push_back(event);
     }
 
-    fn contains(&self, id: &str) -> bool {
+    /// Whether an event with this id is retained.
+    pub fn contains(&self, id: &str) -> bool {
         self.index.contains_key(id)
     }
 
-    fn replay(&self, from: ReplayFrom<'_>) -> Replay {
+    /// The retained events after `from`, in publish order.
+    pub fn replay(&self, from: ReplayFrom<'_>) -> Replay {
         let (skip, found) = match from {
             ReplayFrom::Earliest => (0, true),
             ReplayFrom::After(id) => match self.index.get(id) {
@@ -117,20 +168,25 @@ impl History for MemoryHistory {
         }
     }
 
-    fn oldest_id(&self) -> Option<Arc<str>> {
+    pub fn oldest_id(&self) -> Option<Arc<str>> {
         self.events.front().map(|e| e.id.clone())
     }
 
-    fn newest_id(&self) -> Option<Arc<str>> {
+    pub fn newest_id(&self) -> Option<Arc<str>> {
         self.events.back().map(|e| e.id.clone())
     }
 
-    fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.events.len()
     }
 
-    fn size_bytes(&self) -> usize {
-        self.size_bytes
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    /// Bytes held by the retained events.
+    pub fn size_bytes(&self) -> usize {
+        self.window.size_bytes()
     }
 }
 
@@ -157,7 +213,7 @@ mod tests {
     /// Replay after an id yields exactly the later events, in order.
     #[test]
     fn replay_after_id_yields_later_events() {
-        let mut history = MemoryHistory::new(10, 1 << 20);
+        let mut history = History::new(10, 1 << 20);
         for id in ["a", "b", "c", "d"] {
             history.append(event(id, "x"));
         }
@@ -174,7 +230,7 @@ mod tests {
     /// The count bound trims the oldest events; a trimmed id is reported as not found.
     #[test]
     fn count_bound_trims_oldest() {
-        let mut history = MemoryHistory::new(3, 1 << 20);
+        let mut history = History::new(3, 1 << 20);
         for id in ["a", "b", "c", "d", "e"] {
             history.append(event(id, "x"));
         }
@@ -192,7 +248,7 @@ mod tests {
     #[test]
     fn byte_bound_holds() {
         let one = event("x0", &"y".repeat(100)).size_bytes();
-        let mut history = MemoryHistory::new(1000, one * 5);
+        let mut history = History::new(1000, one * 5);
         for n in 0..50 {
             history.append(event(&format!("x{}", n % 10), &"y".repeat(100)));
             assert!(history.size_bytes() <= one * 5);
@@ -204,7 +260,7 @@ mod tests {
     /// across the gap it leaves.
     #[test]
     fn oversized_event_clears_history() {
-        let mut history = MemoryHistory::new(10, 200);
+        let mut history = History::new(10, 200);
         history.append(event("a", "x"));
         history.append(event("b", &"y".repeat(500)));
         assert!(history.is_empty());

@@ -1,16 +1,22 @@
-//! The Broadcaster actor: the registry of subscribers and their topic index, the history, the
-//! id generator, fan-out, and the heartbeat that keeps streams alive and prunes closed ones.
+//! The Broadcaster actor: the registry of subscribers and their topic index, the history (its
+//! cache of the event log), the id generator, fan-out, and the heartbeat that keeps streams
+//! alive and prunes closed ones.
 //!
-//! Fan-out runs in rounds. A publish is given its id, recorded in the history and answered at
-//! once; the events published while the actor was busy are fanned out together when its mailbox
-//! is empty, so each subscriber is woken once per round, not once per event, and the frames of a
-//! round leave in one write. Every other message first fans out what is pending, so nothing
-//! observes an event in the history that subscribers have not been sent.
+//! A publish is given its id here, which fixes its place in the log. With the memory log it is
+//! applied at once; with a durable log it is staged, and the staged events go to the log
+//! together, one batch in flight at a time (group commit: what is published during one fsync
+//! goes in the next), and are applied when their batch is committed. Applying an event records
+//! it in the history and queues it for fan-out; only then is its publisher answered.
+//!
+//! Fan-out runs in rounds: the events applied while the actor was busy are fanned out together
+//! when its mailbox is empty, so each subscriber is woken once per round, not once per event,
+//! and the frames of a round leave in one write. Every other message first fans out what is
+//! pending, so nothing observes an event in the history that subscribers have not been sent.
 
 mod history;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -20,12 +26,14 @@ use bytes::Bytes;
 use indexmap::IndexSet;
 use serde::Serialize;
 use slab::Slab;
+use tokio::sync::oneshot;
 
-pub use self::history::{History, MemoryHistory, Replay, ReplayFrom};
+pub use self::history::{Admission, History, Replay, ReplayFrom, Window};
 use crate::{
     config::Settings,
     error::HubError,
     event::{self, Event, EventDraft},
+    event_log::{Batch, CommitError, EventLog, MemoryLog, Recovered},
     metrics::{self, Metrics},
     queue::{self, PushError},
     topic::Selector,
@@ -78,10 +86,25 @@ pub struct Subscription {
     pub newest_id: Option<Arc<str>>,
 }
 
-/// Publish an event; replies with its id.
+/// Publish an event; replies with its id, and for a durable log with when it is committed.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<Arc<str>, HubError>")]
+#[rtype(result = "Result<Published, HubError>")]
 pub struct Publish(pub EventDraft);
+
+/// An accepted publish. It counts as published once `committed` (if any) resolves to `Ok`.
+#[derive(Debug)]
+pub struct Published {
+    pub id: Arc<str>,
+    /// Resolves once the event is committed and applied (durable logs only).
+    pub committed: Option<oneshot::Receiver<Result<(), HubError>>>,
+}
+
+/// An event waiting for its batch to be committed, and its publisher.
+#[derive(Debug)]
+struct Staged {
+    event: Arc<Event>,
+    done: oneshot::Sender<Result<(), HubError>>,
+}
 
 /// Ask for the counters and gauges.
 #[derive(Debug, Message)]
@@ -240,8 +263,9 @@ struct IdGenerator {
 }
 
 impl IdGenerator {
-    fn new() -> Self {
-        Self { last: 0 }
+    /// Starts above `last`, the highest id a previous run generated.
+    fn new(last: u64) -> Self {
+        Self { last }
     }
 
     fn next(&mut self) -> u64 {
@@ -259,7 +283,14 @@ pub struct Broadcaster {
     config: BroadcasterConfig,
     subscribers: Slab<Subscriber>,
     index: TopicIndex,
-    history: Box<dyn History>,
+    history: History,
+    /// Where events are committed; the history caches what it retains.
+    log: Box<dyn EventLog>,
+    /// Events numbered but not yet sent to the log, and the batch the log is committing.
+    staged: Vec<Staged>,
+    committing: Option<Vec<Staged>>,
+    /// Ids of the staged and committing events, so a publisher id stays unique meanwhile.
+    in_flight: HashSet<Arc<str>>,
     ids: IdGenerator,
     metrics: Arc<Metrics>,
     /// Increments per publish; compared with `Subscriber::stamp`.
@@ -293,25 +324,35 @@ impl Removals {
 }
 
 impl Broadcaster {
+    /// A broadcaster on the memory log.
     pub fn new(config: BroadcasterConfig, metrics: Arc<Metrics>) -> Self {
-        let history = Box::new(MemoryHistory::new(
-            config.history_size,
-            config.history_bytes,
-        ));
-        Self::with_history(config, metrics, history)
+        Self::with_log(config, metrics, Box::new(MemoryLog), Recovered::default())
     }
 
-    pub fn with_history(
+    /// A broadcaster on `log`, its history and ids picking up from what the log held.
+    pub fn with_log(
         config: BroadcasterConfig,
         metrics: Arc<Metrics>,
-        history: Box<dyn History>,
+        log: Box<dyn EventLog>,
+        recovered: Recovered,
     ) -> Self {
+        let mut history = History::new(config.history_size, config.history_bytes);
+        recovered
+            .events
+            .into_iter()
+            .for_each(|event| history.append(event));
+        metrics::set_gauge(&metrics.history_events, history.len());
+        metrics::set_gauge(&metrics.history_bytes, history.size_bytes());
         Self {
             config,
             subscribers: Slab::new(),
             index: TopicIndex::default(),
             history,
-            ids: IdGenerator::new(),
+            log,
+            staged: Vec::new(),
+            committing: None,
+            in_flight: HashSet::new(),
+            ids: IdGenerator::new(recovered.last_generated_id),
             metrics,
             stamp: 0,
             keep_alive: event::comment("keep-alive"),
@@ -407,7 +448,7 @@ impl Broadcaster {
     fn heartbeat(&mut self) {
         self.fan_out_pending();
         for (key, subscriber) in &self.subscribers {
-            if let Err(error) = subscriber.sender.try_push(self.keep_alive.clone()) {
+            if let Err(error) = subscriber.sender.push_keep_alive(self.keep_alive.clone()) {
                 self.removals.note(key, error);
             }
         }
@@ -443,10 +484,79 @@ impl Broadcaster {
         loop {
             let id: Arc<str> = self.ids.next().to_string().into();
             // A publisher may have chosen this very number as its own id.
-            if !self.history.contains(&id) {
+            if !self.is_taken(&id) {
                 return id;
             }
         }
+    }
+
+    /// Whether an event with this id is retained, or on its way into the log.
+    fn is_taken(&self, id: &str) -> bool {
+        self.history.contains(id) || self.in_flight.contains(id)
+    }
+
+    /// The step every log shares: a committed event enters the history and the next fan-out
+    /// round.
+    fn apply(&mut self, event: Arc<Event>, ctx: &mut Context<Self>) {
+        self.metrics.events_published.inc();
+        self.history.append(event.clone());
+        metrics::set_gauge(&self.metrics.history_events, self.history.len());
+        metrics::set_gauge(&self.metrics.history_bytes, self.history.size_bytes());
+        if self.pending.is_empty() {
+            ctx.notify(FanOut);
+        }
+        self.pending.push(event);
+        if self.pending.len() >= MAX_ROUND {
+            self.fan_out_pending();
+        }
+    }
+
+    /// Sends the staged events to the log as one batch, unless a batch is being committed: they
+    /// then go together once it is (group commit).
+    fn ship(&mut self, ctx: &mut Context<Self>) {
+        if self.committing.is_some() || self.staged.is_empty() {
+            return;
+        }
+        let staged = std::mem::take(&mut self.staged);
+        let batch = Batch {
+            events: staged.iter().map(|s| s.event.clone()).collect(),
+            last_generated_id: self.ids.last,
+        };
+        let commit = self.log.append(batch);
+        self.committing = Some(staged);
+        ctx.spawn(
+            fut::wrap_future(commit).map(|result, this: &mut Self, ctx| {
+                let result = result.unwrap_or_else(|_| {
+                    Err(CommitError("the store's writer has stopped".to_owned()))
+                });
+                this.committed(result, ctx);
+            }),
+        );
+    }
+
+    /// The batch in flight is committed (or failed): apply it and answer its publishers, in
+    /// log order, then ship what was staged meanwhile.
+    fn committed(&mut self, result: Result<(), CommitError>, ctx: &mut Context<Self>) {
+        let batch = self.committing.take().unwrap_or_default();
+        if let Err(err) = &result {
+            log::error!(
+                "publish failed: the event log did not commit events={} error={err}",
+                batch.len()
+            );
+        }
+        for Staged { event, done } in batch {
+            self.in_flight.remove(&event.id);
+            match &result {
+                Ok(()) => {
+                    self.apply(event, ctx);
+                    let _ = done.send(Ok(()));
+                }
+                Err(_) => {
+                    let _ = done.send(Err(HubError::NotStored));
+                }
+            }
+        }
+        self.ship(ctx);
     }
 }
 
@@ -529,29 +639,32 @@ fn reset_frame(data: &str) -> Bytes {
 }
 
 impl Handler<Publish> for Broadcaster {
-    type Result = Result<Arc<str>, HubError>;
+    type Result = Result<Published, HubError>;
 
     fn handle(&mut self, Publish(draft): Publish, ctx: &mut Self::Context) -> Self::Result {
         let id: Arc<str> = match &draft.id {
-            Some(id) if self.history.contains(id) => {
+            Some(id) if self.is_taken(id) => {
                 return Err(HubError::DuplicateId(id.clone()));
             }
             Some(id) => id.as_str().into(),
             None => self.next_id(),
         };
         let event = Arc::new(Event::new(id.clone(), draft));
-        self.metrics.events_published.inc();
-        self.history.append(event.clone());
-        metrics::set_gauge(&self.metrics.history_events, self.history.len());
-        metrics::set_gauge(&self.metrics.history_bytes, self.history.size_bytes());
-        if self.pending.is_empty() {
-            ctx.notify(FanOut);
+        if !self.log.is_durable() {
+            self.apply(event, ctx);
+            return Ok(Published {
+                id,
+                committed: None,
+            });
         }
-        self.pending.push(event);
-        if self.pending.len() >= MAX_ROUND {
-            self.fan_out_pending();
-        }
-        Ok(id)
+        let (done, committed) = oneshot::channel();
+        self.in_flight.insert(id.clone());
+        self.staged.push(Staged { event, done });
+        self.ship(ctx);
+        Ok(Published {
+            id,
+            committed: Some(committed),
+        })
     }
 }
 
@@ -670,7 +783,7 @@ mod tests {
             .duration_since(UNIX_EPOCH)
             .expect("clock after epoch")
             .as_micros() as u64;
-        let mut ids = IdGenerator::new();
+        let mut ids = IdGenerator::new(0);
         let first = ids.next();
         assert!(first >= before);
         let mut last = first;

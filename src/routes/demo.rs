@@ -7,7 +7,7 @@ use super::{
     AppState,
     publish::{published, timed},
 };
-use crate::{broadcaster::Publish, error::HubError, event::EventDraft};
+use crate::{error::HubError, event::EventDraft};
 
 /// Route and the data it publishes, byte for byte as the original program sent them.
 pub const TRIGGERS: [(&str, &str); 3] = [
@@ -51,6 +51,6 @@ async fn trigger_body(req: HttpRequest, state: &AppState) -> Result<HttpResponse
         data: (*data).to_owned(),
         ..EventDraft::default()
     };
-    let id = state.ask(Publish(draft)).await??;
+    let id = state.publish(draft).await?;
     Ok(published(&id))
 }

@@ -10,7 +10,6 @@ use super::{
 };
 use crate::{
     auth,
-    broadcaster::Publish,
     error::HubError,
     event::{self, EventDraft},
 };
@@ -77,7 +76,7 @@ async fn publish_form(
         private: form.private,
     };
     event::validate_draft(&draft)?;
-    let id = state.ask(Publish(draft)).await??;
+    let id = state.publish(draft).await?;
     Ok(published(&id))
 }
 

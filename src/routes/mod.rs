@@ -15,8 +15,14 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt as _;
 
 use crate::{
-    auth::Keys, broadcaster::Broadcaster, config::Settings, error::HubError, metrics::Metrics,
-    reply, topic::SelectorCache,
+    auth::Keys,
+    broadcaster::{Broadcaster, Publish},
+    config::Settings,
+    error::HubError,
+    event::EventDraft,
+    metrics::Metrics,
+    reply,
+    topic::SelectorCache,
 };
 
 pub use mercure::PATH as MERCURE_PATH;
@@ -42,6 +48,19 @@ impl AppState {
         Broadcaster: Handler<M>,
     {
         reply::on_worker(std::pin::pin!(self.broadcaster.send(msg))).await
+    }
+
+    /// Publishes `draft` and returns its id once the event is in the log (committed, for a
+    /// durable one) and applied: a publisher that resumes from this id finds it.
+    pub async fn publish(&self, draft: EventDraft) -> Result<Arc<str>, HubError> {
+        let published = self.ask(Publish(draft)).await??;
+        if let Some(committed) = published.committed {
+            // The sender only drops unanswered if the broadcaster itself is gone.
+            reply::on_worker(committed)
+                .await
+                .map_err(|_| HubError::NotStored)??;
+        }
+        Ok(published.id)
     }
 }
 

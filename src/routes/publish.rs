@@ -7,7 +7,6 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use super::{AppState, check_topics, query_pairs, query_value, query_values, read_body};
 use crate::{
     auth::{self, Grant},
-    broadcaster::Publish,
     error::HubError,
     event::{self, EventDraft},
 };
@@ -77,7 +76,7 @@ async fn publish_body(
     event::validate_draft(&draft)?;
     let body = read_body(payload, settings.body_limit_bytes).await?;
     let data = String::from_utf8(body.into()).map_err(|_| HubError::InvalidUtf8)?;
-    let id = state.ask(Publish(EventDraft { data, ..draft })).await??;
+    let id = state.publish(EventDraft { data, ..draft }).await?;
     Ok(published(&id))
 }
 

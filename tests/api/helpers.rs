@@ -249,23 +249,46 @@ impl SseStream {
     pub async fn next_frame_within(&mut self, timeout: Duration) -> Option<Option<Frame>> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let from = self.scanned.saturating_sub(1);
-            if let Some(end) = find_blank_line(&self.buffer[from..]).map(|at| at + from) {
-                self.scanned = 0;
-                let raw = self.buffer.split_to(end + 2);
-                let text = std::str::from_utf8(&raw[..end]).expect("frames are UTF-8");
-                let frame = parse_frame(text);
-                if frame.id.is_some() {
-                    self.last_event_id.clone_from(&frame.id);
-                }
+            if let Some(frame) = self.take_frame() {
                 return Some(Some(frame));
             }
-            self.scanned = self.buffer.len();
             match tokio::time::timeout_at(deadline, self.response.next()).await {
                 Err(_) => return None,
                 Ok(None) => return Some(None),
                 Ok(Some(Ok(chunk))) => self.buffer.extend_from_slice(&chunk),
                 Ok(Some(Err(err))) => panic!("stream broke: {err}"),
+            }
+        }
+    }
+
+    /// The first complete frame in the buffer, if there is one.
+    fn take_frame(&mut self) -> Option<Frame> {
+        let from = self.scanned.saturating_sub(1);
+        let Some(end) = find_blank_line(&self.buffer[from..]).map(|at| at + from) else {
+            self.scanned = self.buffer.len();
+            return None;
+        };
+        self.scanned = 0;
+        let raw = self.buffer.split_to(end + 2);
+        let frame = parse_frame(std::str::from_utf8(&raw[..end]).expect("frames are UTF-8"));
+        if frame.id.is_some() {
+            self.last_event_id.clone_from(&frame.id);
+        }
+        Some(frame)
+    }
+
+    /// Like [`Self::next_frame_within`], but a broken connection (the hub was killed) counts
+    /// as the end of the stream.
+    pub async fn next_frame_or_end(&mut self, timeout: Duration) -> Option<Option<Frame>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(frame) = self.take_frame() {
+                return Some(Some(frame));
+            }
+            match tokio::time::timeout_at(deadline, self.response.next()).await {
+                Err(_) => return None,
+                Ok(None | Some(Err(_))) => return Some(None),
+                Ok(Some(Ok(chunk))) => self.buffer.extend_from_slice(&chunk),
             }
         }
     }

@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod browser;
+mod durable;
 mod helpers;
 mod mercure;
 mod ops;

@@ -5,6 +5,7 @@ use std::{rc::Rc, time::Duration};
 use actix_web::http::{StatusCode, header::HeaderValue};
 use futures_util::future::{join, join_all};
 use serde_json::{Value, json};
+use sse_hub::config::Store;
 
 use crate::helpers::{
     Frame, SseStream, TestApp, assert_json_error, query, spawn_app, spawn_app_with,
@@ -445,11 +446,28 @@ async fn resume_at_random(
 /// exactly once, in the hub's order (seen by one subscriber that never disconnects).
 #[actix_web::test]
 async fn resuming_at_random_moments_under_load_loses_and_repeats_nothing() {
+    resume_at_random_moments_under_load(Store::Memory).await;
+}
+
+/// The same seam on the file store, where events are applied a committed batch at a time.
+#[actix_web::test]
+async fn resuming_at_random_moments_on_the_file_store_loses_and_repeats_nothing() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    resume_at_random_moments_under_load(Store::File(dir.path().join("history.redb"))).await;
+}
+
+async fn resume_at_random_moments_under_load(store: Store) {
     const PUBLISHERS: usize = 4;
     const PER_PUBLISHER: usize = 500;
     const TOTAL: usize = PUBLISHERS * PER_PUBLISHER;
     const RESUMERS: usize = 50;
-    let app = Rc::new(spawn_app_with(|s| s.history_size = 4 * TOTAL).await);
+    let app = Rc::new(
+        spawn_app_with(|s| {
+            s.history_size = 4 * TOTAL;
+            s.store = store;
+        })
+        .await,
+    );
     let mut steady = app.subscribe("/stream?topic=seam").await;
     let mut resumers = Vec::new();
     for n in 0..RESUMERS {
