@@ -9,7 +9,7 @@ import re
 import statistics
 import sys
 
-SERVERS = [("hub", "sse-hub"), ("nchan", "nginx + nchan")]
+SERVERS = [("hub", "sse-hub"), ("hubfile", "sse-hub, file store"), ("nchan", "nginx + nchan")]
 ORDER = ["fanout", "steady", "capacity", "idle"]
 TITLES = {
     "fanout": "Fan-out: N subscribers, P events of 64 B, 16 publishes in flight",
@@ -39,6 +39,8 @@ METRICS = {
         ("lost events", "lost", "{:,.0f}", "low"),
         ("duplicates + reordered", "_dupre", "{:,.0f}", "low"),
         ("delivery time (s)", "delivery_s", "{:.2f}", "low"),
+        ("publish round trip p50 (ms)", "publish_round_trip_p50_ms", "{:.2f}", "low"),
+        ("publish round trip p99 (ms)", "publish_round_trip_p99_ms", "{:.2f}", "low"),
         ("connect time (s)", "connect_s", "{:.2f}", "low"),
         ("server RSS per subscriber, connected (B)", "server.rss_per_subscriber_bytes", "{:,.0f}", "low"),
         ("server RSS after the run (MiB)", "_rss_after_mib", "{:.1f}", "low"),
@@ -93,7 +95,7 @@ def value(report, path):
 def load(raw):
     runs = {}
     for name in sorted(os.listdir(raw)):
-        m = re.fullmatch(r"(\w+)-(hub|nchan)-(\d+)\.json", name)
+        m = re.fullmatch(r"(\w+)-(hub|hubfile|nchan)-(\d+)\.json", name)
         if not m:
             continue
         path = os.path.join(raw, name)
@@ -158,6 +160,12 @@ def targets(runs, med):
         ok = hub_rate >= 20 * nchan_rate and lost == 0
         rows.append(("fan-out: delivered events/s ≥ 20× nchan, zero loss",
                      f"{hub_rate / nchan_rate:.1f}×, lost {lost:,.0f}", ok))
+    file_rate = m("fanout", "hubfile", "delivered_per_s")
+    if hub_rate and file_rate:
+        lost = m("fanout", "hubfile", "lost")
+        rows.append(("fan-out, file store: delivered events/s ≥ 0.8× the memory store's, zero loss",
+                     f"{file_rate / hub_rate:.2f}× ({file_rate:,.0f} vs {hub_rate:,.0f}), "
+                     f"lost {lost:,.0f}", file_rate >= 0.8 * hub_rate and lost == 0))
     hub_cpu, nchan_cpu = m("fanout", "hub", "server.cpu_us_per_event"), m("fanout", "nchan", "server.cpu_us_per_event")
     if hub_cpu and nchan_cpu:
         rows.append(("fan-out: server CPU per event ≤ 1/20 of nchan's",
@@ -182,8 +190,36 @@ def targets(runs, med):
     return rows
 
 
+def store_targets(store):
+    """Targets of the file store's own run (bench/store.py)."""
+    if not store:
+        return []
+    restart = store["restart_s_median"]
+    return [
+        (f"file store: serving again within 1 s of a restart with {store['history_len']:,} "
+         "events in the history",
+         f"{restart * 1000:.0f} ms (runs: "
+         + ", ".join(f"{r * 1000:.0f}" for r in store["restart_s"]) + " ms)",
+         restart <= 1.0 and store["history_len"] == store["history_size"]),
+        (f"file store: size after {store['publishes']:,} publishes (--history-size "
+         f"{store['history_size']:,}) within 2× of its size after the first {store['history_size']:,}",
+         f"{store['file_bytes_after_all']:,} B vs {store['file_bytes_after_first']:,} B "
+         f"({store['file_growth']:.2f}×)", store["file_growth"] <= 2.0),
+    ]
+
+
+def load_store(raw):
+    path = os.path.join(raw, "store.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        lines = [l for l in f.read().splitlines() if l.strip()]
+    return json.loads(lines[-1]) if lines else None
+
+
 def write(args):
     runs = load(args.raw)
+    store = load_store(args.raw)
     med = {}
     for (scenario, server), reports in runs.items():
         for _, path, _, _ in METRICS[scenario]:
@@ -206,9 +242,9 @@ def write(args):
         out.append("")
         out.append("**Quick run: small N and one repetition; not the comparison's figures.**")
     out.append("")
-    rows = targets(runs, med)
+    rows = targets(runs, med) + store_targets(store)
     if rows:
-        out.append("## Targets (issue 6)")
+        out.append("## Targets (issues 6 and 10)")
         out.append("")
         out.append("| target | measured | met |")
         out.append("|---|---|---|")
@@ -226,19 +262,33 @@ def write(args):
             params += f", P = {sample['published']:,}"
         out.append(params + (", charts: `latency-" + scenario + ".svg`" if scenario != "idle" else ""))
         out.append("")
-        out.append("| metric | sse-hub | nchan | ratio | sse-hub runs | nchan runs |")
-        out.append("|---|---:|---:|---:|---|---|")
+        with_file = bool(runs.get((scenario, "hubfile")))
+        if with_file:
+            out.append("| metric | sse-hub | sse-hub, file store | nchan | ratio | file / memory "
+                       "| sse-hub runs | file store runs | nchan runs |")
+            out.append("|---|---:|---:|---:|---:|---:|---|---|---|")
+        else:
+            out.append("| metric | sse-hub | nchan | ratio | sse-hub runs | nchan runs |")
+            out.append("|---|---:|---:|---:|---|---|")
         for label, path, f, _ in METRICS[scenario]:
-            ours = med.get((scenario, "hub", path))
-            theirs = med.get((scenario, "nchan", path))
-            raw_hub = ", ".join(fmt(f, value(r, path)) for r in runs.get((scenario, "hub"), []))
-            raw_nchan = ", ".join(fmt(f, value(r, path)) for r in runs.get((scenario, "nchan"), []))
-            if path in ("_rss_pair", "_load_cpu"):
-                # Text figures have no median: show the median run's.
-                ours = value(median_report(runs, scenario, "hub"), path)
-                theirs = value(median_report(runs, scenario, "nchan"), path)
-            out.append(f"| {label} | {fmt(f, ours)} | {fmt(f, theirs)} | {ratio(ours, theirs)} "
-                       f"| {raw_hub} | {raw_nchan} |")
+            figures = {}
+            raws = {}
+            for server, _ in SERVERS:
+                figures[server] = med.get((scenario, server, path))
+                raws[server] = ", ".join(fmt(f, value(r, path))
+                                         for r in runs.get((scenario, server), []))
+                if path in ("_rss_pair", "_load_cpu"):
+                    # Text figures have no median: show the median run's.
+                    figures[server] = value(median_report(runs, scenario, server), path)
+            ours, theirs = figures["hub"], figures["nchan"]
+            if with_file:
+                out.append(f"| {label} | {fmt(f, ours)} | {fmt(f, figures['hubfile'])} "
+                           f"| {fmt(f, theirs)} | {ratio(ours, theirs)} "
+                           f"| {ratio(figures['hubfile'], ours)} | {raws['hub']} "
+                           f"| {raws['hubfile']} | {raws['nchan']} |")
+            else:
+                out.append(f"| {label} | {fmt(f, ours)} | {fmt(f, theirs)} | {ratio(ours, theirs)} "
+                           f"| {raws['hub']} | {raws['nchan']} |")
         out.append("")
         problems = []
         for server, name in SERVERS:
@@ -252,8 +302,31 @@ def write(args):
         if problems:
             out.append("Anomalies: " + "; ".join(problems))
             out.append("")
+    if store:
+        out.append(f"## File store: size and restart (`bench/store.py`)")
+        out.append("")
+        out.append(f"One hub on `--store file:` with `--history-size {store['history_size']:,}`, "
+                   f"{store['publishes']:,} publishes of 64 B by sse-load (64 in flight, one "
+                   "subscriber), then `kill -9` and restart with the full history, "
+                   f"{len(store['restart_s'])} times (spawn to a `/stats` answer holding every "
+                   "event).")
+        out.append("")
+        out.append("| figure | value |")
+        out.append("|---|---:|")
+        out.append(f"| file size after the first {store['history_size']:,} publishes "
+                   f"| {store['file_bytes_after_first']:,} B |")
+        out.append(f"| file size after {store['publishes']:,} publishes "
+                   f"| {store['file_bytes_after_all']:,} B ({store['file_growth']:.2f}×) |")
+        out.append(f"| events in the history | {store['history_len']:,} |")
+        rtt = store.get("publish_round_trip_p99_ms") or []
+        if rtt:
+            out.append("| publish round trip p99, first 10,000 / the rest (ms) | "
+                       + " / ".join(fmt("{:.2f}", v) for v in rtt) + " |")
+        out.append("| restart to serving (ms), median | "
+                   f"{store['restart_s_median'] * 1000:.0f} |")
+        out.append("")
     missing = [f"{s} on {n}" for s in ORDER for k, n in SERVERS
-               if any(x[0] == s for x in runs) and not runs.get((s, k))]
+               if k != "hubfile" and any(x[0] == s for x in runs) and not runs.get((s, k))]
     if missing:
         out.append("Missing runs (sse-load failed): " + ", ".join(missing))
         out.append("")

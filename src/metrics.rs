@@ -37,6 +37,8 @@ pub struct Metrics {
     pub publish_duration: Histogram,
     pub history_events: Gauge,
     pub history_bytes: Gauge,
+    pub store_commits: Counter,
+    pub store_commit_duration: Histogram,
 }
 
 impl Metrics {
@@ -56,6 +58,9 @@ impl Metrics {
             publish_duration: Histogram::new(exponential_buckets(0.000_05, 2.0, 15)),
             history_events: Gauge::default(),
             history_bytes: Gauge::default(),
+            store_commits: Counter::default(),
+            // 100 µs .. ~1.6 s: one transaction, fsync included.
+            store_commit_duration: Histogram::new(exponential_buckets(0.000_1, 2.0, 15)),
             // Filled below, once every metric exists to be registered.
             registry: Registry::default(),
         };
@@ -109,6 +114,17 @@ impl Metrics {
             "publish_duration_seconds",
             "Time to accept a publish request (streams are not timed: they never end)",
             metrics.publish_duration.clone(),
+        );
+        registry.register(
+            "store_commits",
+            "Transactions the file store committed (events_published / store_commits = events \
+             per group commit)",
+            metrics.store_commits.clone(),
+        );
+        registry.register(
+            "store_commit_duration_seconds",
+            "Time the file store took to commit one batch, fsync included",
+            metrics.store_commit_duration.clone(),
         );
         registry.register(
             "history_events",

@@ -51,6 +51,7 @@ impl Application {
         let (log, recovered) = event_log::open(
             &settings.store,
             Window::new(settings.history_size, settings.history_bytes),
+            metrics.clone(),
         )?;
         log::info!(
             "event log opened store={} events={}",

@@ -90,14 +90,6 @@ impl Window {
         self.bytes = 0;
     }
 
-    pub fn len(&self) -> usize {
-        self.sizes.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.sizes.is_empty()
-    }
-
     /// Bytes held by the retained events.
     pub fn size_bytes(&self) -> usize {
         self.bytes

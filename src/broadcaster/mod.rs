@@ -776,6 +776,130 @@ mod tests {
         );
     }
 
+    /// A durable log whose commits the test completes by hand.
+    #[derive(Debug, Default, Clone)]
+    struct HeldLog {
+        batches:
+            Arc<std::sync::Mutex<Vec<(Vec<String>, oneshot::Sender<Result<(), CommitError>>)>>>,
+    }
+
+    impl HeldLog {
+        /// The ids of each batch appended so far, and completes the oldest with `result`.
+        fn complete_oldest(&self, result: Result<(), CommitError>) -> Vec<String> {
+            let (ids, done) = self.batches.lock().expect("not poisoned").remove(0);
+            done.send(result).expect("the broadcaster waits");
+            ids
+        }
+
+        fn waiting(&self) -> Vec<Vec<String>> {
+            let batches = self.batches.lock().expect("not poisoned");
+            batches.iter().map(|(ids, _)| ids.clone()).collect()
+        }
+    }
+
+    impl EventLog for HeldLog {
+        fn is_durable(&self) -> bool {
+            true
+        }
+
+        fn append(&mut self, batch: Batch) -> crate::event_log::Commit {
+            let (done, commit) = oneshot::channel();
+            let ids = batch.events.iter().map(|e| e.id.to_string()).collect();
+            self.batches.lock().expect("not poisoned").push((ids, done));
+            commit
+        }
+    }
+
+    /// On a durable log one batch is committed at a time and what is published meanwhile
+    /// goes in the next one (group commit); nothing reaches subscribers or the history before
+    /// its batch is committed; a failed batch is answered with an error and never delivered.
+    #[actix::test]
+    async fn durable_publishes_are_delivered_once_committed_in_group_commits() {
+        let log = HeldLog::default();
+        let broadcaster = Broadcaster::with_log(
+            config(),
+            Metrics::new(),
+            Box::new(log.clone()),
+            Recovered::default(),
+        )
+        .start();
+        let subscribe = |last_event_id: Option<&str>| Subscribe {
+            selectors: Vec::new(),
+            private_selectors: Vec::new(),
+            last_event_id: last_event_id.map(str::to_owned),
+        };
+        let mut subscription = broadcaster
+            .send(subscribe(None))
+            .await
+            .expect("actor alive")
+            .expect("subscribed");
+        let published: Vec<_> = ["a", "b", "c"]
+            .into_iter()
+            .map(|id| broadcaster.send(Publish(draft(id))))
+            .collect();
+        let mut commits = Vec::new();
+        for reply in published {
+            let accepted = reply.await.expect("actor alive").expect("accepted");
+            commits.push(
+                accepted
+                    .committed
+                    .expect("a durable log answers once committed"),
+            );
+        }
+        assert_eq!(
+            log.waiting(),
+            [["a"]],
+            "one batch in flight; b and c wait for it"
+        );
+        broadcaster.send(GetStats).await.expect("actor alive");
+        let waker = noop_waker();
+        assert!(
+            subscription
+                .receiver
+                .poll_drain(&mut Context::from_waker(&waker), 1 << 20)
+                .is_pending(),
+            "nothing is delivered before it is committed"
+        );
+
+        log.complete_oldest(Ok(()));
+        commits
+            .remove(0)
+            .await
+            .expect("answered")
+            .expect("a is published");
+        let stats = broadcaster.send(GetStats).await.expect("actor alive");
+        assert_eq!(stats.history_len, 1);
+        assert_eq!(
+            String::from_utf8_lossy(&drain(&mut subscription.receiver)),
+            "id: a\ndata: a\n\n"
+        );
+        assert_eq!(log.waiting(), [["b", "c"]], "b and c go together");
+
+        log.complete_oldest(Err(CommitError("disk full".to_owned())));
+        for commit in commits {
+            let answer = commit.await.expect("answered");
+            assert!(matches!(answer, Err(HubError::NotStored)), "{answer:?}");
+        }
+        let stats = broadcaster.send(GetStats).await.expect("actor alive");
+        assert_eq!(stats.history_len, 1, "failed events are not in the history");
+        let late = broadcaster
+            .send(subscribe(Some("earliest")))
+            .await
+            .expect("actor alive")
+            .expect("subscribed");
+        assert_eq!(
+            String::from_utf8_lossy(&late.opening.concat()),
+            ": connected\n\nid: a\ndata: a\n\n",
+            "a failed event is not replayed either"
+        );
+        // Its id was never published, so it is free again.
+        let again = broadcaster
+            .send(Publish(draft("b")))
+            .await
+            .expect("actor alive");
+        assert!(again.is_ok(), "{again:?}");
+    }
+
     /// Generated ids only grow, and start at least at the current time in microseconds.
     #[test]
     fn ids_grow_and_follow_the_clock() {

@@ -21,8 +21,8 @@ use redb::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use super::{Batch, Commit, CommitError, EventLog, Recovered, StoreError, shown};
-use crate::{broadcaster::Window, event::Event};
+use super::{Batch, Commit, CommitError, EventLog, Recovered, StoreError};
+use crate::{broadcaster::Window, event::Event, metrics::Metrics};
 
 /// The layout this hub reads and writes.
 pub const VERSION: u64 = 1;
@@ -88,8 +88,12 @@ impl FileLog {
     /// Opens (or creates) the store at `path` and reads back what it holds. Refuses, leaving
     /// the file as it was, one that is not a store of this version, is corrupt, or is open in
     /// another hub.
-    pub fn open(path: &Path, window: Window) -> Result<(Self, Recovered), StoreError> {
-        let (writer, recovered) = Writer::open(path, window)?;
+    pub fn open(
+        path: &Path,
+        window: Window,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Self, Recovered), StoreError> {
+        let (writer, recovered) = Writer::open(path, window, metrics)?;
         let (jobs, queue) = mpsc::channel();
         let writer = thread::Builder::new()
             .name("sse-hub-store".to_owned())
@@ -147,10 +151,15 @@ struct Writer {
     /// Sequence numbers of the retained events, oldest first, in step with `window`.
     retained: VecDeque<u64>,
     next_seq: u64,
+    metrics: Arc<Metrics>,
 }
 
 impl Writer {
-    fn open(path: &Path, window: Window) -> Result<(Self, Recovered), StoreError> {
+    fn open(
+        path: &Path,
+        window: Window,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Self, Recovered), StoreError> {
         let db = Builder::new()
             .set_cache_size(CACHE_BYTES)
             // A file damaged outside redb is reported as corrupt instead of being trusted.
@@ -163,6 +172,7 @@ impl Writer {
             window,
             retained: VecDeque::new(),
             next_seq: 0,
+            metrics,
         };
         let recovered = writer.recover()?;
         Ok((writer, recovered))
@@ -228,21 +238,16 @@ impl Writer {
         }
         drop((table, meta, txn));
 
-        let mut kept = Vec::with_capacity(events.len());
+        let mut kept = VecDeque::with_capacity(events.len());
         let mut evicted = Vec::new();
         for (seq, event) in seqs.into_iter().zip(events) {
-            let admission = self.window.push(event.size_bytes());
-            for _ in 0..admission.evicted {
-                if let Some(old) = self.retained.pop_front() {
-                    evicted.push(old);
-                }
+            let before = evicted.len();
+            let retained = self.admit(seq, event.size_bytes(), &mut evicted);
+            for _ in before..evicted.len() {
+                kept.pop_front();
             }
-            if admission.evicted > 0 {
-                kept.drain(..admission.evicted.min(kept.len()));
-            }
-            if admission.kept {
-                self.retained.push_back(seq);
-                kept.push(event);
+            if retained {
+                kept.push_back(event);
             } else {
                 evicted.push(seq);
             }
@@ -259,9 +264,22 @@ impl Writer {
             );
         }
         Ok(Recovered {
-            events: kept,
+            events: kept.into(),
             last_generated_id,
         })
+    }
+
+    /// Runs the event `seq` of `size` bytes through the window: the sequence numbers it pushes
+    /// out go to `evicted`, oldest first; returns whether `seq` itself is retained.
+    fn admit(&mut self, seq: u64, size: usize, evicted: &mut Vec<u64>) -> bool {
+        let admission = self.window.push(size);
+        for _ in 0..admission.evicted {
+            evicted.extend(self.retained.pop_front());
+        }
+        if admission.kept {
+            self.retained.push_back(seq);
+        }
+        admission.kept
     }
 
     /// Writes the tables of a new store.
@@ -301,7 +319,15 @@ impl Writer {
     /// Commits jobs one transaction each, until the handle drops.
     fn run(mut self, jobs: mpsc::Receiver<Job>) {
         while let Ok(job) = jobs.recv() {
-            let result = self.commit(&job.batch).map_err(|err| {
+            let started = std::time::Instant::now();
+            let result = self.commit(&job.batch);
+            if result.is_ok() {
+                self.metrics.store_commits.inc();
+                self.metrics
+                    .store_commit_duration
+                    .observe(started.elapsed().as_secs_f64());
+            }
+            let result = result.map_err(|err| {
                 log::error!(
                     "store commit failed path={} events={} error={err}",
                     self.path.display(),
@@ -327,18 +353,17 @@ impl Writer {
         let txn = self.db.begin_write()?;
         {
             let mut table = txn.open_table(EVENTS)?;
+            let mut evicted = Vec::new();
             for event in &batch.events {
-                let admission = self.window.push(event.size_bytes());
-                for _ in 0..admission.evicted {
-                    if let Some(old) = self.retained.pop_front() {
-                        table.remove(old)?;
-                    }
-                }
-                if admission.kept {
-                    table.insert(self.next_seq, Stored::encode(event).as_slice())?;
-                    self.retained.push_back(self.next_seq);
-                }
+                let seq = self.next_seq;
                 self.next_seq += 1;
+                if self.admit(seq, event.size_bytes(), &mut evicted) {
+                    table.insert(seq, Stored::encode(event).as_slice())?;
+                }
+                // An event evicted by a later one of the same batch was inserted above.
+                for old in evicted.drain(..) {
+                    table.remove(old)?;
+                }
             }
             let mut meta = txn.open_table(META)?;
             meta.insert("next_seq", self.next_seq)?;
@@ -366,6 +391,11 @@ impl Writer {
         }
         Ok(())
     }
+}
+
+/// A path as error messages show it.
+fn shown(path: &Path) -> String {
+    path.display().to_string()
 }
 
 /// Names what went wrong when redb could not open the file.
@@ -438,14 +468,16 @@ mod tests {
     fn committed_events_come_back_after_reopen() {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let path = dir.path().join("h.redb");
-        let (mut log, recovered) = FileLog::open(&path, Window::new(100, 1 << 20)).expect("opens");
+        let (mut log, recovered) =
+            FileLog::open(&path, Window::new(100, 1 << 20), Metrics::new()).expect("opens");
         assert!(recovered.events.is_empty());
         let written = [event("a", "one\ntwo"), event("bp", "three")];
         append(&mut log, &written[..1], 41);
         append(&mut log, &written[1..], 42);
         drop(log);
 
-        let (_log, recovered) = FileLog::open(&path, Window::new(100, 1 << 20)).expect("reopens");
+        let (_log, recovered) =
+            FileLog::open(&path, Window::new(100, 1 << 20), Metrics::new()).expect("reopens");
         assert_eq!(ids(&recovered), ["a", "bp"]);
         assert_eq!(recovered.last_generated_id, 42);
         for (read, written) in recovered.events.iter().zip(&written) {
@@ -462,18 +494,22 @@ mod tests {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let path = dir.path().join("h.redb");
         let size = event("e00", &"x".repeat(100)).size_bytes();
-        let (mut log, _) = FileLog::open(&path, Window::new(10, size * 5)).expect("opens");
+        let (mut log, _) =
+            FileLog::open(&path, Window::new(10, size * 5), Metrics::new()).expect("opens");
         for n in 0..30 {
             append(&mut log, &[event(&format!("e{n:02}"), &"x".repeat(100))], n);
         }
         drop(log);
-        let (log, recovered) = FileLog::open(&path, Window::new(10, size * 5)).expect("reopens");
+        let (log, recovered) =
+            FileLog::open(&path, Window::new(10, size * 5), Metrics::new()).expect("reopens");
         assert_eq!(ids(&recovered), ["e25", "e26", "e27", "e28", "e29"]);
         drop(log);
-        let (log, recovered) = FileLog::open(&path, Window::new(2, 1 << 20)).expect("reopens");
+        let (log, recovered) =
+            FileLog::open(&path, Window::new(2, 1 << 20), Metrics::new()).expect("reopens");
         assert_eq!(ids(&recovered), ["e28", "e29"]);
         drop(log);
-        let (_log, recovered) = FileLog::open(&path, Window::new(10, 1 << 20)).expect("reopens");
+        let (_log, recovered) =
+            FileLog::open(&path, Window::new(10, 1 << 20), Metrics::new()).expect("reopens");
         assert_eq!(ids(&recovered), ["e28", "e29"], "the trim was written");
     }
 
@@ -482,7 +518,8 @@ mod tests {
     fn an_oversized_event_empties_the_file() {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let path = dir.path().join("h.redb");
-        let (mut log, _) = FileLog::open(&path, Window::new(10, 300)).expect("opens");
+        let (mut log, _) =
+            FileLog::open(&path, Window::new(10, 300), Metrics::new()).expect("opens");
         append(
             &mut log,
             &[event("a", "x"), event("b", &"y".repeat(500))],
@@ -490,7 +527,8 @@ mod tests {
         );
         append(&mut log, &[event("c", "z")], 0);
         drop(log);
-        let (_log, recovered) = FileLog::open(&path, Window::new(10, 300)).expect("reopens");
+        let (_log, recovered) =
+            FileLog::open(&path, Window::new(10, 300), Metrics::new()).expect("reopens");
         assert_eq!(ids(&recovered), ["c"]);
     }
 
@@ -506,7 +544,7 @@ mod tests {
                 .expect("a table");
             txn.commit().expect("commits");
         }
-        let err = FileLog::open(&path, Window::new(10, 1000)).expect_err("refused");
+        let err = FileLog::open(&path, Window::new(10, 1000), Metrics::new()).expect_err("refused");
         assert!(matches!(err, StoreError::NotAStore { .. }), "{err}");
     }
 }

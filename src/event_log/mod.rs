@@ -6,11 +6,11 @@
 
 pub mod file;
 
-use std::{fmt, path::Path, sync::Arc};
+use std::{fmt, sync::Arc};
 
 use tokio::sync::oneshot;
 
-use crate::{broadcaster::Window, config::Store, event::Event};
+use crate::{broadcaster::Window, config::Store, event::Event, metrics::Metrics};
 
 /// Events the broadcaster numbered and wants committed, in their log order.
 #[derive(Debug)]
@@ -85,17 +85,16 @@ pub enum StoreError {
 }
 
 /// Opens the backend `store` names, with the history's retention rule, and what it holds.
-pub fn open(store: &Store, window: Window) -> Result<(Box<dyn EventLog>, Recovered), StoreError> {
+pub fn open(
+    store: &Store,
+    window: Window,
+    metrics: Arc<Metrics>,
+) -> Result<(Box<dyn EventLog>, Recovered), StoreError> {
     match store {
         Store::Memory => Ok((Box::new(MemoryLog), Recovered::default())),
         Store::File(path) => {
-            let (log, recovered) = file::FileLog::open(path, window)?;
+            let (log, recovered) = file::FileLog::open(path, window, metrics)?;
             Ok((Box::new(log), recovered))
         }
     }
-}
-
-/// A path as error messages show it.
-fn shown(path: &Path) -> String {
-    path.display().to_string()
 }
