@@ -776,11 +776,13 @@ mod tests {
         );
     }
 
+    /// The ids of a batch, and where to say whether it was committed.
+    type HeldBatch = (Vec<String>, oneshot::Sender<Result<(), CommitError>>);
+
     /// A durable log whose commits the test completes by hand.
     #[derive(Debug, Default, Clone)]
     struct HeldLog {
-        batches:
-            Arc<std::sync::Mutex<Vec<(Vec<String>, oneshot::Sender<Result<(), CommitError>>)>>>,
+        batches: Arc<std::sync::Mutex<Vec<HeldBatch>>>,
     }
 
     impl HeldLog {
