@@ -318,6 +318,9 @@ def write(args):
         out.append(f"| file size after {store['publishes']:,} publishes "
                    f"| {store['file_bytes_after_all']:,} B ({store['file_growth']:.2f}×) |")
         out.append(f"| events in the history | {store['history_len']:,} |")
+        if store.get("publishes_per_s"):
+            out.append(f"| publishes/s after the first {store['history_size']:,} "
+                       f"| {store['publishes_per_s']:,.0f} |")
         rtt = store.get("publish_round_trip_p99_ms") or []
         if rtt:
             out.append("| publish round trip p99, first 10,000 / the rest (ms) | "

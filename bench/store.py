@@ -108,7 +108,7 @@ def main():
         "file_bytes_after_first": size_first,
         "file_bytes_after_all": size_all,
         "file_growth": size_all / size_first,
-        "publishes_per_s": rest.get("published_per_s") or rest.get("publish_rate"),
+        "publishes_per_s": rest["published"] / rest["publish_s"] if rest.get("publish_s") else None,
         "publish_round_trip_p99_ms": [first.get("publish_round_trip_p99_ms"),
                                       rest.get("publish_round_trip_p99_ms")],
         "restart_s": restarts,

@@ -254,9 +254,10 @@ impl TopicIndex {
     }
 }
 
-/// Event ids: decimal numbers that only grow, seeded from the wall clock in microseconds, so a
-/// restarted hub never hands out an id a client saw before the restart (unless the clock went
-/// back, or the previous run published faster than one event per microsecond on average).
+/// Event ids: decimal numbers that only grow, seeded from the wall clock in microseconds and
+/// from the highest id a durable log recorded, so a restarted hub never hands out an id a client
+/// saw before the restart. (On the memory log only the clock can tell: a clock that went back,
+/// or a previous run faster than one event per microsecond on average, could repeat one.)
 #[derive(Debug)]
 struct IdGenerator {
     last: u64,
@@ -900,6 +901,20 @@ mod tests {
             .await
             .expect("actor alive");
         assert!(again.is_ok(), "{again:?}");
+    }
+
+    /// A restarted hub resumes after the highest id it stored, even when the clock now reads
+    /// earlier than that id (it stepped back, or the last run outpaced it).
+    #[test]
+    fn ids_keep_growing_after_a_restart_when_the_clock_went_back() {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock after epoch")
+            .as_micros() as u64;
+        let stored = now + 3_600_000_000; // an hour ahead of the clock
+        let mut ids = IdGenerator::new(stored);
+        assert_eq!(ids.next(), stored + 1);
+        assert_eq!(ids.next(), stored + 2);
     }
 
     /// Generated ids only grow, and start at least at the current time in microseconds.
