@@ -20,15 +20,19 @@
 FROM rust:1.95-bookworm AS builder
 WORKDIR /app
 
-# Dependencies first, in a layer of their own that stays cached until Cargo.toml, Cargo.lock or
+# Dependencies first, in a layer of their own that stays cached until a manifest, Cargo.lock or
 # the vendored crates change: stub every source file the manifest names (and src/main.rs,
 # src/lib.rs) and build. vendor/ holds the patched actix-http that Cargo.toml's
 # [patch.crates-io] points at, so it must be there before this first build.
-# Only the hub's binary: the image does not ship the sse-load tester.
+# Only the hub's binary: the image does not ship the sse-load tester. Cargo still reads every
+# workspace member's manifest, so crates/sse-load/Cargo.toml comes too, with a stub main.rs
+# that stays: .dockerignore keeps the tester's sources out of the context.
 COPY Cargo.toml Cargo.lock ./
+COPY crates/sse-load/Cargo.toml ./crates/sse-load/
 COPY vendor ./vendor
 RUN set -eu; \
-    for stub in src/main.rs src/lib.rs $(sed -n 's/^path *= *"\(.*\.rs\)"$/\1/p' Cargo.toml); do \
+    for stub in src/main.rs src/lib.rs crates/sse-load/src/main.rs \
+            $(sed -n 's/^path *= *"\(.*\.rs\)"$/\1/p' Cargo.toml); do \
         mkdir -p "$(dirname "$stub")"; echo 'fn main() {}' > "$stub"; \
     done; \
     cargo build --release --locked --bin sse-hub; \
