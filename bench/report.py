@@ -321,10 +321,11 @@ def write(args):
         if store.get("publishes_per_s"):
             out.append(f"| publishes/s after the first {store['history_size']:,} "
                        f"| {store['publishes_per_s']:,.0f} |")
-        rtt = store.get("publish_round_trip_p99_ms") or []
-        if rtt:
-            out.append("| publish round trip p99, first 10,000 / the rest (ms) | "
-                       + " / ".join(fmt("{:.2f}", v) for v in rtt) + " |")
+        for pct in ("p50", "p99"):
+            rtt = store.get(f"publish_round_trip_{pct}_ms") or []
+            if rtt:
+                out.append(f"| publish round trip {pct}, first {store['history_size']:,} / the "
+                           "rest (ms) | " + " / ".join(fmt("{:.2f}", v) for v in rtt) + " |")
         out.append("| restart to serving (ms), median | "
                    f"{store['restart_s_median'] * 1000:.0f} |")
         out.append("")

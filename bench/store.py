@@ -109,6 +109,8 @@ def main():
         "file_bytes_after_all": size_all,
         "file_growth": size_all / size_first,
         "publishes_per_s": rest["published"] / rest["publish_s"] if rest.get("publish_s") else None,
+        "publish_round_trip_p50_ms": [first.get("publish_round_trip_p50_ms"),
+                                      rest.get("publish_round_trip_p50_ms")],
         "publish_round_trip_p99_ms": [first.get("publish_round_trip_p99_ms"),
                                       rest.get("publish_round_trip_p99_ms")],
         "restart_s": restarts,

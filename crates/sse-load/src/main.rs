@@ -574,8 +574,11 @@ async fn coordinate(args: &RunArgs) -> anyhow::Result<Report> {
         report.publish_failed = outcome.failed;
         report.publish_error = outcome.first_error;
         report.publish_s = outcome.elapsed.as_secs_f64();
-        report.publish_round_trip_p99_ms =
-            outcome.round_trip.map_or(0.0, |h| Percentiles::of(&h).p99);
+        if let Some(round_trip) = outcome.round_trip {
+            let percentiles = Percentiles::of(&round_trip);
+            report.publish_round_trip_p50_ms = percentiles.p50;
+            report.publish_round_trip_p99_ms = percentiles.p99;
+        }
         expected_per_subscriber = report.published;
     }
 

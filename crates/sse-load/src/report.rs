@@ -87,6 +87,10 @@ pub struct Report {
     pub publish_failed: u64,
     pub publish_error: Option<String>,
     pub publish_s: f64,
+    /// Time from sending a publish to its answer (the server accepted, or committed, it).
+    /// Reports written before it existed read as 0.
+    #[serde(default)]
+    pub publish_round_trip_p50_ms: f64,
     pub publish_round_trip_p99_ms: f64,
     /// Events expected in all: published events × subscribers connected.
     pub expected: u64,
