@@ -247,16 +247,33 @@ impl SseStream {
 
     /// Like [`Self::next_frame`], but `None` on timeout and `Some(None)` at the end.
     pub async fn next_frame_within(&mut self, timeout: Duration) -> Option<Option<Frame>> {
+        self.read_frame(timeout)
+            .await
+            .map(|read| read.unwrap_or_else(|err| panic!("stream broke: {err}")))
+    }
+
+    /// Like [`Self::next_frame_within`], but a broken connection (the hub was killed) counts
+    /// as the end of the stream.
+    pub async fn next_frame_or_end(&mut self, timeout: Duration) -> Option<Option<Frame>> {
+        self.read_frame(timeout).await.map(Result::unwrap_or_default)
+    }
+
+    /// `None` on timeout; else the next frame, `Ok(None)` at the end, or the error that broke
+    /// the stream.
+    async fn read_frame(
+        &mut self,
+        timeout: Duration,
+    ) -> Option<Result<Option<Frame>, awc::error::PayloadError>> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             if let Some(frame) = self.take_frame() {
-                return Some(Some(frame));
+                return Some(Ok(Some(frame)));
             }
             match tokio::time::timeout_at(deadline, self.response.next()).await {
                 Err(_) => return None,
-                Ok(None) => return Some(None),
+                Ok(None) => return Some(Ok(None)),
                 Ok(Some(Ok(chunk))) => self.buffer.extend_from_slice(&chunk),
-                Ok(Some(Err(err))) => panic!("stream broke: {err}"),
+                Ok(Some(Err(err))) => return Some(Err(err)),
             }
         }
     }
@@ -275,22 +292,6 @@ impl SseStream {
             self.last_event_id.clone_from(&frame.id);
         }
         Some(frame)
-    }
-
-    /// Like [`Self::next_frame_within`], but a broken connection (the hub was killed) counts
-    /// as the end of the stream.
-    pub async fn next_frame_or_end(&mut self, timeout: Duration) -> Option<Option<Frame>> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            if let Some(frame) = self.take_frame() {
-                return Some(Some(frame));
-            }
-            match tokio::time::timeout_at(deadline, self.response.next()).await {
-                Err(_) => return None,
-                Ok(None | Some(Err(_))) => return Some(None),
-                Ok(Some(Ok(chunk))) => self.buffer.extend_from_slice(&chunk),
-            }
-        }
     }
 
     /// The next event, skipping comments (keep-alives).
