@@ -255,7 +255,9 @@ impl SseStream {
     /// Like [`Self::next_frame_within`], but a broken connection (the hub was killed) counts
     /// as the end of the stream.
     pub async fn next_frame_or_end(&mut self, timeout: Duration) -> Option<Option<Frame>> {
-        self.read_frame(timeout).await.map(Result::unwrap_or_default)
+        self.read_frame(timeout)
+            .await
+            .map(Result::unwrap_or_default)
     }
 
     /// `None` on timeout; else the next frame, `Ok(None)` at the end, or the error that broke
