@@ -354,7 +354,7 @@ mod tests {
     /// A grant matches topics through its selectors, templates included.
     #[test]
     fn grant_matches_selectors() {
-        let cache = SelectorCache::new(8);
+        let cache = SelectorCache::new(crate::topic::SelectorLimits::default());
         let grant = Grant::from_claim(
             Some(&[
                 "https://example.com/books/{id}".to_owned(),

@@ -21,6 +21,7 @@ pub const DEFAULT_HISTORY_SIZE: usize = 10_000;
 pub const DEFAULT_HISTORY_BYTES: usize = 16 * 1024 * 1024;
 pub const DEFAULT_MAX_TOPICS: usize = 32;
 pub const DEFAULT_MAX_TOPIC_BYTES: usize = 1024;
+pub use crate::topic::{DEFAULT_MAX_SELECTOR_BYTES, DEFAULT_MAX_TEMPLATE_BYTES};
 /// Long enough for a slow mobile link, short enough that a peer that stopped reading or
 /// vanished without a FIN does not hold its connection for the kernel's ~15 minutes.
 pub const DEFAULT_WRITE_TIMEOUT: &str = "60s";
@@ -121,6 +122,17 @@ pub struct Settings {
     /// Longest topic or selector, in bytes.
     #[arg(long, env = "SSE_HUB_MAX_TOPIC_BYTES", default_value_t = DEFAULT_MAX_TOPIC_BYTES)]
     pub max_topic_bytes: usize,
+
+    /// Memory one URI template's compiled matcher may keep, in bytes; a template that needs
+    /// more is refused with 400 as too complex to match in one pass.
+    #[arg(long, env = "SSE_HUB_MAX_TEMPLATE_BYTES", default_value_t = DEFAULT_MAX_TEMPLATE_BYTES)]
+    pub max_template_bytes: usize,
+
+    /// Memory all compiled URI templates in use may keep together, in bytes (a template is
+    /// shared by its subscribers and released with the last one); past it, a subscribe with a
+    /// new template gets 503.
+    #[arg(long, env = "SSE_HUB_MAX_SELECTOR_BYTES", default_value_t = DEFAULT_MAX_SELECTOR_BYTES)]
+    pub max_selector_bytes: usize,
 
     /// JWT key for both roles: the HS256 secret, or an RS256 public key in PEM (`@path` reads a
     /// file). Setting a publisher key makes POST /publish require a publisher token.

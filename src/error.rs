@@ -2,6 +2,8 @@
 
 use actix_web::{HttpResponse, ResponseError, http::StatusCode};
 
+use crate::topic::SelectorError;
+
 /// Everything a request can be refused for. The message is written for the user who sent it;
 /// internal details go to the log only.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +25,8 @@ pub enum HubError {
     TooMany { what: &'static str, limit: usize },
     #[error("the hub is at its limit of {limit} subscribers")]
     SubscriberLimit { limit: usize },
+    #[error("the hub's memory for URI templates ({limit} bytes) is full; try again later")]
+    SelectorLimit { limit: usize },
     #[error("{0}")]
     Unauthorized(String),
     #[error("{0}")]
@@ -49,6 +53,7 @@ impl HubError {
             Self::DuplicateId(_) => "duplicate_id",
             Self::TooMany { .. } => "too_many_topics",
             Self::SubscriberLimit { .. } => "subscriber_limit",
+            Self::SelectorLimit { .. } => "selector_limit",
             Self::Unauthorized(_) => "unauthorized",
             Self::Forbidden(_) => "forbidden",
             Self::ShuttingDown => "shutting_down",
@@ -71,9 +76,10 @@ impl ResponseError for HubError {
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::TooMany { .. } => StatusCode::BAD_REQUEST,
-            Self::SubscriberLimit { .. } | Self::ShuttingDown | Self::NotStored => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::SubscriberLimit { .. }
+            | Self::SelectorLimit { .. }
+            | Self::ShuttingDown
+            | Self::NotStored => StatusCode::SERVICE_UNAVAILABLE,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -83,6 +89,18 @@ impl ResponseError for HubError {
     fn error_response(&self) -> HttpResponse {
         HttpResponse::build(self.status_code())
             .json(serde_json::json!({ "error": self.to_string() }))
+    }
+}
+
+impl From<SelectorError> for HubError {
+    fn from(err: SelectorError) -> Self {
+        match err {
+            SelectorError::Full { limit } => Self::SelectorLimit { limit },
+            other => Self::Invalid {
+                what: "topic selector",
+                reason: other.to_string(),
+            },
+        }
     }
 }
 

@@ -37,6 +37,8 @@ pub struct Metrics {
     pub publish_duration: Histogram,
     pub history_events: Gauge,
     pub history_bytes: Gauge,
+    /// Set from the selector cache when `/metrics` is rendered.
+    pub selector_bytes: Gauge,
     pub store_commits: Counter,
     pub store_commit_duration: Histogram,
 }
@@ -58,6 +60,7 @@ impl Metrics {
             publish_duration: Histogram::new(exponential_buckets(0.000_05, 2.0, 15)),
             history_events: Gauge::default(),
             history_bytes: Gauge::default(),
+            selector_bytes: Gauge::default(),
             store_commits: Counter::default(),
             // 100 µs .. ~1.6 s: one transaction, fsync included.
             store_commit_duration: Histogram::new(exponential_buckets(0.000_1, 2.0, 15)),
@@ -114,6 +117,11 @@ impl Metrics {
             "publish_duration_seconds",
             "Time to accept a publish request (streams are not timed: they never end)",
             metrics.publish_duration.clone(),
+        );
+        registry.register(
+            "selector_bytes",
+            "Bytes the compiled URI templates in use keep (bounded by --max-selector-bytes)",
+            metrics.selector_bytes.clone(),
         );
         registry.register(
             "store_commits",

@@ -65,7 +65,10 @@ pub fn queue(capacity: usize) -> (Sender, Receiver) {
         Sender {
             shared: shared.clone(),
         },
-        Receiver { shared },
+        Receiver {
+            shared,
+            on_close: None,
+        },
     )
 }
 
@@ -117,6 +120,11 @@ impl Sender {
         Ok(())
     }
 
+    /// Whether the receiver is gone (its stream ended).
+    pub fn is_closed(&self) -> bool {
+        !self.shared.lock().receiver_alive
+    }
+
     /// Wakes the body so it writes what is queued.
     pub fn wake(&self) {
         self.shared.waker.wake();
@@ -131,12 +139,28 @@ impl Drop for Sender {
 }
 
 /// The response body's end.
-#[derive(Debug)]
 pub struct Receiver {
     shared: Arc<Shared>,
+    /// Called once when the receiver is dropped (the connection closed or the body ended), so
+    /// the broadcaster hears of it at once instead of at its next push or heartbeat.
+    on_close: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl std::fmt::Debug for Receiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Receiver")
+            .field("shared", &self.shared)
+            .field("on_close", &self.on_close.is_some())
+            .finish()
+    }
 }
 
 impl Receiver {
+    /// Calls `notify` when this receiver is dropped.
+    pub fn on_close(&mut self, notify: impl FnOnce() + Send + 'static) {
+        self.on_close = Some(Box::new(notify));
+    }
+
     /// Everything queued, joined into one chunk of at most about `max_bytes` (a single frame
     /// is returned as it is, without a copy); `None` once the sender is gone and the queue is
     /// empty.
@@ -192,10 +216,15 @@ pub fn take_chunk(frames: &mut VecDeque<Bytes>, max_bytes: usize) -> Option<Byte
 
 impl Drop for Receiver {
     fn drop(&mut self) {
-        let mut state = self.shared.lock();
-        state.receiver_alive = false;
-        // Queued frames can never be written now; free them at once.
-        state.frames = VecDeque::new();
+        {
+            let mut state = self.shared.lock();
+            state.receiver_alive = false;
+            // Queued frames can never be written now; free them at once.
+            state.frames = VecDeque::new();
+        }
+        if let Some(notify) = self.on_close.take() {
+            notify();
+        }
     }
 }
 

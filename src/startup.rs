@@ -17,11 +17,8 @@ use crate::{
     event_log::{self, StoreError},
     metrics::Metrics,
     routes::{self, AppState},
-    topic::SelectorCache,
+    topic::{SelectorCache, SelectorLimits},
 };
-
-/// Distinct URI templates kept compiled; past this the cache starts over.
-const SELECTOR_CACHE_SIZE: usize = 10_000;
 
 /// Why the hub did not start. Each is one line naming what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +68,10 @@ impl Application {
             settings: Arc::new(settings.clone()),
             keys: Arc::new(keys),
             metrics,
-            selectors: Arc::new(SelectorCache::new(SELECTOR_CACHE_SIZE)),
+            selectors: Arc::new(SelectorCache::new(SelectorLimits {
+                template_bytes: settings.max_template_bytes,
+                total_bytes: settings.max_selector_bytes,
+            })),
         };
         let routes = routes::configure(&settings);
         let mut server = HttpServer::new(move || {

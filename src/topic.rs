@@ -1,15 +1,22 @@
-//! Topic selectors: an exact topic, `*`, or an RFC 6570 URI template compiled once to an anchored
-//! regex, matched the way Mercure hubs match them (yosida95/uritemplate's `Regexp()`).
+//! Topic selectors: an exact topic, `*`, or an RFC 6570 URI template, matched the way Mercure
+//! hubs match them (yosida95/uritemplate's `Regexp()`), compiled once to a DFA and shared.
 
 use std::{
     collections::HashMap,
     fmt,
     hash::{Hash, Hasher},
     str::FromStr,
-    sync::Mutex,
+    sync::{
+        Arc, Mutex, Weak,
+        atomic::{AtomicUsize, Ordering},
+    },
 };
 
-use regex::Regex;
+use regex_automata::{
+    Anchored, Input,
+    dfa::{Automaton, StartKind, dense, sparse},
+    nfa::thompson,
+};
 
 /// A compiled topic selector.
 ///
@@ -70,29 +77,116 @@ impl FromStr for Selector {
     }
 }
 
-/// An RFC 6570 URI template compiled to an anchored regex that matches its expansions.
+/// An RFC 6570 URI template compiled to a deterministic automaton (a full DFA) that accepts
+/// exactly its expansions.
 ///
-/// Equality and hashing use the source text only, so selectors can key a map.
-#[derive(Debug, Clone)]
+/// A DFA reads each byte of a topic once, so matching costs one pass over the topic whatever
+/// the template, and a publish against many templates costs their number times the topic's
+/// length, never more (a backtracking or NFA-simulating matcher multiplies that by the
+/// template's size). The price is paid once, when the template is compiled, and is bounded:
+/// a template whose DFA would exceed its byte limit is refused as too complex.
+///
+/// Clones share one compiled automaton. Equality and hashing use the source text only, so
+/// selectors can key a map.
+#[derive(Clone)]
 pub struct Template {
+    compiled: Arc<Compiled>,
+}
+
+struct Compiled {
     source: String,
-    regex: Regex,
+    /// The literal text before the first expression and after the last: compared as strings,
+    /// so the automaton covers only the part between them (long literal URLs stay cheap).
+    prefix_len: usize,
+    suffix_len: usize,
+    dfa: sparse::DFA<Vec<u8>>,
+    /// Gives this template's bytes back to its cache's budget when the last user drops it.
+    charge: Option<Charge>,
+}
+
+impl fmt::Debug for Template {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Not the DFA's tables: they are kilobytes of numbers.
+        f.debug_struct("Template")
+            .field("source", &self.compiled.source)
+            .field("bytes", &self.compiled.bytes())
+            .finish()
+    }
+}
+
+/// Memory, and so time, one template may take to compile: its DFA is built densely first (the
+/// sparse form is made from it), and construction stops once it needs more than this. Its
+/// worst case is a few tens of milliseconds of one core.
+const BUILD_LIMIT_BYTES: usize = 256 * 1024;
+
+/// Default of `--max-template-bytes`: the most memory one compiled template may keep.
+pub const DEFAULT_MAX_TEMPLATE_BYTES: usize = 64 * 1024;
+/// Default of `--max-selector-bytes`: the most memory all compiled templates may keep together.
+pub const DEFAULT_MAX_SELECTOR_BYTES: usize = 64 * 1024 * 1024;
+
+impl Compiled {
+    fn build(source: &str, max_bytes: usize) -> Result<Compiled, SelectorError> {
+        compile(source).map_err(|(offset, problem)| SelectorError::InvalidTemplate {
+            template: source.to_owned(),
+            offset,
+            problem,
+        })?;
+        // A template has an expression (it contains `{` and is valid), so both are found.
+        let prefix_len = source.find('{').unwrap_or(0);
+        let suffix_len = source.len() - source.rfind('}').map_or(source.len(), |i| i + 1);
+        let middle = &source[prefix_len..source.len() - suffix_len];
+        // The middle is itself a valid template: it starts with an expression and ends with one.
+        let pattern = compile(middle).map_err(|_| SelectorError::TooComplex {
+            template: source.to_owned(),
+            limit: max_bytes,
+        })?;
+        let too_complex = || SelectorError::TooComplex {
+            template: source.to_owned(),
+            limit: max_bytes,
+        };
+        let dense = dense::Builder::new()
+            .configure(
+                dense::Config::new()
+                    .start_kind(StartKind::Anchored)
+                    .byte_classes(true)
+                    .determinize_size_limit(Some(BUILD_LIMIT_BYTES))
+                    .dfa_size_limit(Some(BUILD_LIMIT_BYTES)),
+            )
+            .thompson(thompson::Config::new().shrink(true))
+            .build(&pattern)
+            // Only the size limits can fail here: the pattern is generated, always valid.
+            .map_err(|_| too_complex())?;
+        let dfa = dense.to_sparse().map_err(|_| too_complex())?;
+        let compiled = Compiled {
+            source: source.to_owned(),
+            prefix_len,
+            suffix_len,
+            dfa,
+            charge: None,
+        };
+        if compiled.bytes() > max_bytes {
+            return Err(too_complex());
+        }
+        Ok(compiled)
+    }
+
+    /// What this template keeps in memory: its automaton, its text and itself.
+    fn bytes(&self) -> usize {
+        self.dfa.memory_usage() + self.source.len() + std::mem::size_of::<Compiled>()
+    }
 }
 
 impl Template {
-    /// Validates `source` as an RFC 6570 (level 4) template and compiles its matcher.
+    /// Validates `source` as an RFC 6570 (level 4) template and compiles its matcher, within
+    /// the default [`DEFAULT_MAX_TEMPLATE_BYTES`].
     pub fn parse(source: &str) -> Result<Template, SelectorError> {
-        let pattern =
-            compile(source).map_err(|(offset, problem)| SelectorError::InvalidTemplate {
-                template: source.to_owned(),
-                offset,
-                problem,
-            })?;
-        // Only a pathologically large template can fail here (the regex size limit).
-        let regex = Regex::new(&pattern).map_err(|_| SelectorError::TooLarge(source.to_owned()))?;
-        Ok(Template {
-            source: source.to_owned(),
-            regex,
+        Self::parse_within(source, DEFAULT_MAX_TEMPLATE_BYTES)
+    }
+
+    /// As [`Template::parse`], refusing a template whose matcher needs more than `max_bytes`.
+    pub fn parse_within(source: &str, max_bytes: usize) -> Result<Template, SelectorError> {
+        Compiled::build(source, max_bytes).map(|compiled| Template {
+            compiled: Arc::new(compiled),
         })
     }
 
@@ -100,18 +194,41 @@ impl Template {
     ///
     /// As in Mercure, a topic equal to the template text itself also matches.
     pub fn matches(&self, topic: &str) -> bool {
-        topic == self.source || self.regex.is_match(topic)
+        let compiled = &*self.compiled;
+        let source = compiled.source.as_str();
+        let (prefix, suffix) = (
+            &source[..compiled.prefix_len],
+            &source[source.len() - compiled.suffix_len..],
+        );
+        if topic == source
+            || topic.len() < prefix.len() + suffix.len()
+            || !topic.starts_with(prefix)
+            || !topic.ends_with(suffix)
+        {
+            return topic == source;
+        }
+        let middle = &topic[prefix.len()..topic.len() - suffix.len()];
+        compiled
+            .dfa
+            .try_search_fwd(&Input::new(middle).anchored(Anchored::Yes).earliest(true))
+            // A search fails only on quit bytes, and this DFA has none.
+            .is_ok_and(|found| found.is_some())
     }
 
     /// The template as it was written.
     pub fn as_str(&self) -> &str {
-        &self.source
+        &self.compiled.source
+    }
+
+    /// Bytes of memory this compiled template keeps (shared by its clones).
+    pub fn bytes(&self) -> usize {
+        self.compiled.bytes()
     }
 }
 
 impl PartialEq for Template {
     fn eq(&self, other: &Self) -> bool {
-        self.source == other.source
+        self.as_str() == other.as_str()
     }
 }
 
@@ -119,52 +236,131 @@ impl Eq for Template {}
 
 impl Hash for Template {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.source.hash(state);
+        self.as_str().hash(state);
     }
 }
 
 impl fmt::Display for Template {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.source)
+        f.write_str(self.as_str())
     }
 }
 
-/// Compiled selectors shared by every subscriber that uses the same text, so ten thousand
-/// subscribers on one URI template compile it once and share its regex (a `Regex` clone is a
-/// reference count). Bounded: when full it starts over, which costs only recompilation.
+/// Bytes taken from a [`SelectorCache`]'s budget, given back on drop.
 #[derive(Debug)]
-pub struct SelectorCache {
-    compiled: Mutex<HashMap<String, Selector>>,
-    capacity: usize,
+struct Charge {
+    bytes: usize,
+    used: Arc<AtomicUsize>,
 }
 
-impl SelectorCache {
-    pub fn new(capacity: usize) -> Self {
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.used.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+/// Limits on what compiled templates may cost, from the settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SelectorLimits {
+    /// The most one template's matcher may keep; a larger one is refused as too complex.
+    pub template_bytes: usize,
+    /// The most all templates in use may keep together; past it, new templates are refused
+    /// until subscribers leave.
+    pub total_bytes: usize,
+}
+
+impl Default for SelectorLimits {
+    fn default() -> Self {
         Self {
-            compiled: Mutex::new(HashMap::new()),
-            capacity,
+            template_bytes: DEFAULT_MAX_TEMPLATE_BYTES,
+            total_bytes: DEFAULT_MAX_SELECTOR_BYTES,
+        }
+    }
+}
+
+/// Compiled templates, shared by every subscriber (and token) that uses the same text: ten
+/// thousand subscribers on one URI template compile it once and share its automaton.
+///
+/// The cache holds templates weakly: a template lives while someone uses it and is released
+/// with its last user, so subscribers that leave take their templates' memory with them. What
+/// the templates in use keep is counted in bytes and bounded by [`SelectorLimits`].
+#[derive(Debug)]
+pub struct SelectorCache {
+    compiled: Mutex<WeakTemplates>,
+    limits: SelectorLimits,
+    used: Arc<AtomicUsize>,
+}
+
+/// The cache's map, and when to sweep its dead entries next.
+#[derive(Debug, Default)]
+struct WeakTemplates {
+    by_text: HashMap<String, Weak<Compiled>>,
+    sweep_at: usize,
+}
+
+/// Entries a cache may hold before its first sweep of released templates.
+const FIRST_SWEEP: usize = 1024;
+
+impl SelectorCache {
+    pub fn new(limits: SelectorLimits) -> Self {
+        Self {
+            compiled: Mutex::new(WeakTemplates {
+                by_text: HashMap::new(),
+                sweep_at: FIRST_SWEEP,
+            }),
+            limits,
+            used: Arc::new(AtomicUsize::new(0)),
         }
     }
 
-    /// The compiled selector for `text`, parsed at most once while it stays cached.
+    /// Bytes the templates in use keep now.
+    pub fn used_bytes(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// The compiled selector for `text`: the one in use if any, else compiled now (outside the
+    /// lock, so a slow compile holds up nobody else).
     pub fn get(&self, text: &str) -> Result<Selector, SelectorError> {
-        // Exact topics and `*` cost nothing to build; only templates are worth caching.
+        // Exact topics and `*` cost nothing to build; only templates are worth sharing.
         if !text.contains('{') {
             return Selector::parse(text);
         }
-        let mut compiled = self
-            .compiled
+        if let Some(compiled) = self.lock().by_text.get(text).and_then(Weak::upgrade) {
+            return Ok(Selector::Template(Template { compiled }));
+        }
+        let mut compiled = Compiled::build(text, self.limits.template_bytes)?;
+        let mut templates = self.lock();
+        // Another request may have compiled the same text meanwhile: share its copy.
+        if let Some(existing) = templates.by_text.get(text).and_then(Weak::upgrade) {
+            return Ok(Selector::Template(Template { compiled: existing }));
+        }
+        let bytes = compiled.bytes();
+        let before = self.used.fetch_add(bytes, Ordering::Relaxed);
+        compiled.charge = Some(Charge {
+            bytes,
+            used: self.used.clone(),
+        });
+        if before + bytes > self.limits.total_bytes {
+            // Dropping the charge gives the bytes back.
+            return Err(SelectorError::Full {
+                limit: self.limits.total_bytes,
+            });
+        }
+        let compiled = Arc::new(compiled);
+        templates
+            .by_text
+            .insert(text.to_owned(), Arc::downgrade(&compiled));
+        if templates.by_text.len() >= templates.sweep_at {
+            templates.by_text.retain(|_, weak| weak.strong_count() > 0);
+            templates.sweep_at = (2 * templates.by_text.len()).max(FIRST_SWEEP);
+        }
+        Ok(Selector::Template(Template { compiled }))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, WeakTemplates> {
+        self.compiled
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(selector) = compiled.get(text) {
-            return Ok(selector.clone());
-        }
-        let selector = Selector::parse(text)?;
-        if compiled.len() >= self.capacity {
-            compiled.clear();
-        }
-        compiled.insert(text.to_owned(), selector.clone());
-        Ok(selector)
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -181,9 +377,23 @@ pub enum SelectorError {
         /// What is wrong there.
         problem: TemplateProblem,
     },
-    /// The template is valid but its matcher exceeds the regex size limit.
-    #[error("URI template `{0}` is too large to compile")]
-    TooLarge(String),
+    /// The template is valid but its matcher would need more memory than allowed.
+    #[error(
+        "URI template `{template}` is too complex: matching it in one pass over a topic would \
+         take more than {limit} bytes"
+    )]
+    TooComplex {
+        /// The selector as given.
+        template: String,
+        /// The limit it exceeds (`--max-template-bytes`).
+        limit: usize,
+    },
+    /// The templates in use already keep all the memory they may.
+    #[error("the hub's memory for URI templates ({limit} bytes) is full; try again later")]
+    Full {
+        /// `--max-selector-bytes`.
+        limit: usize,
+    },
 }
 
 /// The syntax error found in a URI template.
@@ -468,10 +678,10 @@ fn is_ucschar_or_iprivate(c: u32) -> bool {
 mod cache_tests {
     use super::*;
 
-    /// The cache returns the same selector as parsing, and survives being full.
+    /// The cache returns the same selector as parsing.
     #[test]
     fn cache_gives_what_parse_gives() {
-        let cache = SelectorCache::new(2);
+        let cache = SelectorCache::new(SelectorLimits::default());
         for text in [
             "a",
             "*",
@@ -489,6 +699,93 @@ mod cache_tests {
                 .expect("valid")
                 .matches("https://x/1")
         );
+    }
+
+    /// Users of one template text share one compiled template, whose bytes are counted once
+    /// and given back when the last user drops it.
+    #[test]
+    fn templates_are_shared_and_released_with_their_last_user() {
+        let cache = SelectorCache::new(SelectorLimits::default());
+
+        let first = cache.get("https://x/{id}").expect("valid");
+        let second = cache.get("https://x/{id}").expect("valid");
+        let (Selector::Template(a), Selector::Template(b)) = (&first, &second) else {
+            panic!("templates expected");
+        };
+        assert!(Arc::ptr_eq(&a.compiled, &b.compiled));
+        assert_eq!(cache.used_bytes(), a.bytes());
+
+        drop(first);
+        assert_eq!(cache.used_bytes(), b.bytes());
+        drop(second);
+        assert_eq!(cache.used_bytes(), 0);
+    }
+
+    /// Past the budget, new templates are refused; once users leave, they fit again.
+    #[test]
+    fn template_budget_refuses_then_recovers() {
+        let one = Template::parse("https://x/{id}").expect("valid").bytes();
+        let cache = SelectorCache::new(SelectorLimits {
+            template_bytes: DEFAULT_MAX_TEMPLATE_BYTES,
+            total_bytes: 2 * one + one / 2,
+        });
+        let held = [
+            cache.get("https://x/{id}").expect("first fits"),
+            cache.get("https://y/{id}").expect("second fits"),
+        ];
+
+        let refused = cache.get("https://z/{id}");
+        // A template already in use costs nothing more.
+        let shared = cache.get("https://x/{id}");
+
+        assert!(
+            matches!(refused, Err(SelectorError::Full { .. })),
+            "{refused:?}"
+        );
+        assert!(shared.is_ok());
+        drop(held);
+        drop(shared);
+        assert_eq!(cache.used_bytes(), 0);
+        assert!(cache.get("https://z/{id}").is_ok());
+    }
+
+    /// Released templates leave no entries behind: the map is swept as it grows.
+    #[test]
+    fn released_templates_are_swept_from_the_map() {
+        let cache = SelectorCache::new(SelectorLimits::default());
+
+        for i in 0..5 * FIRST_SWEEP {
+            drop(cache.get(&format!("https://x/{i}/{{id}}")).expect("valid"));
+        }
+
+        assert!(cache.lock().by_text.len() <= FIRST_SWEEP, "entries kept");
+        assert_eq!(cache.used_bytes(), 0);
+    }
+
+    /// A template whose automaton would exceed its limit is refused, naming the limit; an
+    /// ordinary long template fits.
+    #[test]
+    fn too_complex_templates_are_refused() {
+        let pathological = format!("{{+v}}{}{{+w}}Z", "a/".repeat(450));
+        let long_literal = format!(
+            "https://example.com/{}/{{id}}",
+            "abcdefgh-_~!$&()*+,;=:@".repeat(40)
+        );
+
+        let refused = Template::parse(&pathological);
+        let accepted = Template::parse(&long_literal);
+
+        match refused {
+            Err(SelectorError::TooComplex { limit, .. }) => {
+                assert_eq!(limit, DEFAULT_MAX_TEMPLATE_BYTES)
+            }
+            other => panic!("expected TooComplex, got {other:?}"),
+        }
+        let accepted = accepted.expect("a long literal template fits");
+        assert!(accepted.matches(&format!(
+            "https://example.com/{}/42",
+            "abcdefgh-_~!$&()*+,;=:@".repeat(40)
+        )));
     }
 }
 

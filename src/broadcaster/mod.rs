@@ -106,6 +106,14 @@ struct Staged {
     done: oneshot::Sender<Result<(), HubError>>,
 }
 
+/// A subscriber's stream ended (its connection closed): prune it now, not at the next
+/// heartbeat, so it stops being counted and its selectors are released.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct Left {
+    key: usize,
+}
+
 /// Ask for the counters and gauges.
 #[derive(Debug, Message)]
 #[rtype(result = "Stats")]
@@ -573,7 +581,7 @@ impl Actor for Broadcaster {
 impl Handler<Subscribe> for Broadcaster {
     type Result = Result<Subscription, HubError>;
 
-    fn handle(&mut self, msg: Subscribe, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: Subscribe, ctx: &mut Self::Context) -> Self::Result {
         // The history already holds the pending events: fan them out first, or a resuming
         // subscriber would get them twice (replayed, then live).
         self.fan_out_pending();
@@ -585,7 +593,10 @@ impl Handler<Subscribe> for Broadcaster {
                 limit: self.config.max_subscribers,
             });
         }
-        let (sender, receiver) = queue::queue(self.config.subscriber_buffer);
+        let key = self.subscribers.vacant_key();
+        let (sender, mut receiver) = queue::queue(self.config.subscriber_buffer);
+        let broadcaster = ctx.address();
+        receiver.on_close(move || broadcaster.do_send(Left { key }));
         let subscriber = Subscriber {
             sender,
             selectors: msg.selectors,
@@ -614,7 +625,6 @@ impl Handler<Subscribe> for Broadcaster {
             }
         }
 
-        let key = self.subscribers.vacant_key();
         self.index.insert(key, &subscriber.selectors);
         self.subscribers.insert(subscriber);
         self.metrics.subscribers_connected.inc();
@@ -626,6 +636,22 @@ impl Handler<Subscribe> for Broadcaster {
             receiver,
             newest_id: self.history.newest_id(),
         })
+    }
+}
+
+impl Handler<Left> for Broadcaster {
+    type Result = ();
+
+    fn handle(&mut self, msg: Left, _: &mut Self::Context) {
+        // The key may have been pruned and given to a new subscriber since: only a subscriber
+        // whose stream is gone is removed.
+        if self
+            .subscribers
+            .get(msg.key)
+            .is_some_and(|subscriber| subscriber.sender.is_closed())
+        {
+            self.remove(msg.key);
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 use actix_web::{HttpRequest, HttpResponse, http::header, web};
 
 use super::{
-    AppState, check_topics,
+    AppState, check_topics, decode_form,
     publish::{authorize_topics, parse_retry, published, timed},
     read_body, stream,
 };
@@ -95,9 +95,8 @@ impl Form {
     fn parse(body: &[u8]) -> Result<Self, HubError> {
         std::str::from_utf8(body).map_err(|_| HubError::InvalidUtf8)?;
         let mut form = Self::default();
-        for (key, value) in form_urlencoded::parse(body) {
-            let value = value.into_owned();
-            match key.as_ref() {
+        for (key, value) in decode_form(body, "form")? {
+            match key.as_str() {
                 "topic" => form.topics.push(value),
                 "data" => form.data = value,
                 "id" => form.id = Some(value),

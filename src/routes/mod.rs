@@ -180,10 +180,43 @@ async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, HubError> 
 }
 
 /// The query string's pairs, repeated keys kept (`?topic=a&topic=b`).
-fn query_pairs(req: &HttpRequest) -> Vec<(String, String)> {
-    form_urlencoded::parse(req.query_string().as_bytes())
-        .into_owned()
+fn query_pairs(req: &HttpRequest) -> Result<Vec<(String, String)>, HubError> {
+    decode_form(req.query_string().as_bytes(), "query")
+}
+
+/// Decodes `application/x-www-form-urlencoded` pairs (a query string or a form body) as
+/// `form_urlencoded::parse` does, except that a key or value that is not UTF-8 once
+/// percent-decoded is refused instead of being passed on with U+FFFD in it.
+fn decode_form(input: &[u8], what: &'static str) -> Result<Vec<(String, String)>, HubError> {
+    input
+        .split(|&b| b == b'&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, value) = match pair.iter().position(|&b| b == b'=') {
+                Some(at) => (&pair[..at], &pair[at + 1..]),
+                None => (pair, &[][..]),
+            };
+            let key = decode_component(key).ok_or_else(|| HubError::Invalid {
+                what,
+                reason: "a key is not valid UTF-8 once percent-decoded".to_owned(),
+            })?;
+            let value = decode_component(value).ok_or_else(|| HubError::Invalid {
+                what,
+                reason: format!("the value of `{key}` is not valid UTF-8 once percent-decoded"),
+            })?;
+            Ok((key, value))
+        })
         .collect()
+}
+
+/// One form component: `+` is a space, then `%XX` escapes are decoded; `None` if the result
+/// is not UTF-8.
+fn decode_component(component: &[u8]) -> Option<String> {
+    let spaced: Vec<u8> = component
+        .iter()
+        .map(|&b| if b == b'+' { b' ' } else { b })
+        .collect();
+    String::from_utf8(percent_encoding::percent_decode(&spaced).collect()).ok()
 }
 
 /// Every value of `key` in the query string.

@@ -19,6 +19,7 @@ pub async fn stats(state: web::Data<AppState>) -> Result<HttpResponse, HubError>
 /// Every metric in the Prometheus text format. Gauges owned by the broadcaster are current as
 /// of its last change.
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    crate::metrics::set_gauge(&state.metrics.selector_bytes, state.selectors.used_bytes());
     HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
         .body(state.metrics.render())

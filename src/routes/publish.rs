@@ -12,7 +12,7 @@ use crate::{
 };
 
 /// Publishes the body to `?topic=` (repeatable; the default topic when absent), with optional
-/// `?event=` type, `?id=` and `?retry=` (milliseconds). Answers 200 `text/plain` with the id.
+/// `?event=` type, `?id=`, `?retry=` (milliseconds) and `?private`. Answers 200 `text/plain` with the id.
 pub async fn publish(
     req: HttpRequest,
     payload: web::Payload,
@@ -55,7 +55,7 @@ async fn publish_body(
             limit: settings.body_limit_bytes,
         });
     }
-    let pairs = query_pairs(&req);
+    let pairs = query_pairs(&req)?;
     let mut topics = query_values(&pairs, "topic");
     check_topics(&topics, settings, "topics")?;
     if topics.is_empty() {
@@ -70,7 +70,7 @@ async fn publish_body(
         event_type: query_value(&pairs, "event")?.map(str::to_owned),
         id: query_value(&pairs, "id")?.map(str::to_owned),
         retry_ms,
-        private: false,
+        private: parse_private(query_value(&pairs, "private")?)?,
         data: String::new(),
     };
     event::validate_draft(&draft)?;
@@ -87,6 +87,20 @@ pub fn authorize_topics(grant: &Grant, topics: &[&str]) -> Result<(), HubError> 
             "the token's mercure.publish claim does not allow topic `{topic}`"
         ))),
         None => Ok(()),
+    }
+}
+
+/// Reads the `private` query parameter: present (empty, `1`, `true`, `on`) makes the event
+/// private, as Mercure's `private` field does; `0`, `false` and `off` say public; anything else
+/// is refused rather than guessed.
+fn parse_private(value: Option<&str>) -> Result<bool, HubError> {
+    match value {
+        None | Some("0" | "false" | "off") => Ok(false),
+        Some("" | "1" | "true" | "on") => Ok(true),
+        Some(_) => Err(HubError::InvalidField {
+            field: "private",
+            reason: "must be empty, 1, true or on (private), or 0, false or off (public)",
+        }),
     }
 }
 

@@ -30,7 +30,7 @@ pub async fn open(
 ) -> Result<HttpResponse, HubError> {
     let grant =
         auth::subscriber_grant(req, &state.keys, &state.selectors, state.settings.anonymous)?;
-    let pairs = query_pairs(req);
+    let pairs = query_pairs(req)?;
     let mut selectors = query_values(&pairs, "topic");
     // A selector given twice is one selector (one index entry, one line in /stats).
     let mut seen = std::collections::HashSet::new();
@@ -44,12 +44,7 @@ pub async fn open(
     check_topics(&selectors, &state.settings, "topic selectors")?;
     let selectors = selectors
         .into_iter()
-        .map(|s| {
-            state.selectors.get(s).map_err(|err| HubError::Invalid {
-                what: "topic selector",
-                reason: err.to_string(),
-            })
-        })
+        .map(|s| state.selectors.get(s).map_err(HubError::from))
         .collect::<Result<Vec<_>, _>>()?;
     let last_event_id = last_event_id(req, &pairs)?;
 

@@ -3,6 +3,7 @@
 mod bad_input;
 mod browser;
 mod durable;
+mod hardening;
 mod helpers;
 mod mercure;
 mod ops;

@@ -1,0 +1,193 @@
+//! What a hostile or careless client could make the hub spend or get wrong: compiled
+//! selectors released with their subscribers and bounded in bytes, templates too complex to
+//! match in one pass refused, closed subscribers pruned at once, strict UTF-8 after
+//! percent-decoding, and `private` honoured on `/publish`.
+
+use std::time::{Duration, Instant};
+
+use actix_web::http::StatusCode;
+
+use crate::{
+    helpers::{TestApp, assert_json_error, query, spawn_app_with},
+    mercure::token,
+};
+
+/// The `sse_hub_selector_bytes` gauge from `/metrics`.
+async fn selector_bytes(app: &TestApp) -> u64 {
+    let (status, body) = app.get("/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    body.lines()
+        .find_map(|line| line.strip_prefix("sse_hub_selector_bytes "))
+        .unwrap_or_else(|| panic!("no sse_hub_selector_bytes in /metrics:\n{body}"))
+        .trim()
+        .parse()
+        .expect("a number")
+}
+
+/// Polls `/metrics` until the compiled templates in use keep `expected` bytes.
+async fn wait_for_selector_bytes(
+    app: &TestApp,
+    deadline: Duration,
+    expected: impl Fn(u64) -> bool,
+) -> u64 {
+    let start = Instant::now();
+    loop {
+        let bytes = selector_bytes(app).await;
+        if expected(bytes) {
+            return bytes;
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "selector bytes still {bytes} after {deadline:?}"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Subscribers with distinct URI templates take their compiled templates with them when they
+/// leave: the memory the templates kept goes back to zero, and the subscribers stop being
+/// counted at once, not at the next heartbeat (an hour away here).
+#[actix_web::test]
+async fn templates_and_subscribers_are_released_when_streams_close() {
+    let app = spawn_app_with(|s| s.heartbeat = Duration::from_secs(3600)).await;
+    let mut streams = Vec::new();
+    for i in 0..20 {
+        let selector = format!("https://example.com/{i}/{{+path}}/x{{?q}}");
+        streams.push(
+            app.subscribe(&format!("/stream?{}", query(&[("topic", &selector)])))
+                .await,
+        );
+    }
+    let held = selector_bytes(&app).await;
+    assert!(held > 0, "20 templates in use keep no bytes?");
+    assert_eq!(app.stats().await["subscribers"], 20);
+
+    drop(streams);
+
+    wait_for_selector_bytes(&app, Duration::from_secs(5), |bytes| bytes == 0).await;
+    app.wait_for_stats(Duration::from_secs(5), |s| s["subscribers"] == 0)
+        .await;
+}
+
+/// A template whose matcher would not fit its byte limit (one that an NFA would match in
+/// time proportional to its length times the topic's) is refused with 400 naming the
+/// problem; other subscribers keep receiving.
+#[actix_web::test]
+async fn too_complex_templates_are_refused_and_disturb_nobody() {
+    let app = spawn_app_with(|_| {}).await;
+    let mut canary = app.subscribe("/stream?topic=canary").await;
+    let pathological = format!("{{+v}}{}{{+w}}Z", "a/".repeat(450));
+
+    let (status, body) = app
+        .get(&format!("/stream?{}", query(&[("topic", &pathological)])))
+        .await;
+
+    assert_json_error(status, &body, StatusCode::BAD_REQUEST, "too complex");
+    app.publish("topic=canary", "still here").await;
+    assert_eq!(
+        canary.next_event().await.data.as_deref(),
+        Some("still here")
+    );
+}
+
+/// Past `--max-selector-bytes`, a subscribe with a new template gets 503 with a JSON error;
+/// once the templates' subscribers leave, it fits again. A template already in use is shared
+/// and costs nothing more.
+#[actix_web::test]
+async fn selector_memory_is_bounded_in_bytes() {
+    let one = sse_hub::topic::Template::parse("https://a.example/{id}")
+        .expect("valid")
+        .bytes();
+    let app = spawn_app_with(|s| s.max_selector_bytes = one + one / 2).await;
+    let first = app.subscribe("/stream?topic=https://a.example/{id}").await;
+
+    let (status, body) = app.get("/stream?topic=https://b.example/{id}").await;
+    let shared = app.subscribe("/stream?topic=https://a.example/{id}").await;
+
+    assert_json_error(
+        status,
+        &body,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "memory for URI templates",
+    );
+    drop((first, shared));
+    wait_for_selector_bytes(&app, Duration::from_secs(5), |bytes| bytes == 0).await;
+    app.subscribe("/stream?topic=https://b.example/{id}").await;
+}
+
+/// A topic, event type, selector or Mercure form field that is not UTF-8 once percent-decoded
+/// is refused with 400, as an invalid `/publish` body is, instead of being passed on with
+/// U+FFFD in it.
+#[actix_web::test]
+async fn invalid_utf8_after_percent_decoding_is_refused() {
+    let app = spawn_app_with(|s| s.jwt_key = Some(crate::mercure::KEY.to_owned())).await;
+    let publisher = token(&["*"], &[]);
+    let mut subscriber = app.subscribe("/stream?topic=ok").await;
+
+    for path in [
+        "/publish?topic=caf%C3",
+        "/publish?topic=ok&event=%FF",
+        "/publish?topic=ok&id=%FE%FF",
+        "/publish?%FF=1",
+    ] {
+        let mut response = app
+            .client
+            .post(app.url(path))
+            .insert_header(("authorization", format!("Bearer {publisher}")))
+            .send_body("x")
+            .await
+            .expect("answered");
+        let body = response.body().await.expect("a body");
+        let body = std::str::from_utf8(&body).expect("utf-8");
+        assert!(body.contains("once percent-decoded"), "{path}: {body}");
+        assert_json_error(
+            response.status(),
+            body,
+            StatusCode::BAD_REQUEST,
+            "not valid UTF-8",
+        );
+    }
+    let (status, body) = app.get("/stream?topic=%FF").await;
+    assert_json_error(status, &body, StatusCode::BAD_REQUEST, "not valid UTF-8");
+    let mut form = app
+        .client
+        .post(app.url("/.well-known/mercure"))
+        .insert_header(("authorization", format!("Bearer {publisher}")))
+        .content_type("application/x-www-form-urlencoded")
+        .send_body("topic=ok&data=%C3%28")
+        .await
+        .expect("answered");
+    let body = form.body().await.expect("a body");
+    assert_json_error(
+        form.status(),
+        std::str::from_utf8(&body).expect("utf-8"),
+        StatusCode::BAD_REQUEST,
+        "the value of `data` is not valid UTF-8",
+    );
+
+    // Nothing above was published: the next event is the first the subscriber sees.
+    let response = app
+        .client
+        .post(app.url("/publish?topic=ok"))
+        .insert_header(("authorization", format!("Bearer {publisher}")))
+        .send_body("valid")
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(subscriber.next_event().await.data.as_deref(), Some("valid"));
+}
+
+/// `/publish?private=1` publishes a private event, which an anonymous subscriber does not get;
+/// a `private` value that means neither is refused.
+#[actix_web::test]
+async fn private_is_honoured_on_publish() {
+    let app = spawn_app_with(|_| {}).await;
+    let mut anonymous = app.subscribe("/stream?topic=t").await;
+
+    app.publish("topic=t&private=1", "secret").await;
+    app.publish("topic=t&private=0", "public").await;
+    let (status, body) = app.post("/publish?topic=t&private=maybe", "x").await;
+
+    assert_eq!(anonymous.next_event().await.data.as_deref(), Some("public"));
+    assert_json_error(status, &body, StatusCode::BAD_REQUEST, "private");
+}
