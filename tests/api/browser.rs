@@ -131,8 +131,9 @@ async fn logged(browser: &Client) -> Vec<String> {
     texts
 }
 
-/// The demo page connects, its "left" button publishes and the log shows the event; a second
-/// tab filtered to one topic sees only that topic's events. Screenshots are saved to
+/// The demo page connects, its "left" button publishes and the log shows the event, events of
+/// any type show with their type; a second tab filtered to one topic sees only that topic's
+/// events. Screenshots are saved to
 /// `target/artifacts/`.
 #[actix_web::test]
 async fn demo_page_shows_events_and_filters_by_topic() {
@@ -174,10 +175,21 @@ async fn demo_page_shows_events_and_filters_by_topic() {
         .await
         .expect("switch back");
     wait_for_entry(&browser, "for chat").await;
+    // An event type the page never named shows too (EventSource alone would not deliver it).
+    app.publish("topic=books&event=book-updated", "Dune").await;
+    wait_for_entry(&browser, "Dune").await;
+    let newest_type = browser
+        .find(Locator::Css("#log li.entry .type"))
+        .await
+        .expect("a type cell")
+        .text()
+        .await
+        .expect("its text");
+    assert_eq!(newest_type, "book-updated");
     assert_eq!(
         logged(&browser).await,
-        ["for chat", "not for chat", "left"],
-        "the unfiltered tab sees every topic, newest first"
+        ["Dune", "for chat", "not for chat", "left"],
+        "the unfiltered tab sees every topic and type, newest first"
     );
     let png = browser.screenshot().await.expect("screenshot");
     std::fs::write(artifact("demo-page.png"), png).expect("save screenshot");
