@@ -1,0 +1,217 @@
+#!/usr/bin/env python3
+"""What a hostile client can make the hub keep or spend (issue 12), measured on a release build.
+Starts the hub itself on a free loopback port, prints each figure as it goes and one line of JSON
+at the end:
+
+  templates_rss_growth_mib    RSS after N subscribers with distinct ~1 KiB URI templates
+                              connected and left, minus RSS before (target <= 32 MiB)
+  adversarial_delay_ms        p50/max over R rounds: with A subscribers each holding a distinct
+                              template like a{+v0}a{+v1}...Z (under 1 KiB), how long after a
+                              publish to a 1,000-character topic like a/a/a/... a canary
+                              subscriber receives the next event (target <= 50 ms)
+  baseline_delay_ms           the same without the adversarial publish
+
+  bench/hardening.py --binary target/release/sse-hub [--templates 3000] [--adversaries 1000]
+"""
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_bytes(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+class Hub:
+    def __init__(self, binary, extra):
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [binary, "--bind", f"127.0.0.1:{self.port}", "--workers", "2",
+             "--max-subscribers", "20000", "--heartbeat", "15s"] + extra,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.get("/healthz")
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def get(self, path):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=30) as r:
+            return r.read()
+
+    def subscribers(self):
+        return json.loads(self.get("/stats"))["subscribers"]
+
+    def rss(self):
+        return rss_bytes(self.proc.pid)
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+async def open_stream(port, topic):
+    """Opens GET /stream?topic=... and waits for the opening comment; returns the streams."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    query = urllib.parse.urlencode({"topic": topic})
+    writer.write(f"GET /stream?{query} HTTP/1.1\r\nHost: hub\r\n\r\n".encode())
+    head = await reader.readuntil(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200"):
+        raise RuntimeError(f"subscribe refused: {head[:200]!r}")
+    await reader.readuntil(b":")  # the opening comment's first byte
+    return reader, writer
+
+
+async def open_many(port, topics, concurrency=64):
+    streams = [None] * len(topics)
+    semaphore = asyncio.Semaphore(concurrency)
+
+    async def one(i):
+        async with semaphore:
+            streams[i] = await open_stream(port, topics[i])
+
+    await asyncio.gather(*(one(i) for i in range(len(topics))))
+    return streams
+
+
+def close_all(streams):
+    for _, writer in streams:
+        writer.close()
+
+
+def long_template(i):
+    """A distinct ~1 KiB template: a long literal path around two expressions."""
+    filler = "abcdefghijklmnopqrstuvwxyz0123456789".encode().hex()[:900]
+    return f"https://example.com/{i}/{filler}/{{id}}{{?page,sort}}"
+
+
+def adversarial_template(i):
+    """The issue's shape: a{+v0}a{+v1}... up to about 1,000 bytes, then Z and a number."""
+    parts, k = [], 0
+    while sum(map(len, parts)) < 990:
+        parts.append(f"a{{+v{k}}}")
+        k += 1
+    return "".join(parts) + f"Z{i}"
+
+
+async def post(port, path, body=b"x"):
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"POST {path} HTTP/1.1\r\nHost: hub\r\nContent-Length: {len(body)}\r\n"
+                 "Connection: close\r\n\r\n".encode() + body)
+    response = await reader.read()
+    writer.close()
+    if not response.startswith(b"HTTP/1.1 200"):
+        raise RuntimeError(f"publish refused: {response[:200]!r}")
+
+
+async def canary_delay(port, canary_reader, adversarial_topic, marker):
+    """Publishes to the adversarial topic (if any), then at once to the canary topic; returns
+    ms from the first request to the canary's receiving the event."""
+    started = time.monotonic()
+    if adversarial_topic:
+        first = asyncio.create_task(post(port, "/publish?" + urllib.parse.urlencode(
+            {"topic": adversarial_topic})))
+        await asyncio.sleep(0)
+    await post(port, f"/publish?topic=canary", marker.encode())
+    await canary_reader.readuntil(marker.encode())
+    elapsed = (time.monotonic() - started) * 1000
+    if adversarial_topic:
+        await first
+    return elapsed
+
+
+async def measure(args):
+    result = {}
+    hub = Hub(args.binary, [])
+    try:
+        # 1. Templates that leave take their memory with them.
+        before = hub.rss()
+        for start in range(0, args.templates, 1000):
+            batch = [long_template(i) for i in range(start, min(args.templates, start + 1000))]
+            streams = await open_many(hub.port, batch)
+            peak = hub.rss()
+            close_all(streams)
+        deadline = time.monotonic() + 30
+        while hub.subscribers() != 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(args.settle)
+        after = hub.rss()
+        result["templates"] = args.templates
+        result["templates_rss_before_mib"] = round(before / 2**20, 1)
+        result["templates_rss_peak_mib"] = round(peak / 2**20, 1)
+        result["templates_rss_growth_mib"] = round((after - before) / 2**20, 1)
+        print(f"{args.templates} distinct ~1 KiB templates: RSS {before / 2**20:.1f} MiB before, "
+              f"{peak / 2**20:.1f} with the last 1,000 connected, {after / 2**20:.1f} "
+              f"{args.settle:.0f} s after all left (+{(after - before) / 2**20:.1f} MiB)",
+              file=sys.stderr)
+
+        # 2. A publish against many adversarial templates delays the next event by little.
+        canary_reader, canary_writer = await open_stream(hub.port, "canary")
+        baseline = [await canary_delay(hub.port, canary_reader, None, f"base{r}")
+                    for r in range(args.rounds)]
+        started = time.monotonic()
+        adversaries = await open_many(
+            hub.port, [adversarial_template(i) for i in range(args.adversaries)])
+        connect_s = time.monotonic() - started
+        topic = "a/" * 500
+        delays = [await canary_delay(hub.port, canary_reader, topic, f"adv{r}")
+                  for r in range(args.rounds)]
+        close_all(adversaries)
+        canary_writer.close()
+        result["adversaries"] = args.adversaries
+        result["adversaries_connect_s"] = round(connect_s, 1)
+        result["baseline_delay_ms"] = {"p50": round(statistics.median(baseline), 2),
+                                       "max": round(max(baseline), 2)}
+        result["adversarial_delay_ms"] = {"p50": round(statistics.median(delays), 2),
+                                          "max": round(max(delays), 2)}
+        print(f"{args.adversaries} adversarial templates (connected in {connect_s:.1f} s): next "
+              f"event after a publish to a 1,000-char topic in p50 "
+              f"{statistics.median(delays):.1f} ms, max {max(delays):.1f} ms (without it: p50 "
+              f"{statistics.median(baseline):.1f} ms, max {max(baseline):.1f} ms)",
+              file=sys.stderr)
+    finally:
+        hub.stop()
+    return result
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--binary", default=os.path.join(
+        os.environ.get("CARGO_TARGET_DIR", "target"), "release", "sse-hub"))
+    parser.add_argument("--templates", type=int, default=3000)
+    parser.add_argument("--adversaries", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--settle", type=float, default=20.0,
+                        help="seconds to wait after the template subscribers left")
+    args = parser.parse_args()
+    print(json.dumps(asyncio.run(measure(args))))
+
+
+if __name__ == "__main__":
+    main()
