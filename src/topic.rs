@@ -114,10 +114,11 @@ impl fmt::Debug for Template {
     }
 }
 
-/// Memory, and so time, one template may take to compile: its DFA is built densely first (the
-/// sparse form is made from it), and construction stops once it needs more than this. Its
-/// worst case is a few tens of milliseconds of one core.
-const BUILD_LIMIT_BYTES: usize = 256 * 1024;
+/// Memory, and so time, one template may take to compile, as a multiple of what its result
+/// may keep: its DFA is built densely first (the sparse form is made from it), and
+/// construction stops once it needs more than this. With the default limit that is 256 KiB,
+/// and a few tens of milliseconds of one core for the worst 1 KiB template.
+const BUILD_LIMIT_FACTOR: usize = 4;
 
 /// Default of `--max-template-bytes`: the most memory one compiled template may keep.
 pub const DEFAULT_MAX_TEMPLATE_BYTES: usize = 64 * 1024;
@@ -149,8 +150,8 @@ impl Compiled {
                 dense::Config::new()
                     .start_kind(StartKind::Anchored)
                     .byte_classes(true)
-                    .determinize_size_limit(Some(BUILD_LIMIT_BYTES))
-                    .dfa_size_limit(Some(BUILD_LIMIT_BYTES)),
+                    .determinize_size_limit(Some(max_bytes.saturating_mul(BUILD_LIMIT_FACTOR)))
+                    .dfa_size_limit(Some(max_bytes.saturating_mul(BUILD_LIMIT_FACTOR))),
             )
             .thompson(thompson::Config::new().shrink(true))
             .build(&pattern)
@@ -316,6 +317,16 @@ impl SelectorCache {
     /// Bytes the templates in use keep now.
     pub fn used_bytes(&self) -> usize {
         self.used.load(Ordering::Relaxed)
+    }
+
+    /// The selector for `text` if it costs nothing to get: an exact topic, `*`, or a template
+    /// in use. `None` means [`get`](Self::get) would compile it.
+    pub fn cached(&self, text: &str) -> Option<Result<Selector, SelectorError>> {
+        if !text.contains('{') {
+            return Some(Selector::parse(text));
+        }
+        let compiled = self.lock().by_text.get(text).and_then(Weak::upgrade)?;
+        Some(Ok(Selector::Template(Template { compiled })))
     }
 
     /// The compiled selector for `text`: the one in use if any, else compiled now (outside the

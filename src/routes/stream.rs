@@ -42,10 +42,22 @@ pub async fn open(
         });
     }
     check_topics(&selectors, &state.settings, "topic selectors")?;
-    let selectors = selectors
-        .into_iter()
-        .map(|s| state.selectors.get(s).map_err(HubError::from))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut compiled = Vec::with_capacity(selectors.len());
+    for text in selectors {
+        let selector = match state.selectors.cached(text) {
+            Some(selector) => selector,
+            // Compiling a template can take milliseconds of CPU: not on the worker's event
+            // loop, whose other connections would wait meanwhile.
+            None => {
+                let (cache, text) = (state.selectors.clone(), text.to_owned());
+                web::block(move || cache.get(&text))
+                    .await
+                    .map_err(|_| HubError::Internal)?
+            }
+        };
+        compiled.push(selector?);
+    }
+    let selectors = compiled;
     let last_event_id = last_event_id(req, &pairs)?;
 
     let subscription = state
