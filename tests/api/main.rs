@@ -4,6 +4,7 @@ mod bad_input;
 mod browser;
 mod durable;
 mod helpers;
+mod http_layer;
 mod mercure;
 mod ops;
 mod quickstart;
