@@ -5,6 +5,7 @@ mod browser;
 mod durable;
 mod hardening;
 mod helpers;
+mod http_layer;
 mod mercure;
 mod ops;
 mod quickstart;

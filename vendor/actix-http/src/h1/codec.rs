@@ -170,6 +170,16 @@ impl Encoder<Message<(Response<()>, BodySize)>> for Codec {
                     self.conn_type
                 };
 
+                // An HTTP/1.0 client cannot get a body of unknown length chunk-encoded, so the end
+                // of the connection marks its end: it cannot be kept alive.
+                if length == BodySize::Stream
+                    && self.version < Version::HTTP_11
+                    && self.conn_type == ConnectionType::KeepAlive
+                    && !self.flags.contains(Flags::HEAD)
+                {
+                    self.conn_type = ConnectionType::Close;
+                }
+
                 // encode message
                 self.encoder.encode(
                     dst,
@@ -203,6 +213,52 @@ mod tests {
         header::{HeaderValue, UPGRADE},
         HttpMessage as _, StatusCode,
     };
+
+    #[actix_rt::test]
+    async fn streaming_response_to_http10_is_not_chunked_and_closes() {
+        // HTTP/1.0 has no chunked coding: a body of unknown length is written as it is and ends
+        // with the connection, even when the client asked for keep-alive. HTTP/1.1 is chunked.
+        for (version, connection, chunked) in [
+            ("HTTP/1.0", "", false),
+            ("HTTP/1.0", "Connection: keep-alive\r\n", false),
+            ("HTTP/1.1", "", true),
+        ] {
+            let mut codec = Codec::default();
+            let mut request = BytesMut::from(
+                format!("GET /events {version}\r\nHost: localhost\r\n{connection}\r\n").as_bytes(),
+            );
+            codec.decode(&mut request).unwrap().unwrap();
+
+            let mut output = BytesMut::new();
+            codec
+                .encode(
+                    Message::Item((Response::with_body(StatusCode::OK, ()), BodySize::Stream)),
+                    &mut output,
+                )
+                .unwrap();
+            codec
+                .encode(
+                    Message::Chunk(Some(bytes::Bytes::from_static(b"data: a\n\n"))),
+                    &mut output,
+                )
+                .unwrap();
+            let output = std::str::from_utf8(&output).unwrap().to_ascii_lowercase();
+
+            assert_eq!(
+                output.contains("transfer-encoding: chunked\r\n"),
+                chunked,
+                "{version} {connection:?}: {output}"
+            );
+            let body = if chunked {
+                "\r\n\r\n9\r\ndata: a\n\n\r\n"
+            } else {
+                "\r\n\r\ndata: a\n\n"
+            };
+            assert!(output.ends_with(body), "{version} {connection:?}: {output}");
+            assert!(!output.contains("connection: keep-alive"), "{output}");
+            assert_eq!(codec.keep_alive(), chunked, "{version} {connection:?}");
+        }
+    }
 
     #[actix_rt::test]
     async fn upgrade_advertisement_preserves_keep_alive() {

@@ -23,7 +23,7 @@ use tracing::{error, trace};
 
 use super::{
     codec::Codec,
-    decoder::MAX_BUFFER_SIZE,
+    decoder::{MAX_BUFFER_SIZE, MAX_HEADERS},
     payload::{Payload, PayloadSender, PayloadStatus},
     timer::TimerState,
     Message, MessageType,
@@ -32,6 +32,7 @@ use crate::{
     body::{BodySize, BoxBody, MessageBody},
     config::ServiceConfig,
     error::{DispatchError, ParseError, PayloadError},
+    header,
     service::HttpFlow,
     ConnectionType, Error, Extensions, HttpMessage, OnConnectData, Request, Response, StatusCode,
 };
@@ -49,8 +50,14 @@ const HW_BUFFER_SIZE: usize = 1024 * 8;
 const INITIAL_READ_BUFFER_SIZE: usize = 1024 * 2;
 const MAX_PIPELINED_MESSAGES: usize = 16;
 
-/// Write buffer capacity at which we reallocate it after flushing.
-const WRITE_BUFFER_RETENTION_LIMIT: usize = 1024 * 128;
+/// Most write buffer capacity a connection keeps once everything it buffered has been written.
+///
+/// Above this, a flushed-empty buffer is dropped and the next write allocates what it needs.
+/// A buffer only grows past `HW_BUFFER_SIZE` (what connections used to start with) for a large
+/// response or a burst of chunks; keeping that capacity saves one allocation on the next write,
+/// while every connection that had such a burst, idle or not, would hold it for as long as it is
+/// open (up to 128 KiB each before this limit: 82 KiB per streaming connection was measured).
+const WRITE_BUFFER_RETENTION_LIMIT: usize = HW_BUFFER_SIZE;
 
 bitflags! {
     #[derive(Debug, Clone, Copy)]
@@ -208,7 +215,34 @@ pin_project! {
 enum DispatcherMessage {
     Item(Request),
     Upgrade(Request),
-    Error(Response<()>),
+    Error(Response<BoxBody>),
+}
+
+/// The response to a request the dispatcher refuses before any service sees it (a malformed or
+/// oversized head, a slow one): `status` with a JSON body `{"error": "..."}` naming the problem,
+/// so that clients get the same shape of error as from the application.
+fn protocol_error_response(status: StatusCode, message: &str) -> Response<BoxBody> {
+    // The messages are this module's own literals, which need no JSON escaping.
+    debug_assert!(!message.contains(['"', '\\']) && !message.contains(char::is_control));
+    let mut res = Response::with_body(status, BoxBody::new(format!("{{\"error\":\"{message}\"}}")));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    res
+}
+
+/// What a client is told about a request head that could not be parsed.
+fn parse_error_message(err: &ParseError) -> &'static str {
+    match err {
+        ParseError::Method => "invalid request method",
+        ParseError::Uri(_) => "invalid request target",
+        ParseError::Version => "unsupported or malformed HTTP version",
+        ParseError::Header => "malformed request line, header field or message framing",
+        ParseError::Incomplete => "incomplete request",
+        ParseError::Utf8(_) => "request head is not valid UTF-8",
+        _ => "malformed request",
+    }
 }
 
 pin_project! {
@@ -372,17 +406,14 @@ where
         let InnerDispatcherProj {
             io,
             write_buf,
-            h1_write_buffer_size,
             write_buf_needs_reset,
             ..
         } = self.project();
         let mut io = Pin::new(io.as_mut().unwrap());
 
-        // Allow normal buffer growth, but do not retain allocations caused by large response
-        // chunks on idle connections.
-        let retention_limit = (*h1_write_buffer_size).max(WRITE_BUFFER_RETENTION_LIMIT);
-
-        if write_buf.capacity() > retention_limit {
+        // Allow normal buffer growth, but do not retain allocations caused by large responses or
+        // bursts of chunks once they have been written (see `WRITE_BUFFER_RETENTION_LIMIT`).
+        if write_buf.capacity() > WRITE_BUFFER_RETENTION_LIMIT {
             // Needs stored flag because `write_buf.advance(n)` reduces reported capacity without
             // releasing the backing allocation.
             *write_buf_needs_reset = true;
@@ -409,7 +440,8 @@ where
 
         // All bytes have been accepted by the I/O stream, so the buffer can be reused or released.
         if *write_buf_needs_reset {
-            *write_buf = BytesMut::with_capacity(HW_BUFFER_SIZE);
+            // Nothing is kept: the next response or chunk allocates what it needs.
+            *write_buf = BytesMut::new();
             *write_buf_needs_reset = false;
         } else {
             write_buf.clear();
@@ -644,7 +676,8 @@ where
                         // send_response would update InnerDispatcher state to SendPayload or None
                         // (If response body is empty)
                         // continue loop to poll it
-                        self.as_mut().send_error_response(res, BoxBody::new(()))?;
+                        let (res, body) = res.replace_body(());
+                        self.as_mut().send_error_response(res, body)?;
                     }
 
                     // return with upgrade request and poll it exclusively
@@ -993,7 +1026,10 @@ where
                                 error!("Internal server error: unexpected payload chunk");
                                 this.flags.insert(Flags::READ_DISCONNECT);
                                 this.messages.push_back(DispatcherMessage::Error(
-                                    Response::internal_server_error().drop_body(),
+                                    protocol_error_response(
+                                        StatusCode::INTERNAL_SERVER_ERROR,
+                                        "internal error",
+                                    ),
                                 ));
                                 *this.error = Some(DispatchError::InternalError);
                                 break;
@@ -1008,7 +1044,10 @@ where
                                 error!("Internal server error: unexpected eof");
                                 this.flags.insert(Flags::READ_DISCONNECT);
                                 this.messages.push_back(DispatcherMessage::Error(
-                                    Response::internal_server_error().drop_body(),
+                                    protocol_error_response(
+                                        StatusCode::INTERNAL_SERVER_ERROR,
+                                        "internal error",
+                                    ),
                                 ));
                                 *this.error = Some(DispatchError::InternalError);
                                 break;
@@ -1038,9 +1077,12 @@ where
 
                     // request heads that overflow buffer size return a 431 error
                     this.messages
-                        .push_back(DispatcherMessage::Error(Response::with_body(
+                        .push_back(DispatcherMessage::Error(protocol_error_response(
                             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                            (),
+                            &format!(
+                                "request head too large: at most {MAX_BUFFER_SIZE} bytes and \
+                                 {MAX_HEADERS} header fields"
+                            ),
                         )));
 
                     this.flags.insert(Flags::READ_DISCONNECT);
@@ -1057,9 +1099,11 @@ where
                     }
 
                     // malformed requests should be responded with 400
-                    this.messages.push_back(DispatcherMessage::Error(
-                        Response::bad_request().drop_body(),
-                    ));
+                    this.messages
+                        .push_back(DispatcherMessage::Error(protocol_error_response(
+                            StatusCode::BAD_REQUEST,
+                            parse_error_message(&err),
+                        )));
 
                     this.flags.insert(Flags::READ_DISCONNECT);
                     *this.error = Some(err.into());
@@ -1083,10 +1127,12 @@ where
 
                 trace!("timed out on slow request; replying with 408 and closing connection");
 
-                let _ = self.as_mut().send_error_response(
-                    Response::with_body(StatusCode::REQUEST_TIMEOUT, ()),
-                    BoxBody::new(()),
-                );
+                let (res, body) = protocol_error_response(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request head not received in time",
+                )
+                .replace_body(());
+                let _ = self.as_mut().send_error_response(res, body);
 
                 self.project().flags.insert(Flags::SHUTDOWN);
             }

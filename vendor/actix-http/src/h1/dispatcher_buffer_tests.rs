@@ -58,11 +58,11 @@ impl AsyncWrite for LimitedWriter {
 /// Checks buffer retention and complete responses on a persistent HTTP/1 connection.
 ///
 /// - `body_len`: Response body length in bytes, sent as one chunk for each request.
-/// - `threshold`: Configured HTTP/1 write-buffer watermark in bytes. The retention limit is
-///   the larger of this value and `WRITE_BUFFER_RETENTION_LIMIT`.
+/// - `threshold`: Configured HTTP/1 write-buffer watermark in bytes. It decides when a response
+///   is flushed, not what a drained buffer keeps (at most `WRITE_BUFFER_RETENTION_LIMIT`).
 /// - `partial`: If true, block writes after `body_len - 1024` bytes, including headers,
 ///   then resume them. Requires `body_len > 1024`.
-/// - `release`: If true, expect the drained buffer to retain at most `HW_BUFFER_SIZE` bytes.
+/// - `release`: If true, expect the drained buffer to keep no allocation at all.
 ///   Otherwise, expect sufficient capacity for the body and reuse of the buffer on the next request.
 async fn check_buffer_retention(body_len: usize, threshold: usize, partial: bool, release: bool) {
     let mut io = TestBuffer::new("GET / HTTP/1.1\r\nHost: localhost\r\n\r\n");
@@ -87,8 +87,7 @@ async fn check_buffer_retention(body_len: usize, threshold: usize, partial: bool
             allowance: allowance.clone(),
         },
         services,
-        // This sets the body-polling watermark. The retention limit is the larger
-        // of this value and WRITE_BUFFER_RETENTION_LIMIT.
+        // This sets the body-polling watermark; the retention limit does not depend on it.
         ServiceConfigBuilder::new()
             .h1_write_buffer_size(threshold)
             .build(),
@@ -115,14 +114,17 @@ async fn check_buffer_retention(body_len: usize, threshold: usize, partial: bool
     }
 
     // try_reclaim does not allocate. If the old backing allocation survived,
-    // reclaiming its consumed prefix exposes the large capacity to the assertion below.
+    // reclaiming its consumed prefix would succeed and expose its capacity to the assertion below.
     // Checking only the visible tail could otherwise let the partial-write regression pass.
     if release {
         let DispatcherStateProj::Normal { inner } = dispatcher.as_mut().project().inner.project()
         else {
             panic!()
         };
-        assert!(inner.project().write_buf.try_reclaim(HW_BUFFER_SIZE));
+        assert!(
+            !inner.project().write_buf.try_reclaim(1),
+            "drained buffer kept its allocation"
+        );
     }
 
     let DispatcherState::Normal { inner } = &dispatcher.inner else {
@@ -131,8 +133,9 @@ async fn check_buffer_retention(body_len: usize, threshold: usize, partial: bool
     assert!(inner.write_buf.is_empty());
 
     if release {
-        assert!(
-            inner.write_buf.capacity() <= HW_BUFFER_SIZE,
+        assert_eq!(
+            inner.write_buf.capacity(),
+            0,
             "drained buffer retained {} bytes",
             inner.write_buf.capacity()
         );
@@ -194,15 +197,22 @@ async fn normal_write_buffer_reused_after_flush() {
 }
 
 #[actix_rt::test]
-async fn configured_write_buffer_reused_after_flush() {
-    // A custom watermark above 128 KiB also raises the retention limit.
-    check_buffer_retention(256 * 1024, 1024 * 1024, false, false).await;
+async fn large_write_watermark_does_not_raise_retention_limit() {
+    // A watermark decides when to flush; a drained 256 KiB buffer is still released.
+    check_buffer_retention(256 * 1024, 1024 * 1024, false, true).await;
 }
 
 #[actix_rt::test]
-async fn small_write_watermark_preserves_normal_buffer() {
-    // A small watermark must not lower the 128 KiB retention limit.
-    check_buffer_retention(64 * 1024, 8 * 1024, false, false).await;
+async fn write_buffer_above_retention_limit_released_after_flush() {
+    // A response of 64 KiB (a burst of events, say) leaves nothing behind once written.
+    check_buffer_retention(64 * 1024, 8 * 1024, false, true).await;
+}
+
+#[actix_rt::test]
+async fn write_buffer_within_retention_limit_reused_with_small_watermark() {
+    // A response that fits in `WRITE_BUFFER_RETENTION_LIMIT` keeps its buffer for the next one,
+    // whatever the watermark.
+    check_buffer_retention(4 * 1024, 1024, false, false).await;
 }
 
 #[actix_rt::test]
@@ -259,4 +269,85 @@ async fn small_request_with_streaming_response_keeps_small_buffers() {
         "write buffer holds {} bytes",
         inner.write_buf.capacity()
     );
+}
+
+/// Drives a streaming response whose body yields `burst` chunks of `chunk_len` bytes at once and
+/// then stays open, through a socket that accepts `first_write` bytes before it blocks once.
+/// Returns, once everything was written: the write buffer's capacity, whether an allocation
+/// larger than `WRITE_BUFFER_RETENTION_LIMIT` survived behind it (see `check_buffer_retention`),
+/// and what the client received.
+async fn streaming_burst_write_buffer(
+    burst: usize,
+    chunk_len: usize,
+    first_write: usize,
+) -> (usize, bool, Vec<u8>) {
+    use futures_util::StreamExt as _;
+
+    let io = TestBuffer::new("GET /events HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    let allowance = Rc::new(Cell::new(first_write));
+    let services = HttpFlow::new(
+        fn_service(move |_: Request| async move {
+            let chunks = futures_util::stream::iter(
+                (0..burst)
+                    .map(move |_| Ok::<_, io::Error>(bytes::Bytes::from(vec![b'x'; chunk_len]))),
+            )
+            .chain(futures_util::stream::pending());
+            Ok::<_, Error>(Response::ok().set_body(crate::body::BodyStream::new(chunks)))
+        }),
+        ExpectHandler,
+        None::<UpgradeHandler>,
+    );
+    let dispatcher = Dispatcher::new(
+        LimitedWriter {
+            io: io.clone(),
+            allowance: allowance.clone(),
+        },
+        services,
+        ServiceConfigBuilder::new().build(),
+        None,
+        OnConnectData::default(),
+    );
+    let mut dispatcher = pin!(dispatcher);
+    let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+
+    // The body never ends, so the dispatcher stays pending: blocked on the socket at first, then
+    // (after the budget is restored) waiting for the next chunk.
+    assert!(dispatcher.as_mut().poll(&mut cx).is_pending());
+    allowance.set(usize::MAX);
+    assert!(dispatcher.as_mut().poll(&mut cx).is_pending());
+
+    let DispatcherStateProj::Normal { inner } = dispatcher.as_mut().project().inner.project()
+    else {
+        panic!()
+    };
+    let write_buf = inner.project().write_buf;
+    assert!(write_buf.is_empty(), "everything was written");
+    // As in `check_buffer_retention`: a large allocation that survived would be reclaimable.
+    let kept_large_allocation = write_buf.try_reclaim(WRITE_BUFFER_RETENTION_LIMIT + 1);
+    (
+        write_buf.capacity(),
+        kept_large_allocation,
+        io.take_write_buf().to_vec(),
+    )
+}
+
+#[actix_rt::test]
+async fn streaming_burst_write_buffer_released_once_written() {
+    // A streaming response (server-sent events) that gets a burst of 200 chunks of 1 KiB grows its
+    // write buffer well past the watermark; once the socket took it all, the connection must not
+    // keep that capacity while it waits for the next chunk. Both with a socket that took
+    // everything at once and with one that blocked halfway through.
+    for first_write in [usize::MAX, 100 * 1024] {
+        let (capacity, kept_large_allocation, response) =
+            streaming_burst_write_buffer(200, 1024, first_write).await;
+        assert_eq!(
+            response.iter().filter(|&&b| b == b'x').count(),
+            200 * 1024,
+            "the whole burst was written"
+        );
+        assert!(
+            capacity <= WRITE_BUFFER_RETENTION_LIMIT && !kept_large_allocation,
+            "drained write buffer kept {capacity} bytes (first write {first_write})"
+        );
+    }
 }

@@ -797,9 +797,11 @@ async fn pipelining_ok_then_bad() {
                 date: Thu, 01 Jan 1970 12:34:56 UTC\r\n\r\n\
                 /abcd\
                 HTTP/1.1 400 Bad Request\r\n\
-                content-length: 0\r\n\
+                content-length: 49\r\n\
                 connection: close\r\n\
+                content-type: application/json\r\n\
                 date: Thu, 01 Jan 1970 12:34:56 UTC\r\n\r\n\
+                {\"error\":\"unsupported or malformed HTTP version\"}\
                 ";
 
         assert_eq!(
