@@ -6,6 +6,7 @@ mod durable;
 mod helpers;
 mod mercure;
 mod ops;
+mod properties;
 mod quickstart;
 mod replay;
 mod shutdown;
