@@ -8,6 +8,7 @@ mod helpers;
 mod http_layer;
 mod mercure;
 mod ops;
+mod properties;
 mod quickstart;
 mod replay;
 mod shutdown;
