@@ -961,3 +961,113 @@ mod tests {
         }
     }
 }
+
+/// Live delivery (the topic index, then the private check) and replay (`wants`) are two code
+/// paths for one rule; on random subscribers and events they must select the same subscribers.
+#[cfg(test)]
+mod delivery_properties {
+    use std::collections::BTreeSet;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Selectors over a handful of topics, so that random ones overlap often.
+    fn selector() -> impl Strategy<Value = Selector> {
+        prop::sample::select(vec![
+            "*",
+            "a",
+            "b",
+            "urn:x/1",
+            "urn:x/{id}",
+            "urn:{+rest}",
+            "urn:x/{id}{?q}",
+            "{+all}",
+            "urn:y/{a}/{b}",
+        ])
+        .prop_map(|text| Selector::parse(text).expect("valid selector"))
+    }
+
+    fn topic() -> impl Strategy<Value = String> {
+        prop::sample::select(vec![
+            "a",
+            "b",
+            "c",
+            "urn:x/1",
+            "urn:x/2",
+            "urn:x/1?q=3",
+            "urn:y/1/2",
+            "urn:y/1",
+            "urn:x/{id}",
+        ])
+        .prop_map(str::to_owned)
+    }
+
+    fn subscriber() -> impl Strategy<Value = (Vec<Selector>, Vec<Selector>)> {
+        (
+            prop::collection::vec(selector(), 0..4),
+            prop::collection::vec(selector(), 0..3),
+        )
+    }
+
+    fn event() -> impl Strategy<Value = Event> {
+        (prop::collection::vec(topic(), 1..4), any::<bool>()).prop_map(|(topics, private)| {
+            Event::new(
+                "1".into(),
+                EventDraft {
+                    topics,
+                    private,
+                    data: "x".to_owned(),
+                    ..EventDraft::default()
+                },
+            )
+        })
+    }
+
+    proptest! {
+        /// With subscribers joining and some leaving, the index plus `may_receive` finds
+        /// exactly the subscribers `wants` selects, for every event.
+        #[test]
+        fn live_delivery_selects_whom_replay_selects(
+            subscribers in prop::collection::vec(subscriber(), 0..12),
+            leaving in prop::collection::vec(any::<bool>(), 12),
+            events in prop::collection::vec(event(), 1..6),
+        ) {
+            let mut registry = Slab::new();
+            let mut index = TopicIndex::default();
+            for (selectors, private_selectors) in subscribers {
+                let key = registry.insert(Subscriber {
+                    sender: queue::queue(1).0,
+                    selectors,
+                    private_selectors,
+                    stamp: 0,
+                });
+                index.insert(key, &registry[key].selectors);
+            }
+            for (key, leaves) in leaving.into_iter().enumerate() {
+                if leaves && registry.contains(key) {
+                    let gone: Subscriber = registry.remove(key);
+                    index.remove(key, &gone.selectors);
+                }
+            }
+
+            for event in &events {
+                let mut live = BTreeSet::new();
+                index.for_each_candidate(&event.topics, |key| {
+                    if let Some(subscriber) = registry.get(key)
+                        && subscriber.may_receive(event)
+                    {
+                        live.insert(key);
+                    }
+                });
+                let replay: BTreeSet<usize> = registry
+                    .iter()
+                    .filter(|(_, subscriber)| subscriber.wants(event))
+                    .map(|(key, _)| key)
+                    .collect();
+
+                prop_assert_eq!(live, replay, "event topics {:?} private {}", event.topics, event.private);
+            }
+        }
+    }
+}
