@@ -191,3 +191,38 @@ async fn private_is_honoured_on_publish() {
     assert_eq!(anonymous.next_event().await.data.as_deref(), Some("public"));
     assert_json_error(status, &body, StatusCode::BAD_REQUEST, "private");
 }
+
+/// Every `curl` in the README whose URL holds a URI template's braces passes `-g`: without it,
+/// curl expands `{a,b}` itself and the subscriber silently follows the wrong topic.
+#[test]
+fn readme_curl_examples_with_braces_use_globoff() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let mut checked = 0;
+
+    for command in readme
+        .lines()
+        .filter(|line| line.trim_start().starts_with("curl "))
+    {
+        let url = command
+            .split('\'')
+            .find(|part| part.starts_with("http"))
+            .unwrap_or("");
+        if !url.contains('{') {
+            continue;
+        }
+        checked += 1;
+        let flags = command
+            .split_whitespace()
+            .take_while(|word| !word.starts_with('\''));
+        let globoff = flags
+            .filter(|word| word.starts_with('-') && !word.starts_with("--"))
+            .any(|word| word.contains('g'))
+            || command.contains("--globoff");
+        assert!(globoff, "README: `{command}` needs curl -g");
+    }
+    assert!(
+        checked > 0,
+        "the README has no curl example with a template to check"
+    );
+}
