@@ -27,6 +27,12 @@ pub use crate::topic::{DEFAULT_MAX_SELECTOR_BYTES, DEFAULT_MAX_TEMPLATE_BYTES};
 pub const DEFAULT_WRITE_TIMEOUT: &str = "60s";
 /// History in memory: today's speed, nothing kept across a restart.
 pub const DEFAULT_STORE: &str = "memory";
+/// Clock skew tolerated between the token issuer and the hub, on `nbf` and `exp` alike: NTP
+/// keeps servers well within it, and it lets a token live at most this much past its `exp`.
+pub const DEFAULT_JWT_LEEWAY: &str = "5s";
+/// Selectors listed in `/stats` (those with the most subscribers): enough to see what is hot,
+/// small enough that the answer stays within ~30 KB and its sort within the actor cheap.
+pub const DEFAULT_STATS_SELECTORS: usize = 100;
 
 /// sse-hub: a Server-Sent Events hub. Without a command, it runs the server.
 #[derive(Debug, Clone, Parser)]
@@ -159,6 +165,11 @@ pub struct Settings {
     #[arg(long, env = "SSE_HUB_SUBSCRIBER_JWT_ALG", value_enum)]
     pub subscriber_jwt_alg: Option<JwtAlgorithm>,
 
+    /// Clock skew allowed on tokens' `nbf` and `exp`: a token is accepted from `nbf - leeway`
+    /// until `exp + leeway`, and a subscriber's stream ends at `exp + leeway`.
+    #[arg(long, env = "SSE_HUB_JWT_LEEWAY", default_value = DEFAULT_JWT_LEEWAY, value_parser = humantime::parse_duration)]
+    pub jwt_leeway: Duration,
+
     /// Let subscribers without a token receive public events (`false`: a token is required).
     #[arg(long, env = "SSE_HUB_ANONYMOUS", default_value_t = true, action = ArgAction::Set)]
     pub anonymous: bool,
@@ -171,6 +182,11 @@ pub struct Settings {
     /// Serve the quick-start triggers /send, /left and /right (`false` turns them off).
     #[arg(long, env = "SSE_HUB_TRIGGERS", default_value_t = true, action = ArgAction::Set)]
     pub triggers: bool,
+
+    /// Selectors listed in `/stats`' per-selector breakdown, those with the most subscribers
+    /// first; the rest are counted in `selectors_omitted`.
+    #[arg(long, env = "SSE_HUB_STATS_SELECTORS", default_value_t = DEFAULT_STATS_SELECTORS)]
+    pub stats_selectors: usize,
 
     /// Where the history lives: `memory` (lost on restart) or `file:PATH` (an embedded store
     /// on disk; a publish is answered once its event is fsync'd, and a restart keeps history
@@ -229,6 +245,7 @@ impl Settings {
         Ok(Keys {
             publisher: key(Role::Publisher)?,
             subscriber: key(Role::Subscriber)?,
+            leeway: self.jwt_leeway,
         })
     }
 
@@ -282,6 +299,8 @@ mod tests {
         assert_eq!(settings.shutdown_timeout, Duration::from_secs(1));
         assert_eq!(settings.subscriber_buffer, DEFAULT_SUBSCRIBER_BUFFER);
         assert_eq!(settings.cors_origin, "*");
+        assert_eq!(settings.jwt_leeway, Duration::from_secs(5));
+        assert_eq!(settings.stats_selectors, DEFAULT_STATS_SELECTORS);
     }
 
     /// Durations take human units, so tests can run a 50 ms heartbeat.

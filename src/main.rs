@@ -72,6 +72,7 @@ fn token(settings: &Settings, args: &TokenArgs) -> Result<String, String> {
             payload: None,
         },
         exp,
+        nbf: None,
     };
     auth::sign(&claims, material, algorithm)
 }

@@ -1,5 +1,6 @@
 //! The SSE response a subscriber holds: its headers, and the body that drains the subscriber's
-//! channel, joining every frame already queued into one chunk so they leave in one write.
+//! channel, joining every frame already queued into one chunk so they leave in one write, until
+//! the channel closes or the subscriber's token expires.
 
 use std::{
     collections::VecDeque,
@@ -18,6 +19,7 @@ use actix_web::{
     http::header::{self, ContentEncoding},
 };
 use bytes::Bytes;
+use tokio::time::{Instant, Sleep};
 
 /// Most bytes joined into one chunk; past this the dispatcher flushes anyway.
 const MAX_CHUNK_BYTES: usize = 64 * 1024;
@@ -35,29 +37,64 @@ pub fn response() -> actix_web::HttpResponseBuilder {
     builder
 }
 
+/// The last frame of a stream whose token expired: a comment, ignored by `EventSource` but
+/// visible to someone reading the stream with curl.
+const EXPIRED: &[u8] = b": token expired\n\n";
+
 /// The body of one subscriber's stream: `opening` first, then whatever the broadcaster
-/// queues; it ends when the broadcaster drops the sender (shutdown, or too slow).
+/// queues; it ends when the broadcaster drops the sender (shutdown, or too slow), or at the
+/// deadline, when the subscriber's token expires.
 #[derive(Debug)]
 pub struct SubscriberBody {
     opening: VecDeque<Bytes>,
-    receiver: Receiver,
+    /// `None` once the deadline passed: dropping it closes the queue, so the broadcaster
+    /// prunes this subscriber at its next push or heartbeat.
+    receiver: Option<Receiver>,
+    /// Boxed so that a stream without a deadline (anonymous, or a token without `exp`) pays
+    /// one pointer for it, not a timer.
+    deadline: Option<Pin<Box<Sleep>>>,
     metrics: Arc<Metrics>,
 }
 
 impl SubscriberBody {
-    pub fn new(opening: Vec<Bytes>, receiver: Receiver, metrics: Arc<Metrics>) -> Self {
+    /// A stream that ends at `deadline` if there is one. Events still queued then are not
+    /// written: they may have been fanned out after the token expired, and the browser's
+    /// reconnect (with a fresh token and `Last-Event-ID`) replays them from the history.
+    ///
+    /// No `retry:` field is sent at the end: it would stay the `EventSource`'s delay for every
+    /// later reconnect, overriding the one publishers set, and the browser's own delay (about
+    /// 3 s) is what gives the page time to renew its cookie.
+    pub fn new(
+        opening: Vec<Bytes>,
+        receiver: Receiver,
+        metrics: Arc<Metrics>,
+        deadline: Option<Instant>,
+    ) -> Self {
         Self {
             opening: opening.into(),
-            receiver,
+            receiver: Some(receiver),
+            deadline: deadline.map(|at| Box::pin(tokio::time::sleep_until(at))),
             metrics,
         }
     }
 
     fn next_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        if let Some(deadline) = &mut self.deadline
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            self.deadline = None;
+            self.receiver = None;
+            self.opening = VecDeque::new();
+            log::debug!("stream ended: the subscriber's token expired");
+            return Poll::Ready(Some(Bytes::from_static(EXPIRED)));
+        }
         if let Some(chunk) = queue::take_chunk(&mut self.opening, MAX_CHUNK_BYTES) {
             return Poll::Ready(Some(chunk));
         }
-        self.receiver.poll_drain(cx, MAX_CHUNK_BYTES)
+        match &mut self.receiver {
+            Some(receiver) => receiver.poll_drain(cx, MAX_CHUNK_BYTES),
+            None => Poll::Ready(None),
+        }
     }
 }
 

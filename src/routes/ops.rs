@@ -2,17 +2,21 @@
 
 use std::time::Duration;
 
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::AppState;
-use crate::{broadcaster::GetStats, error::HubError};
+use crate::{auth, broadcaster::GetStats, error::HubError};
 
 /// How long the health check waits for the broadcaster before calling it unhealthy.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Subscribers per selector, history size and ids, and the totals.
-pub async fn stats(state: web::Data<AppState>) -> Result<HttpResponse, HubError> {
-    let stats = state.ask(GetStats).await?;
+/// The subscriber count, history size and ids, and the totals; for a reader who may see them
+/// (see [`auth::may_see_selectors`]), also the subscribers per selector, the
+/// `--stats-selectors` with the most subscribers.
+pub async fn stats(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, HubError> {
+    let selectors =
+        auth::may_see_selectors(&req, &state.keys)?.then_some(state.settings.stats_selectors);
+    let stats = state.ask(GetStats { selectors }).await?;
     Ok(HttpResponse::Ok().json(stats))
 }
 
@@ -30,7 +34,7 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
     // Not through `ask`: the probe's own timeout is part of the broadcaster's reply.
     match state
         .broadcaster
-        .send(GetStats)
+        .send(GetStats::default())
         .timeout(HEALTH_TIMEOUT)
         .await
     {

@@ -1,7 +1,10 @@
 //! Subscribing: `GET /stream` (and, through [`open`], the Mercure subscribe route): selectors
 //! from `?topic=`, the resume point from `Last-Event-ID`, private events from the token.
 
+use std::time::{Duration, SystemTime};
+
 use actix_web::{HttpRequest, HttpResponse, web};
+use tokio::time::Instant;
 
 use super::{AppState, check_topics, query_pairs, query_value, query_values};
 use crate::{
@@ -28,8 +31,10 @@ pub async fn open(
     state: &AppState,
     topic_required: bool,
 ) -> Result<HttpResponse, HubError> {
-    let grant =
-        auth::subscriber_grant(req, &state.keys, &state.selectors, state.settings.anonymous)?;
+    let auth::Grant {
+        selectors: private_selectors,
+        valid_until,
+    } = auth::subscriber_grant(req, &state.keys, &state.selectors, state.settings.anonymous)?;
     let pairs = query_pairs(req)?;
     let mut selectors = query_values(&pairs, "topic");
     // A selector given twice is one selector (one index entry, one line in /stats).
@@ -63,11 +68,19 @@ pub async fn open(
     let subscription = state
         .ask(Subscribe {
             selectors,
-            private_selectors: grant.selectors,
+            private_selectors,
             last_event_id,
         })
         .await??;
 
+    // The token's end as an instant on the runtime's clock; one too far off to represent is
+    // never reached.
+    let deadline = valid_until.and_then(|until| {
+        let left = until
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        Instant::now().checked_add(left)
+    });
     let newest = subscription.newest_id.as_deref().unwrap_or("earliest");
     Ok(sse::response()
         .insert_header(("last-event-id", newest))
@@ -78,6 +91,7 @@ pub async fn open(
             subscription.opening,
             subscription.receiver,
             state.metrics.clone(),
+            deadline,
         )))
 }
 

@@ -1,9 +1,13 @@
 //! The Mercure protocol on `/.well-known/mercure`: form publishing, JWT auth (HS256, RS256),
 //! private events, CORS, and the quick-start routes' protection.
 
-use std::process::Command;
+use std::{
+    process::Command,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
 
 use actix_web::http::StatusCode;
+use serde_json::json;
 use sse_hub::auth::{self, Claims, JwtAlgorithm, MercureClaim};
 
 use crate::helpers::{TestApp, assert_json_error, query, spawn_app_with};
@@ -19,6 +23,7 @@ fn claims(publish: &[&str], subscribe: &[&str], exp: Option<u64>) -> Claims {
             payload: None,
         },
         exp,
+        ..Claims::default()
     }
 }
 
@@ -136,15 +141,7 @@ async fn bad_publisher_tokens_are_refused() {
         &jsonwebtoken::EncodingKey::from_secret(KEY.as_bytes()),
     )
     .expect("signs");
-    let no_claim = auth::sign(
-        &Claims {
-            mercure: MercureClaim::default(),
-            exp: None,
-        },
-        KEY,
-        JwtAlgorithm::Hs256,
-    )
-    .expect("signs");
+    let no_claim = auth::sign(&Claims::default(), KEY, JwtAlgorithm::Hs256).expect("signs");
     let narrow = token(&["https://example.com/books/{id}"], &[]);
 
     let cases: [(Option<&str>, &str, StatusCode, &str); 7] = [
@@ -507,5 +504,168 @@ async fn cors_is_per_route() {
     assert_eq!(
         response.headers().get("link").expect("link"),
         "</.well-known/mercure>; rel=\"mercure\""
+    );
+}
+
+/// An HS256 token for `KEY` with any claims, the time claims among them.
+fn token_with(claims: serde_json::Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(KEY.as_bytes()),
+    )
+    .expect("signs")
+}
+
+fn unix_now() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after epoch")
+}
+
+/// A token whose `nbf` is a minute ahead is refused with 401 for subscribing and publishing
+/// (far beyond the leeway), while the same token without `nbf` is accepted.
+#[actix_web::test]
+async fn tokens_not_valid_yet_are_refused() {
+    let app = mercure_app().await;
+    let nbf = unix_now().as_secs() + 60;
+    let early = token_with(json!({
+        "nbf": nbf,
+        "mercure": { "publish": ["*"], "subscribe": ["*"] }
+    }));
+
+    let mut response = app
+        .client
+        .get(app.url(&subscribe_path("*")))
+        .insert_header(("authorization", format!("Bearer {early}")))
+        .send()
+        .await
+        .expect("answered");
+    // Checked before the body is read: an accepted stream's body never ends.
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let body = response.body().await.expect("body");
+    assert_json_error(
+        response.status(),
+        std::str::from_utf8(&body).expect("utf-8"),
+        StatusCode::UNAUTHORIZED,
+        "not valid yet",
+    );
+    let (status, body) = post_update(&app, Some(&early), &[("topic", "t")]).await;
+    assert_json_error(status, &body, StatusCode::UNAUTHORIZED, "not valid yet");
+
+    let now_valid = token_with(json!({ "mercure": { "publish": ["*"] } }));
+    let (status, body) = post_update(&app, Some(&now_valid), &[("topic", "t")]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+/// A subscriber's stream ends when its token's `exp` passes: it received private events
+/// before, the stream then ends (and the hub prunes it), a private event published afterwards
+/// never reaches it, and the expired token cannot reconnect; anonymous subscribers and tokens
+/// without `exp` keep their streams.
+#[actix_web::test]
+async fn stream_ends_when_the_subscriber_token_expires() {
+    let app = spawn_app_with(|s| {
+        s.jwt_key = Some(KEY.to_owned());
+        s.jwt_leeway = Duration::ZERO;
+    })
+    .await;
+    // Expires between 1.5 and 2.5 s from now (exp is in whole seconds).
+    let exp = (unix_now() + Duration::from_millis(2_499)).as_secs();
+    let expiring = token_with(json!({ "exp": exp, "mercure": { "subscribe": ["*"] } }));
+    let lasting = token(&[], &["*"]);
+    let path = subscribe_path("*");
+    let mut expiring_stream = app
+        .subscribe_with(
+            &path,
+            &[("cookie", &format!("mercureAuthorization={expiring}"))],
+        )
+        .await;
+    let mut lasting_stream = app
+        .subscribe_with(&path, &[("authorization", &format!("Bearer {lasting}"))])
+        .await;
+    let mut anonymous = app.subscribe(&path).await;
+    let publisher = token(&["*"], &[]);
+    let publish_private = |data: &'static str| {
+        let publisher = publisher.clone();
+        let app = &app;
+        async move {
+            let (status, id) = post_update(
+                app,
+                Some(&publisher),
+                &[
+                    ("topic", "https://example.com/users/7"),
+                    ("data", data),
+                    ("private", "on"),
+                ],
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK, "{id}");
+            id
+        }
+    };
+
+    let before = publish_private("before expiry").await;
+    for stream in [&mut expiring_stream, &mut lasting_stream] {
+        assert_eq!(
+            stream.next_event().await.id.as_deref(),
+            Some(before.as_str())
+        );
+    }
+
+    // Poll the expiring stream until it ends: only comments may come before that.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last_comment = None;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match expiring_stream.next_frame_within(left).await {
+            None => panic!("the stream was still open 10 s after its token's exp"),
+            Some(None) => break,
+            Some(Some(frame)) => {
+                assert!(frame.comment.is_some(), "no event expected, got {frame:?}");
+                last_comment = frame.comment;
+            }
+        }
+    }
+    assert!(
+        unix_now().as_secs() >= exp,
+        "the stream ended before the token expired"
+    );
+    assert_eq!(last_comment.as_deref(), Some("token expired"));
+    // Its queue is closed, so the hub prunes it: two subscribers left, and nothing published
+    // from now on is queued for it.
+    app.wait_for_stats(Duration::from_secs(5), |s| s["subscribers"] == 2)
+        .await;
+
+    let after = publish_private("after expiry").await;
+    assert_eq!(
+        lasting_stream.next_event().await.id.as_deref(),
+        Some(after.as_str()),
+        "a token without exp keeps its stream"
+    );
+    let (status, public) =
+        post_update(&app, Some(&publisher), &[("topic", "t"), ("data", "p")]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        anonymous.next_event().await.id.as_deref(),
+        Some(public.as_str()),
+        "anonymous subscribers are unaffected (and skipped the private events)"
+    );
+
+    // The browser's reconnect with the same, expired cookie is refused.
+    let mut response = app
+        .client
+        .get(app.url(&path))
+        .insert_header(("cookie", format!("mercureAuthorization={expiring}")))
+        .insert_header(("last-event-id", before.as_str()))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let body = response.body().await.expect("body");
+    assert_json_error(
+        response.status(),
+        std::str::from_utf8(&body).expect("utf-8"),
+        StatusCode::UNAUTHORIZED,
+        "expired",
     );
 }
