@@ -47,8 +47,8 @@ const EXPIRED: &[u8] = b": token expired\n\n";
 #[derive(Debug)]
 pub struct SubscriberBody {
     opening: VecDeque<Bytes>,
-    /// `None` once the deadline passed: dropping it closes the queue, so the broadcaster
-    /// prunes this subscriber at its next push or heartbeat.
+    /// `None` once the deadline passed: dropping it closes the queue, and the broadcaster
+    /// prunes this subscriber at once (the queue tells it on drop).
     receiver: Option<Receiver>,
     /// Boxed so that a stream without a deadline (anonymous, or a token without `exp`) pays
     /// one pointer for it, not a timer.

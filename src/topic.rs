@@ -201,14 +201,15 @@ impl Template {
             &source[..compiled.prefix_len],
             &source[source.len() - compiled.suffix_len..],
         );
-        if topic == source
-            || topic.len() < prefix.len() + suffix.len()
-            || !topic.starts_with(prefix)
-            || !topic.ends_with(suffix)
-        {
-            return topic == source;
+        if topic == source {
+            return true;
         }
-        let middle = &topic[prefix.len()..topic.len() - suffix.len()];
+        let Some(middle) = topic
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.strip_suffix(suffix))
+        else {
+            return false;
+        };
         compiled
             .dfa
             .try_search_fwd(&Input::new(middle).anchored(Anchored::Yes).earliest(true))
@@ -322,6 +323,7 @@ impl SelectorCache {
     /// The selector for `text` if it costs nothing to get: an exact topic, `*`, or a template
     /// in use. `None` means [`get`](Self::get) would compile it.
     pub fn cached(&self, text: &str) -> Option<Result<Selector, SelectorError>> {
+        // Exact topics and `*` cost nothing to build; only templates are worth sharing.
         if !text.contains('{') {
             return Some(Selector::parse(text));
         }
@@ -332,12 +334,8 @@ impl SelectorCache {
     /// The compiled selector for `text`: the one in use if any, else compiled now (outside the
     /// lock, so a slow compile holds up nobody else).
     pub fn get(&self, text: &str) -> Result<Selector, SelectorError> {
-        // Exact topics and `*` cost nothing to build; only templates are worth sharing.
-        if !text.contains('{') {
-            return Selector::parse(text);
-        }
-        if let Some(compiled) = self.lock().by_text.get(text).and_then(Weak::upgrade) {
-            return Ok(Selector::Template(Template { compiled }));
+        if let Some(found) = self.cached(text) {
+            return found;
         }
         let mut compiled = Compiled::build(text, self.limits.template_bytes)?;
         let mut templates = self.lock();

@@ -3,12 +3,9 @@
 
 use std::{
     cell::RefCell,
-    io::{BufRead, BufReader},
-    net::SocketAddr,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     rc::Rc,
-    sync::mpsc,
     time::{Duration, Instant},
 };
 
@@ -16,47 +13,16 @@ use actix_web::http::StatusCode;
 use futures_util::future::join_all;
 use serde_json::Value;
 
-use crate::helpers::{Frame, SseStream, client, query};
+use crate::helpers::{ChildHub, Frame, HUB, SseStream, client, query};
 
-/// The hub binary, built by cargo for these tests.
-const HUB: &str = env!("CARGO_BIN_EXE_sse-hub");
-/// How long a starting hub may take to listen, or a refusing one to exit.
+/// How long a refusing hub may take to exit.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A hub running as a child process on a store file, on an ephemeral port.
-struct ChildHub {
-    child: Child,
-    addr: SocketAddr,
-}
-
 impl ChildHub {
     /// Starts the hub on `file:store` with `args`, and waits until it listens.
-    fn start(store: &Path, args: &[&str]) -> Self {
-        let mut child = hub_command(store, args)
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the hub binary starts");
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let (addr_tx, addr_rx) = mpsc::channel();
-        // Reads the log until the listening line, then keeps draining it so the hub never
-        // blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { return };
-                if let Some(addr) = line.split("listening addr=http://").nth(1) {
-                    let _ = addr_tx.send(addr.trim().to_owned());
-                }
-            }
-        });
-        let addr = match addr_rx.recv_timeout(START_TIMEOUT) {
-            Ok(addr) => addr.parse().expect("the logged address parses"),
-            Err(_) => {
-                let _ = child.kill();
-                let status = child.wait().expect("the hub is reaped");
-                panic!("the hub did not listen within {START_TIMEOUT:?} (exit: {status})");
-            }
-        };
-        Self { child, addr }
+    fn on_store(store: &Path, args: &[&str]) -> Self {
+        Self::spawn(hub_command(store, args))
     }
 
     fn url(&self, path: &str) -> String {
@@ -114,13 +80,6 @@ impl ChildHub {
                 return events;
             }
         }
-    }
-}
-
-impl Drop for ChildHub {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -256,7 +215,7 @@ async fn acknowledged_events_survive_kill_9_at_random_moments() {
     let mut replayed_total = 0;
     for life in 0..=KILLS {
         let started = Instant::now();
-        let mut hub = ChildHub::start(&store, &args);
+        let mut hub = ChildHub::on_store(&store, &args);
         let stats = hub.stats().await;
         let restart = started.elapsed();
         let newest = stats["history_newest_id"].as_str().map(str::to_owned);
@@ -396,7 +355,7 @@ fn contents(path: &Path) -> Vec<u8> {
 /// A store with a few events in it, closed cleanly (SIGTERM).
 async fn store_with_events(dir: &Path) -> PathBuf {
     let store = dir.join("history.redb");
-    let mut hub = ChildHub::start(&store, &[]);
+    let mut hub = ChildHub::on_store(&store, &[]);
     for n in 0..20 {
         let response = client()
             .post(hub.url("/publish?topic=t"))
@@ -448,7 +407,7 @@ async fn a_corrupt_store_is_refused() {
 async fn a_second_hub_on_the_same_store_is_refused() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let store = dir.path().join("history.redb");
-    let first = ChildHub::start(&store, &[]);
+    let first = ChildHub::on_store(&store, &[]);
     let before = contents(&store);
     assert_refused(&store, "already opened by another running hub");
     assert!(contents(&store) == before, "the file is left as it was");
@@ -500,7 +459,7 @@ async fn a_store_of_an_unknown_version_is_refused() {
 async fn a_restart_keeps_history_ids_and_publisher_ids() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let store = dir.path().join("history.redb");
-    let hub = ChildHub::start(&store, &[]);
+    let hub = ChildHub::on_store(&store, &[]);
     let publish = |hub: &ChildHub, query: &str| {
         let url = hub.url(&format!("/publish?{query}"));
         async move {
@@ -521,7 +480,7 @@ async fn a_restart_keeps_history_ids_and_publisher_ids() {
     let (_, generated) = publish(&hub, "topic=t").await;
     drop(hub); // SIGKILL
 
-    let hub = ChildHub::start(&store, &[]);
+    let hub = ChildHub::on_store(&store, &[]);
     let (status, body) = publish(&hub, "id=mine").await;
     assert_eq!(
         status,

@@ -2,7 +2,10 @@
 //! SSE reader that parses frames chunk by chunk with a timeout.
 
 use std::{
+    io::{BufRead as _, BufReader},
     net::SocketAddr,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
     time::{Duration, Instant},
 };
 
@@ -336,4 +339,54 @@ pub fn query(pairs: &[(&str, &str)]) -> String {
     form_urlencoded::Serializer::new(String::new())
         .extend_pairs(pairs)
         .finish()
+}
+
+/// The hub binary, built by cargo for these tests.
+pub const HUB: &str = env!("CARGO_BIN_EXE_sse-hub");
+/// How long a starting hub may take to listen.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A hub binary in a child process (its memory, its crash and its store are its own), on the
+/// address it logged. Killed on drop.
+pub struct ChildHub {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl ChildHub {
+    /// Spawns `command` (the hub binary and its arguments, binding port 0) with its log piped,
+    /// and waits until it listens.
+    pub fn spawn(mut command: Command) -> Self {
+        let mut child = command
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the hub binary starts");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let (addr_tx, addr_rx) = mpsc::channel();
+        // Reads the log until the listening line, then keeps draining it so the hub never
+        // blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some((_, addr)) = line.split_once("listening addr=http://") {
+                    let _ = addr_tx.send(addr.trim().to_owned());
+                }
+            }
+        });
+        let addr = match addr_rx.recv_timeout(START_TIMEOUT) {
+            Ok(addr) => addr.parse().expect("the logged address parses"),
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait().expect("the hub is reaped");
+                panic!("the hub did not listen within {START_TIMEOUT:?} (exit: {status})");
+            }
+        };
+        Self { child, addr }
+    }
+}
+
+impl Drop for ChildHub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -3,10 +3,9 @@
 //! that the project's scripts and notes name no package registry's host.
 
 use std::{
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream as StdTcpStream},
-    process::{Child, Command, Stdio},
-    sync::mpsc,
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -16,7 +15,7 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::helpers::{FRAME_TIMEOUT, spawn_app};
+use crate::helpers::{ChildHub, FRAME_TIMEOUT, HUB, spawn_app};
 
 /// A response read from a raw socket: the head (status line and headers) and the body bytes
 /// that followed it.
@@ -277,39 +276,17 @@ const BURST_EVENT_BYTES: usize = 60 * 1024;
 /// they were idle. Before connections released their write buffers, about 64 KiB stayed.
 const KEPT_BYTES_PER_SUBSCRIBER: u64 = 16 * 1024;
 
-/// A hub binary in a child process, so that its memory is its own. Killed on drop.
-struct ChildHub {
-    child: Child,
-    addr: SocketAddr,
-}
-
 impl ChildHub {
-    fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sse-hub"))
+    /// Starts the hub with `args`, its allocator returning freed memory at once.
+    fn with_args(args: &[&str]) -> Self {
+        let mut command = Command::new(HUB);
+        command
             .args(["--bind", "127.0.0.1:0", "--workers", "2"])
             .args(args)
             .env("RUST_LOG", "info")
             // Freed memory goes back to the system at once, so RSS shows what is still held.
-            .env("_RJEM_MALLOC_CONF", "dirty_decay_ms:0,muzzy_decay_ms:0")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the hub binary starts");
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let (addr_tx, addr_rx) = mpsc::channel();
-        // Keeps draining the log, so the hub never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some((_, addr)) = line.split_once("listening addr=http://") {
-                    let _ = addr_tx.send(addr.trim().to_owned());
-                }
-            }
-        });
-        let addr = addr_rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("the hub logs its address within 20 s")
-            .parse()
-            .expect("the logged address parses");
-        Self { child, addr }
+            .env("_RJEM_MALLOC_CONF", "dirty_decay_ms:0,muzzy_decay_ms:0");
+        Self::spawn(command)
     }
 
     /// Resident memory of the hub process, from /proc.
@@ -346,13 +323,6 @@ impl ChildHub {
     }
 }
 
-impl Drop for ChildHub {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Counts the events (frames with a `data:` line) in a stream read piece by piece.
 #[derive(Default)]
 struct EventCounter {
@@ -382,7 +352,7 @@ impl EventCounter {
 #[test]
 fn memory_after_a_burst_goes_back_to_the_idle_level() {
     // Arrange: a hub that keeps one event of history, and subscribers that read all the time.
-    let hub = ChildHub::start(&["--history-size", "1"]);
+    let hub = ChildHub::with_args(&["--history-size", "1"]);
     let readers: Vec<_> = (0..BURST_SUBSCRIBERS)
         .map(|_| {
             let mut socket = StdTcpStream::connect(hub.addr).expect("connect");
