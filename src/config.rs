@@ -27,6 +27,8 @@ pub use crate::topic::{DEFAULT_MAX_SELECTOR_BYTES, DEFAULT_MAX_TEMPLATE_BYTES};
 pub const DEFAULT_WRITE_TIMEOUT: &str = "60s";
 /// History in memory: today's speed, nothing kept across a restart.
 pub const DEFAULT_STORE: &str = "memory";
+/// The keys of a `redis://` store: `sse-hub:log`, `sse-hub:meta`, `sse-hub:ids`.
+pub const DEFAULT_REDIS_PREFIX: &str = "sse-hub";
 /// Clock skew tolerated between the token issuer and the hub, on `nbf` and `exp` alike: NTP
 /// keeps servers well within it, and it lets a token live at most this much past its `exp`.
 pub const DEFAULT_JWT_LEEWAY: &str = "5s";
@@ -188,11 +190,17 @@ pub struct Settings {
     #[arg(long, env = "SSE_HUB_STATS_SELECTORS", default_value_t = DEFAULT_STATS_SELECTORS)]
     pub stats_selectors: usize,
 
-    /// Where the history lives: `memory` (lost on restart) or `file:PATH` (an embedded store
+    /// Where the history lives: `memory` (lost on restart), `file:PATH` (an embedded store
     /// on disk; a publish is answered once its event is fsync'd, and a restart keeps history
-    /// and ids).
+    /// and ids), or `redis://HOST:PORT[/DB]` (also `rediss://`, `redis+unix:///PATH`): one
+    /// Redis stream shared by every node, so each delivers every event and replays any id.
     #[arg(long, env = "SSE_HUB_STORE", default_value = DEFAULT_STORE)]
     pub store: Store,
+
+    /// With a `redis://` store: the prefix of its keys (`PREFIX:log`, `PREFIX:meta`,
+    /// `PREFIX:ids`). Nodes with the same Redis and prefix share one log.
+    #[arg(long, env = "SSE_HUB_REDIS_PREFIX", default_value = DEFAULT_REDIS_PREFIX)]
+    pub redis_prefix: String,
 }
 
 /// The event log's backend, as `--store` names it.
@@ -202,6 +210,8 @@ pub enum Store {
     Memory,
     /// An embedded store in this file (created when missing).
     File(PathBuf),
+    /// A Redis server (its URL, as the `redis` crate reads it), shared with other nodes.
+    Redis(String),
 }
 
 impl FromStr for Store {
@@ -211,13 +221,19 @@ impl FromStr for Store {
         if value == "memory" {
             return Ok(Self::Memory);
         }
+        if ["redis://", "rediss://", "redis+unix://", "unix://"]
+            .iter()
+            .any(|scheme| value.starts_with(scheme))
+        {
+            return Ok(Self::Redis(value.to_owned()));
+        }
         match value.strip_prefix("file:") {
             Some("") => {
                 Err("`file:` needs a path, e.g. `file:/var/lib/sse-hub/history.redb`".to_owned())
             }
             Some(path) => Ok(Self::File(PathBuf::from(path))),
             None => Err(format!(
-                "`{value}` is not a store: expected `memory` or `file:PATH`"
+                "`{value}` is not a store: expected `memory`, `file:PATH` or `redis://HOST:PORT`"
             )),
         }
     }
@@ -228,6 +244,11 @@ impl fmt::Display for Store {
         match self {
             Self::Memory => f.write_str("memory"),
             Self::File(path) => write!(f, "file:{}", path.display()),
+            // Without the credentials: the store is logged at start-up.
+            Self::Redis(url) => match (url.split_once("://"), url.rsplit_once('@')) {
+                (Some((scheme, _)), Some((_, host))) => write!(f, "{scheme}://…@{host}"),
+                _ => f.write_str(url),
+            },
         }
     }
 }
@@ -334,8 +355,23 @@ mod store_tests {
             Ok(Store::File("/tmp/h.redb".into()))
         );
         assert!("file:".parse::<Store>().is_err());
-        let err = "redis://x".parse::<Store>().expect_err("not a store");
-        assert!(err.contains("memory") && err.contains("file:PATH"), "{err}");
+        assert_eq!(
+            "redis://127.0.0.1:6379/2".parse::<Store>(),
+            Ok(Store::Redis("redis://127.0.0.1:6379/2".into()))
+        );
+        assert!("rediss://h:6380".parse::<Store>().is_ok());
+        let err = "postgres://x".parse::<Store>().expect_err("not a store");
+        assert!(
+            err.contains("memory") && err.contains("file:PATH") && err.contains("redis://"),
+            "{err}"
+        );
+        // A password in the URL never reaches the logs.
+        assert_eq!(
+            "redis://:secret@h:6379"
+                .parse::<Store>()
+                .map(|s| s.to_string()),
+            Ok("redis://…@h:6379".to_owned())
+        );
         assert_eq!(Settings::default().store, Store::Memory);
     }
 

@@ -35,6 +35,8 @@ pub enum HubError {
     ShuttingDown,
     #[error("the event could not be stored, so it was not published; try again")]
     NotStored,
+    #[error("the event log (Redis) is unreachable, so the event was not published; try again")]
+    LogUnavailable,
     #[error("no route for {method} {path}")]
     NotFound { method: String, path: String },
     #[error("method {method} is not allowed on {path}")]
@@ -58,6 +60,7 @@ impl HubError {
             Self::Forbidden(_) => "forbidden",
             Self::ShuttingDown => "shutting_down",
             Self::NotStored => "not_stored",
+            Self::LogUnavailable => "log_unavailable",
             Self::NotFound { .. } => "not_found",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::Internal => "internal",
@@ -79,7 +82,8 @@ impl ResponseError for HubError {
             Self::SubscriberLimit { .. }
             | Self::SelectorLimit { .. }
             | Self::ShuttingDown
-            | Self::NotStored => StatusCode::SERVICE_UNAVAILABLE,
+            | Self::NotStored
+            | Self::LogUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -87,8 +91,12 @@ impl ResponseError for HubError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status_code())
-            .json(serde_json::json!({ "error": self.to_string() }))
+        let mut response = HttpResponse::build(self.status_code());
+        if let Self::LogUnavailable = self {
+            // The node reconnects with backoff; a second is a fair first retry.
+            response.insert_header((actix_web::http::header::RETRY_AFTER, "1"));
+        }
+        response.json(serde_json::json!({ "error": self.to_string() }))
     }
 }
 

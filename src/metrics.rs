@@ -41,6 +41,10 @@ pub struct Metrics {
     pub selector_bytes: Gauge,
     pub store_commits: Counter,
     pub store_commit_duration: Histogram,
+    /// Times a shared (Redis) log was found to have lost entries this node had not applied.
+    pub log_losses: Counter,
+    /// 1 while the event log can take publishes (`/readyz`), set when `/metrics` is rendered.
+    pub log_ready: Gauge,
 }
 
 impl Metrics {
@@ -64,6 +68,8 @@ impl Metrics {
             store_commits: Counter::default(),
             // 100 µs .. ~1.6 s: one transaction, fsync included.
             store_commit_duration: Histogram::new(exponential_buckets(0.000_1, 2.0, 15)),
+            log_losses: Counter::default(),
+            log_ready: Gauge::default(),
             // Filled below, once every metric exists to be registered.
             registry: Registry::default(),
         };
@@ -133,6 +139,18 @@ impl Metrics {
             "store_commit_duration_seconds",
             "Time the file store took to commit one batch, fsync included",
             metrics.store_commit_duration.clone(),
+        );
+        registry.register(
+            "log_losses",
+            "Times the shared Redis log had lost entries this node had not applied (flushed, \
+             restarted empty, or trimmed past this node): its streams were ended and resuming \
+             subscribers told `reset`",
+            metrics.log_losses.clone(),
+        );
+        registry.register(
+            "log_ready",
+            "1 while the event log takes publishes (/readyz), 0 while a Redis log is unreachable",
+            metrics.log_ready.clone(),
         );
         registry.register(
             "history_events",

@@ -14,7 +14,7 @@ use actix_web::{
 use crate::{
     broadcaster::{Broadcaster, BroadcasterConfig, Shutdown, Window},
     config::Settings,
-    event_log::{self, StoreError},
+    event_log::{self, Opened, StoreError},
     metrics::Metrics,
     routes::{self, AppState},
     topic::{SelectorCache, SelectorLimits},
@@ -45,25 +45,36 @@ impl Application {
     pub fn build(settings: Settings) -> Result<Self, StartupError> {
         let keys = settings.keys().map_err(StartupError::Keys)?;
         let metrics = Metrics::new();
-        let (log, recovered) = event_log::open(
+        let opened = event_log::open(
             &settings.store,
             Window::new(settings.history_size, settings.history_bytes),
+            &settings.redis_prefix,
             metrics.clone(),
         )?;
-        log::info!(
-            "event log opened store={} events={}",
-            settings.store,
-            recovered.events.len()
-        );
+        let ready = opened.readiness();
+        let config = BroadcasterConfig::from(&settings);
         // One broadcaster for every worker: started here, outside the server factory.
-        let broadcaster = Broadcaster::with_log(
-            BroadcasterConfig::from(&settings),
-            metrics.clone(),
-            log,
-            recovered,
-        )
+        let broadcaster = match opened {
+            Opened::Local(log, recovered) => {
+                log::info!(
+                    "event log opened store={} events={}",
+                    settings.store,
+                    recovered.events.len()
+                );
+                Broadcaster::with_log(config, metrics.clone(), log, recovered)
+            }
+            Opened::Shared(log) => {
+                log::info!(
+                    "event log shared store={} prefix={}",
+                    settings.store,
+                    settings.redis_prefix
+                );
+                Broadcaster::with_shared_log(config, metrics.clone(), log)
+            }
+        }
         .start();
         let state = AppState {
+            ready,
             broadcaster: broadcaster.clone(),
             settings: Arc::new(settings.clone()),
             keys: Arc::new(keys),

@@ -49,6 +49,11 @@ pub struct Admission {
 }
 
 impl Window {
+    /// The most events it retains.
+    pub fn max_events(&self) -> usize {
+        self.max_events
+    }
+
     pub fn new(max_events: usize, max_bytes: usize) -> Self {
         Self {
             sizes: VecDeque::new(),

@@ -14,6 +14,7 @@
 //! pending, so nothing observes an event in the history that subscribers have not been sent.
 
 mod history;
+mod shared;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -33,7 +34,7 @@ use crate::{
     config::Settings,
     error::HubError,
     event::{self, Event, EventDraft},
-    event_log::{Batch, CommitError, EventLog, MemoryLog, Recovered},
+    event_log::{Batch, CommitError, EventLog, MemoryLog, Recovered, redis::RedisLog},
     metrics::{self, Metrics},
     queue::{self, PushError},
     topic::Selector,
@@ -64,7 +65,7 @@ impl From<&Settings> for BroadcasterConfig {
 /// Register a subscriber. Replay and registration happen in this one handler call, so no
 /// publish can fall between the replayed events and the live ones.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<Subscription, HubError>")]
+#[rtype(result = "Result<Subscribed, HubError>")]
 pub struct Subscribe {
     /// Empty: every public event.
     pub selectors: Vec<Selector>,
@@ -72,6 +73,14 @@ pub struct Subscribe {
     pub private_selectors: Vec<Selector>,
     /// The `Last-Event-ID` to resume after, or `earliest`.
     pub last_event_id: Option<String>,
+}
+
+/// The answer to a [`Subscribe`]: registered now, or (shared log, resuming from an id this node
+/// has not applied yet) once it has, or after a short wait.
+#[derive(Debug)]
+pub enum Subscribed {
+    Now(Subscription),
+    Later(oneshot::Receiver<Result<Subscription, HubError>>),
 }
 
 /// A registered subscriber's end: the bytes to send first, then its channel.
@@ -86,24 +95,27 @@ pub struct Subscription {
     pub newest_id: Option<Arc<str>>,
 }
 
-/// Publish an event; replies with its id, and for a durable log with when it is committed.
+/// Publish an event; replies with its id, or with where its id will come from once it is
+/// committed and applied.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<Published, HubError>")]
 pub struct Publish(pub EventDraft);
 
-/// An accepted publish. It counts as published once `committed` (if any) resolves to `Ok`.
+/// An accepted publish.
 #[derive(Debug)]
-pub struct Published {
-    pub id: Arc<str>,
-    /// Resolves once the event is committed and applied (durable logs only).
-    pub committed: Option<oneshot::Receiver<Result<(), HubError>>>,
+pub enum Published {
+    /// Applied already (memory log): published under this id.
+    Applied(Arc<str>),
+    /// Published under the id it resolves to, once the log committed it and this node applied
+    /// it; or refused.
+    Pending(oneshot::Receiver<Result<Arc<str>, HubError>>),
 }
 
 /// An event waiting for its batch to be committed, and its publisher.
 #[derive(Debug)]
 struct Staged {
     event: Arc<Event>,
-    done: oneshot::Sender<Result<(), HubError>>,
+    done: oneshot::Sender<Result<Arc<str>, HubError>>,
 }
 
 /// A subscriber's stream ended (its connection closed): prune it now, not at the next
@@ -319,6 +331,9 @@ pub struct Broadcaster {
     history: History,
     /// Where events are committed; the history caches what it retains.
     log: Box<dyn EventLog>,
+    /// The shared log and its state, when Redis orders events instead of `log` (which is then
+    /// the memory log, unused).
+    shared: Option<shared::SharedLog>,
     /// Events numbered but not yet sent to the log, and the batch the log is committing.
     staged: Vec<Staged>,
     committing: Option<Vec<Staged>>,
@@ -382,6 +397,7 @@ impl Broadcaster {
             index: TopicIndex::default(),
             history,
             log,
+            shared: None,
             staged: Vec::new(),
             committing: None,
             in_flight: HashSet::new(),
@@ -395,6 +411,18 @@ impl Broadcaster {
             woken: Vec::new(),
             removals: Removals::default(),
         }
+    }
+
+    /// A broadcaster on a log shared with other nodes: Redis orders the events and gives them
+    /// their ids; this node applies what it reads from the log.
+    pub fn with_shared_log(
+        config: BroadcasterConfig,
+        metrics: Arc<Metrics>,
+        log: RedisLog,
+    ) -> Self {
+        let mut broadcaster = Self::new(config, metrics);
+        broadcaster.shared = Some(shared::SharedLog::new(log));
+        broadcaster
     }
 
     fn remove(&mut self, key: usize) {
@@ -614,8 +642,9 @@ impl Broadcaster {
             self.in_flight.remove(&event.id);
             match &result {
                 Ok(()) => {
+                    let id = event.id.clone();
                     self.apply(event, ctx);
-                    let _ = done.send(Ok(()));
+                    let _ = done.send(Ok(id));
                 }
                 Err(_) => {
                     let _ = done.send(Err(HubError::NotStored));
@@ -631,14 +660,37 @@ impl Actor for Broadcaster {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         log::debug!("broadcaster started heartbeat={:?}", self.config.heartbeat);
+        if let Some(shared) = &self.shared {
+            shared.log.tail(ctx.address().recipient());
+        }
         ctx.run_interval(self.config.heartbeat, |this, _| this.heartbeat());
     }
 }
 
 impl Handler<Subscribe> for Broadcaster {
-    type Result = Result<Subscription, HubError>;
+    type Result = Result<Subscribed, HubError>;
 
     fn handle(&mut self, msg: Subscribe, ctx: &mut Self::Context) -> Self::Result {
+        if self.shared.is_some()
+            && let Some(id) = msg.last_event_id.as_deref()
+            && id != "earliest"
+            && !self.history.contains(id)
+        {
+            // Perhaps published through another node a moment ago: find out before answering
+            // `reset`.
+            return Ok(Subscribed::Later(self.locate_then_register(msg, ctx)));
+        }
+        self.register(msg, ctx).map(Subscribed::Now)
+    }
+}
+
+impl Broadcaster {
+    /// Replays what the subscriber missed and registers it, in one step.
+    fn register(
+        &mut self,
+        msg: Subscribe,
+        ctx: &mut Context<Self>,
+    ) -> Result<Subscription, HubError> {
         // The history already holds the pending events: fan them out first, or a resuming
         // subscriber would get them twice (replayed, then live).
         self.fan_out_pending();
@@ -712,6 +764,28 @@ impl Handler<Left> for Broadcaster {
     }
 }
 
+impl Broadcaster {
+    /// Ends every stream, after what was published before and `last()`'s frame for each, if
+    /// any; returns how many there were.
+    fn end_streams(&mut self, last: impl Fn() -> Option<Bytes>) -> usize {
+        self.fan_out_pending();
+        for (_, subscriber) in &self.subscribers {
+            if let Some(frame) = last()
+                && subscriber.sender.push_quietly(frame).is_ok()
+            {
+                subscriber.sender.wake();
+            }
+        }
+        let count = self.subscribers.len();
+        // Dropping every sender ends every stream once its queue is written.
+        self.subscribers.clear();
+        self.metrics.subscribers_disconnected.inc_by(count as u64);
+        metrics::set_gauge(&self.metrics.subscribers, 0);
+        self.index = TopicIndex::default();
+        count
+    }
+}
+
 /// The `reset` control event. It has no `id:` on purpose: an id would move the browser's
 /// resume point past events it never received.
 fn reset_frame(data: &str) -> Bytes {
@@ -726,6 +800,10 @@ impl Handler<Publish> for Broadcaster {
     type Result = Result<Published, HubError>;
 
     fn handle(&mut self, Publish(draft): Publish, ctx: &mut Self::Context) -> Self::Result {
+        if self.shared.is_some() {
+            // Redis checks publisher ids across nodes, and gives the others theirs.
+            return Ok(Published::Pending(self.stage_shared(draft, ctx)));
+        }
         let id: Arc<str> = match &draft.id {
             Some(id) if self.is_taken(id) => {
                 return Err(HubError::DuplicateId(id.clone()));
@@ -736,19 +814,13 @@ impl Handler<Publish> for Broadcaster {
         let event = Arc::new(Event::new(id.clone(), draft));
         if !self.log.is_durable() {
             self.apply(event, ctx);
-            return Ok(Published {
-                id,
-                committed: None,
-            });
+            return Ok(Published::Applied(id));
         }
         let (done, committed) = oneshot::channel();
-        self.in_flight.insert(id.clone());
+        self.in_flight.insert(id);
         self.staged.push(Staged { event, done });
         self.ship(ctx);
-        Ok(Published {
-            id,
-            committed: Some(committed),
-        })
+        Ok(Published::Pending(committed))
     }
 }
 
@@ -773,15 +845,8 @@ impl Handler<Shutdown> for Broadcaster {
     type Result = ();
 
     fn handle(&mut self, _: Shutdown, _: &mut Self::Context) {
-        // What was published before the shutdown is still written before the streams end.
-        self.fan_out_pending();
         self.shutting_down = true;
-        let count = self.subscribers.len();
-        // Dropping every sender ends every stream once its queue is written.
-        self.subscribers.clear();
-        self.metrics.subscribers_disconnected.inc_by(count as u64);
-        metrics::set_gauge(&self.metrics.subscribers, 0);
-        self.index = TopicIndex::default();
+        let count = self.end_streams(|| None);
         log::info!("broadcaster shut down, streams ended subscribers={count}");
     }
 }
@@ -813,6 +878,16 @@ mod tests {
         }
     }
 
+    impl Subscribed {
+        /// The subscription of a subscriber registered at once.
+        fn now(self) -> Subscription {
+            match self {
+                Self::Now(subscription) => subscription,
+                Self::Later(_) => panic!("expected a subscriber registered at once"),
+            }
+        }
+    }
+
     fn drain(receiver: &mut queue::Receiver) -> Vec<u8> {
         let waker = noop_waker();
         match receiver.poll_drain(&mut Context::from_waker(&waker), 1 << 20) {
@@ -839,7 +914,11 @@ mod tests {
         for reply in published {
             reply.await.expect("actor alive").expect("published");
         }
-        let mut subscription = subscribe.await.expect("actor alive").expect("subscribed");
+        let mut subscription = subscribe
+            .await
+            .expect("actor alive")
+            .expect("subscribed")
+            .now();
         let opening: Vec<u8> = subscription.opening.concat();
         assert_eq!(
             String::from_utf8_lossy(&opening),
@@ -921,7 +1000,8 @@ mod tests {
             .send(subscribe(None))
             .await
             .expect("actor alive")
-            .expect("subscribed");
+            .expect("subscribed")
+            .now();
         let published: Vec<_> = ["a", "b", "c"]
             .into_iter()
             .map(|id| broadcaster.send(Publish(draft(id))))
@@ -929,11 +1009,10 @@ mod tests {
         let mut commits = Vec::new();
         for reply in published {
             let accepted = reply.await.expect("actor alive").expect("accepted");
-            commits.push(
-                accepted
-                    .committed
-                    .expect("a durable log answers once committed"),
-            );
+            let Published::Pending(commit) = accepted else {
+                panic!("a durable log answers once committed");
+            };
+            commits.push(commit);
         }
         assert_eq!(
             log.waiting(),
@@ -984,7 +1063,8 @@ mod tests {
             .send(subscribe(Some("earliest")))
             .await
             .expect("actor alive")
-            .expect("subscribed");
+            .expect("subscribed")
+            .now();
         assert_eq!(
             String::from_utf8_lossy(&late.opening.concat()),
             ": connected\n\nid: a\ndata: a\n\n",

@@ -3,10 +3,19 @@
 //!
 //! - `memory`: nothing to store; the broadcaster's history is the whole log.
 //! - `file:PATH` ([`file`]): a redb file; a batch counts as published once it is fsync'd.
+//! - `redis://…` ([`redis`]): a Redis stream shared by every node. Redis orders the events and
+//!   gives them their ids; each node tails the stream and applies what it reads.
 
 pub mod file;
+pub mod redis;
 
-use std::{fmt, sync::Arc};
+use std::{
+    fmt,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
 
 use tokio::sync::oneshot;
 
@@ -84,17 +93,61 @@ pub enum StoreError {
     Unreadable { path: String, detail: String },
 }
 
+/// Whether the event log can take publishes: `/readyz`. A local log always can; a shared one
+/// while its node reads it.
+#[derive(Debug, Clone)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    pub fn new(ready: bool) -> Self {
+        Self(Arc::new(AtomicBool::new(ready)))
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Sets the state; whether it changed.
+    pub fn set(&self, ready: bool) -> bool {
+        self.0.swap(ready, Ordering::Relaxed) != ready
+    }
+}
+
+/// An opened event log: one this process orders (with what it held), or one shared with other
+/// nodes, which orders events itself.
+#[derive(Debug)]
+pub enum Opened {
+    Local(Box<dyn EventLog>, Recovered),
+    Shared(redis::RedisLog),
+}
+
+impl Opened {
+    pub fn readiness(&self) -> Readiness {
+        match self {
+            Self::Local(..) => Readiness::new(true),
+            Self::Shared(log) => log.readiness(),
+        }
+    }
+}
+
 /// Opens the backend `store` names, with the history's retention rule, and what it holds.
+/// `redis_prefix` names the keys of a Redis store.
 pub fn open(
     store: &Store,
     window: Window,
+    redis_prefix: &str,
     metrics: Arc<Metrics>,
-) -> Result<(Box<dyn EventLog>, Recovered), StoreError> {
+) -> Result<Opened, StoreError> {
     match store {
-        Store::Memory => Ok((Box::new(MemoryLog), Recovered::default())),
+        Store::Memory => Ok(Opened::Local(Box::new(MemoryLog), Recovered::default())),
         Store::File(path) => {
             let (log, recovered) = file::FileLog::open(path, window, metrics)?;
-            Ok((Box::new(log), recovered))
+            Ok(Opened::Local(Box::new(log), recovered))
         }
+        Store::Redis(url) => Ok(Opened::Shared(redis::RedisLog::open(
+            url,
+            redis_prefix,
+            window.max_events(),
+        )?)),
     }
 }

@@ -16,10 +16,11 @@ use futures_util::StreamExt as _;
 
 use crate::{
     auth::Keys,
-    broadcaster::{Broadcaster, Publish},
+    broadcaster::{Broadcaster, Publish, Published, Subscribe, Subscribed, Subscription},
     config::Settings,
     error::HubError,
     event::EventDraft,
+    event_log::Readiness,
     metrics::Metrics,
     reply,
     topic::SelectorCache,
@@ -36,6 +37,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Compiled selectors shared across subscribers (and claims).
     pub selectors: Arc<SelectorCache>,
+    /// Whether the event log takes publishes (`/readyz`).
+    pub ready: Readiness,
 }
 
 impl AppState {
@@ -53,14 +56,23 @@ impl AppState {
     /// Publishes `draft` and returns its id once the event is in the log (committed, for a
     /// durable one) and applied: a publisher that resumes from this id finds it.
     pub async fn publish(&self, draft: EventDraft) -> Result<Arc<str>, HubError> {
-        let published = self.ask(Publish(draft)).await??;
-        if let Some(committed) = published.committed {
+        match self.ask(Publish(draft)).await?? {
+            Published::Applied(id) => Ok(id),
             // The sender only drops unanswered if the broadcaster itself is gone.
-            reply::on_worker(committed)
+            Published::Pending(answer) => reply::on_worker(answer)
                 .await
-                .map_err(|_| HubError::NotStored)??;
+                .map_err(|_| HubError::NotStored)?,
         }
-        Ok(published.id)
+    }
+
+    /// Registers a subscriber: replays what it missed and hands over its channel.
+    pub async fn subscribe(&self, msg: Subscribe) -> Result<Subscription, HubError> {
+        match self.ask(msg).await?? {
+            Subscribed::Now(subscription) => Ok(subscription),
+            Subscribed::Later(answer) => reply::on_worker(answer)
+                .await
+                .map_err(|_| HubError::ShuttingDown)?,
+        }
     }
 }
 
@@ -133,6 +145,11 @@ fn quick_start(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/healthz")
             .get(ops::health)
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/readyz")
+            .get(ops::ready)
             .default_service(web::to(method_not_allowed)),
     );
 }

@@ -1,4 +1,5 @@
-//! Operations: `/stats` (JSON snapshot of the broadcaster), `/metrics` and `/healthz`.
+//! Operations: `/stats` (JSON snapshot of the broadcaster), `/metrics`, `/healthz` (the process
+//! lives) and `/readyz` (it takes publishes).
 
 use std::time::Duration;
 
@@ -24,6 +25,10 @@ pub async fn stats(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpR
 /// of its last change.
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     crate::metrics::set_gauge(&state.metrics.selector_bytes, state.selectors.used_bytes());
+    crate::metrics::set_gauge(
+        &state.metrics.log_ready,
+        usize::from(state.ready.is_ready()),
+    );
     HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
         .body(state.metrics.render())
@@ -44,5 +49,20 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
             HttpResponse::ServiceUnavailable()
                 .json(serde_json::json!({ "error": "the broadcaster does not answer" }))
         }
+    }
+}
+
+/// 200 while the event log takes publishes; 503 while a Redis log is unreachable (open streams
+/// stay open meanwhile, and `/healthz` stays 200: the process is fine, its log is not). A load
+/// balancer sends publishers elsewhere; subscribers may stay.
+pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
+    if state.ready.is_ready() {
+        HttpResponse::Ok().json(serde_json::json!({ "status": "ready" }))
+    } else {
+        HttpResponse::ServiceUnavailable()
+            .insert_header((actix_web::http::header::RETRY_AFTER, "1"))
+            .json(serde_json::json!({
+                "error": "the event log (Redis) is unreachable; publishes are refused until it is back"
+            }))
     }
 }

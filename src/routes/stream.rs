@@ -66,12 +66,12 @@ pub async fn open(
     let last_event_id = last_event_id(req, &pairs)?;
 
     let subscription = state
-        .ask(Subscribe {
+        .subscribe(Subscribe {
             selectors,
             private_selectors,
             last_event_id,
         })
-        .await??;
+        .await?;
 
     // The token's end as an instant on the runtime's clock; one too far off to represent is
     // never reached.

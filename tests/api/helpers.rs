@@ -390,3 +390,289 @@ impl Drop for ChildHub {
         let _ = self.child.wait();
     }
 }
+
+/// The lines a child hub wrote to stderr, kept so a failing test can show them.
+#[derive(Clone, Default)]
+pub struct HubLog(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl HubLog {
+    /// The last `n` lines, one per line.
+    pub fn tail(&self, n: usize) -> String {
+        let lines = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    fn push(&self, line: String) {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(line);
+    }
+}
+
+impl ChildHub {
+    /// Like [`ChildHub::spawn`], but every line of the hub's log is also kept in `log`.
+    pub fn spawn_logged(mut command: Command, log: HubLog) -> Self {
+        let mut child = command
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the hub binary starts");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let (addr_tx, addr_rx) = mpsc::channel();
+        let kept = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some((_, addr)) = line.split_once("listening addr=http://") {
+                    let _ = addr_tx.send(addr.trim().to_owned());
+                }
+                kept.push(line);
+            }
+        });
+        let addr = match addr_rx.recv_timeout(START_TIMEOUT) {
+            Ok(addr) => addr.parse().expect("the logged address parses"),
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait().expect("the hub is reaped");
+                panic!(
+                    "the hub did not listen within {START_TIMEOUT:?} (exit: {status}); its log:\n{}",
+                    log.tail(40)
+                );
+            }
+        };
+        Self { child, addr }
+    }
+}
+
+/// Sends `signal` (`STOP`, `CONT`, `TERM`…) to process `pid` with kill(1): the tests do not
+/// depend on libc.
+pub fn send_signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("kill(1) runs");
+    assert!(status.success(), "kill -{signal} {pid}: {status}");
+}
+
+/// A free TCP port on 127.0.0.1, for a child that cannot bind port 0 and report it.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("an ephemeral port")
+        .port()
+}
+
+/// Whether a throwaway Redis keeps its data across a restart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Persistence {
+    /// An append-only file fsynced on every write: a SIGKILL loses nothing acknowledged.
+    Durable,
+    /// Nothing on disk: a restart comes back empty.
+    Off,
+}
+
+/// How long redis-server may take to answer PING after a start (loading its data included).
+const REDIS_START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A `redis-server` child process on a free 127.0.0.1 port, with its own directory (its data
+/// and its log). Killed on drop; [`RedisServer::restart`] brings it back on the same port and
+/// directory.
+pub struct RedisServer {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    persistence: Persistence,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts redis-server and waits until it answers. Fails the test, naming the package,
+    /// when redis-server is not installed.
+    pub fn start(persistence: Persistence) -> Self {
+        let mut server = Self {
+            port: free_port(),
+            dir: tempfile::tempdir().expect("a temporary directory"),
+            persistence,
+            child: None,
+        };
+        server.spawn();
+        server
+    }
+
+    /// The `--store` value for a hub on this server.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL: no shutdown, no last write. Reaped before this returns, so the port is free.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("redis-server can be killed");
+            child.wait().expect("redis-server is reaped");
+        }
+    }
+
+    /// Starts it again on the same port and directory (with its data, if [`Persistence::Durable`]),
+    /// and waits until it answers.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Sends one command and returns the reply (an error reply is a [`Resp::Error`], not a
+    /// failure). Fails the test if the server cannot be reached.
+    pub fn command(&self, args: &[&str]) -> Resp {
+        self.try_command(args)
+            .unwrap_or_else(|err| panic!("redis {args:?}: {err}; log:\n{}", self.log_tail(20)))
+    }
+
+    /// The last `n` lines of the server's log.
+    pub fn log_tail(&self, n: usize) -> String {
+        let log = std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    fn try_command(&self, args: &[&str]) -> std::io::Result<Resp> {
+        use std::io::Write as _;
+        let socket = std::net::TcpStream::connect(("127.0.0.1", self.port))?;
+        socket.set_read_timeout(Some(FRAME_TIMEOUT))?;
+        let mut request = format!("*{}\r\n", args.len()).into_bytes();
+        for arg in args {
+            request.extend_from_slice(format!("${}\r\n{arg}\r\n", arg.len()).as_bytes());
+        }
+        (&socket).write_all(&request)?;
+        Resp::read(&mut BufReader::new(socket))
+    }
+
+    fn spawn(&mut self) {
+        let binary = find_on_path("redis-server").unwrap_or_else(|| {
+            panic!(
+                "redis-server is not installed (expected on PATH, e.g. /usr/bin/redis-server \
+                 from the Debian package redis-server, which scripts/test installs)"
+            )
+        });
+        let dir = self.dir.path();
+        let mut command = Command::new(binary);
+        command
+            .arg("--port")
+            .arg(self.port.to_string())
+            .args(["--bind", "127.0.0.1", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(dir)
+            .arg("--logfile")
+            .arg(dir.join("redis.log"))
+            .args(["--save", ""]);
+        match self.persistence {
+            Persistence::Durable => {
+                command.args(["--appendonly", "yes", "--appendfsync", "always"])
+            }
+            Persistence::Off => command.args(["--appendonly", "no"]),
+        };
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        self.child = Some(child);
+        self.wait_until_ready();
+    }
+
+    /// Polls PING until PONG: refused while it binds, `-LOADING` while it reads its data.
+    fn wait_until_ready(&mut self) {
+        let start = Instant::now();
+        loop {
+            if let Ok(Resp::Simple(pong)) = self.try_command(&["PING"])
+                && pong == "PONG"
+            {
+                return;
+            }
+            let child = self.child.as_mut().expect("a running server");
+            if let Some(status) = child.try_wait().expect("redis-server can be waited for") {
+                panic!(
+                    "redis-server exited at start ({status}); log:\n{}",
+                    self.log_tail(20)
+                );
+            }
+            assert!(
+                start.elapsed() < REDIS_START_TIMEOUT,
+                "redis-server did not answer PING within {REDIS_START_TIMEOUT:?}; log:\n{}",
+                self.log_tail(20)
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("redis-server log (last lines):\n{}", self.log_tail(20));
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The first `name` in a directory of `PATH`.
+pub fn find_on_path(name: &str) -> Option<std::path::PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(name))
+        .find(|path| path.is_file())
+}
+
+/// A Redis reply (RESP2).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Resp {
+    Simple(String),
+    Error(String),
+    Integer(i64),
+    Bulk(Option<String>),
+    Array(Option<Vec<Resp>>),
+}
+
+impl Resp {
+    fn read(reader: &mut impl std::io::BufRead) -> std::io::Result<Self> {
+        let invalid = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let line = line.trim_end_matches("\r\n");
+        let (kind, rest) = line
+            .split_at_checked(1)
+            .ok_or_else(|| invalid(line.to_owned()))?;
+        let number = || -> std::io::Result<i64> {
+            rest.parse()
+                .map_err(|_| invalid(format!("not a number: {line}")))
+        };
+        Ok(match kind {
+            "+" => Self::Simple(rest.to_owned()),
+            "-" => Self::Error(rest.to_owned()),
+            ":" => Self::Integer(number()?),
+            "$" => match usize::try_from(number()?) {
+                Err(_) => Self::Bulk(None),
+                Ok(len) => {
+                    let mut bytes = vec![0; len + 2];
+                    reader.read_exact(&mut bytes)?;
+                    bytes.truncate(len);
+                    Self::Bulk(Some(String::from_utf8_lossy(&bytes).into_owned()))
+                }
+            },
+            "*" => match usize::try_from(number()?) {
+                Err(_) => Self::Array(None),
+                Ok(len) => Self::Array(Some(
+                    (0..len)
+                        .map(|_| Self::read(reader))
+                        .collect::<std::io::Result<_>>()?,
+                )),
+            },
+            _ => return Err(invalid(format!("unknown reply: {line}"))),
+        })
+    }
+}

@@ -1,0 +1,749 @@
+//! The `redis://` backend: one Redis stream that every node shares. Publishes append to it
+//! through a Lua script; every node tails it and hands the broadcaster what it read, in stream
+//! order, noticing when entries were lost on the way.
+//!
+//! Layout, under the key prefix (`--redis-prefix`, `sse-hub` by default):
+//! - `PREFIX:log`, a stream of every event (all topics), trimmed with `XADD … MAXLEN ~
+//!   <history-size>`. Entry fields: `e` the log's epoch, `p` the id of the entry before it
+//!   (empty for the first), `i` the publisher's own id (empty: the SSE id is the entry id),
+//!   `d` the event as JSON (topics, data, type, retry, private).
+//! - `PREFIX:meta`, a hash: `epoch` (a random tag made by the first append to an empty log)
+//!   and `last` (the newest entry id).
+//! - `PREFIX:ids`, a hash from publisher ids to entry ids, and `PREFIX:idq`, a list of those
+//!   ids in log order: an id stays taken while its entry is retained, checked in the script so
+//!   that two nodes racing one id give one success and one conflict.
+//!
+//! Two connections per node. The tail has its own, as `XREAD BLOCK` would stall every other
+//! command on a shared one, with a response timeout above the block time, and its own reconnect
+//! loop (jittered backoff, 100 ms to 5 s); it is what decides whether the log is reachable.
+//! Appends and look-ups share a multiplexed connection, made again after each of the tail's
+//! reconnections or a failed command. While the tail cannot reach Redis they are refused at
+//! once, without a round trip; a command that fails is answered with an error and never
+//! retried, so a publish is never applied twice. (redis-rs' `ConnectionManager` was tried: it
+//! gives up reconnecting after its retries and then fails the first publish after Redis is
+//! back, seconds after the tail is reading again.)
+//!
+//! Loss detection: the tail knows the epoch and the last entry it applied. An entry with
+//! another epoch or another predecessor, or a log whose epoch changed or vanished while idle,
+//! means entries this node never read are gone (Redis flushed or restarted empty, or this node
+//! fell behind the trim). It then says so ([`Tailed::Lost`]) and reads the log again from its
+//! oldest entry.
+
+use std::{
+    fmt,
+    sync::{
+        Arc, LazyLock,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread,
+    time::Duration,
+};
+
+use actix::{Message, Recipient};
+use redis::{
+    AsyncConnectionConfig, Client, Script, Value,
+    aio::MultiplexedConnection,
+    streams::{StreamId, StreamRangeReply, StreamReadReply},
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{CommitError, Readiness, StoreError};
+use crate::event::{Event, EventDraft};
+
+/// How long `XREAD` blocks before the tail checks the log's epoch and reads again.
+const BLOCK: Duration = Duration::from_secs(1);
+/// Entries read at once; also what the broadcaster applies in one message.
+const READ_COUNT: usize = 1024;
+/// An append or look-up that takes longer is answered as failed (Redis away or overloaded).
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// The tail's reconnect backoff: doubling from the first, jittered, capped at the last.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Appends events; see the module documentation for the layout. KEYS: log, meta, ids, idq.
+/// ARGV: max length, an epoch for an empty log, then per event its publisher id (or empty)
+/// and its JSON. Returns per event its entry id, or an empty string if its id is taken.
+const APPEND: &str = r"
+local function before(a, b)
+  local am, as = string.match(a, '^(%d+)%-(%d+)$')
+  local bm, bs = string.match(b, '^(%d+)%-(%d+)$')
+  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
+  return am < bm or (am == bm and as < bs)
+end
+local epoch = redis.call('HGET', KEYS[2], 'epoch')
+if not epoch then
+  epoch = ARGV[2]
+  redis.call('HSET', KEYS[2], 'epoch', epoch)
+end
+local last = redis.call('HGET', KEYS[2], 'last') or ''
+local out = {}
+for i = 3, #ARGV, 2 do
+  local id = ARGV[i]
+  if id ~= '' and redis.call('HEXISTS', KEYS[3], id) == 1 then
+    out[#out + 1] = ''
+  else
+    last = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
+      'e', epoch, 'p', last, 'i', id, 'd', ARGV[i + 1])
+    if id ~= '' then
+      redis.call('HSET', KEYS[3], id, last)
+      redis.call('RPUSH', KEYS[4], id)
+    end
+    out[#out + 1] = last
+  end
+end
+redis.call('HSET', KEYS[2], 'last', last)
+if redis.call('LLEN', KEYS[4]) > 0 then
+  local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
+  local oldest = first and first[1] or last
+  while true do
+    local id = redis.call('LINDEX', KEYS[4], 0)
+    if not id then break end
+    local entry = redis.call('HGET', KEYS[3], id)
+    if entry and not before(entry, oldest) then break end
+    redis.call('LPOP', KEYS[4])
+    if entry then redis.call('HDEL', KEYS[3], id) end
+  end
+end
+return out
+";
+
+/// Finds the entry of an event id: a publisher id through `ids`, or an entry id that the
+/// stream holds. KEYS: log, ids. ARGV: the id. Returns the entry id, or nil.
+const LOCATE: &str = r"
+local entry = redis.call('HGET', KEYS[2], ARGV[1])
+if entry then return entry end
+if string.match(ARGV[1], '^%d+%-%d+$') then
+  local found = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1], 'COUNT', 1)
+  if #found > 0 then return ARGV[1] end
+end
+return false
+";
+
+static APPEND_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(APPEND));
+static LOCATE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(LOCATE));
+
+/// A stream entry id, `<milliseconds>-<sequence>`, ordered as Redis orders them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct EntryId {
+    pub ms: u64,
+    pub seq: u64,
+}
+
+impl EntryId {
+    pub fn parse(text: &str) -> Option<Self> {
+        let (ms, seq) = text.split_once('-')?;
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        if !digits(ms) || !digits(seq) {
+            return None;
+        }
+        Some(Self {
+            ms: ms.parse().ok()?,
+            seq: seq.parse().ok()?,
+        })
+    }
+}
+
+impl fmt::Display for EntryId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+/// An event as stored in an entry's `d` field.
+#[derive(Debug, Serialize, Deserialize)]
+struct Stored {
+    #[serde(rename = "t")]
+    topics: Vec<String>,
+    #[serde(rename = "d")]
+    data: String,
+    #[serde(rename = "y", default, skip_serializing_if = "Option::is_none")]
+    event_type: Option<String>,
+    #[serde(rename = "r", default, skip_serializing_if = "Option::is_none")]
+    retry_ms: Option<u64>,
+    #[serde(rename = "v", default, skip_serializing_if = "std::ops::Not::not")]
+    private: bool,
+}
+
+/// One entry the tail read, ready to apply.
+#[derive(Debug)]
+pub struct TailEntry {
+    pub entry: EntryId,
+    pub event: Arc<Event>,
+}
+
+/// What the tail hands the broadcaster, in stream order. The tail waits for each to be
+/// handled before it reads on, so a slow broadcaster slows the tail, not the other way round.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub enum Tailed {
+    /// The retained window as this node first found it: history, not news (nothing is fanned
+    /// out), and where the tail goes on from.
+    Snapshot(Vec<TailEntry>),
+    /// New entries, to apply in order. `caught_up`: the tail has read everything there was.
+    Entries {
+        entries: Vec<TailEntry>,
+        caught_up: bool,
+    },
+    /// Entries this node never applied are gone from the log; what follows is read from the
+    /// log's oldest entry.
+    Lost { reason: String },
+}
+
+/// How an append went, per event: its entry id, or `None` if its publisher id was taken.
+pub type Appended = Result<Vec<Option<EntryId>>, CommitError>;
+
+#[derive(Debug)]
+enum Job {
+    Append {
+        drafts: Vec<EventDraft>,
+        done: oneshot::Sender<Appended>,
+    },
+    Locate {
+        id: String,
+        done: oneshot::Sender<Option<EntryId>>,
+    },
+    Tail(Recipient<Tailed>),
+}
+
+/// The handle the broadcaster holds. The Redis work runs on a thread of its own (a tokio
+/// runtime with the append, look-up and tail tasks); dropping the handle ends it.
+#[derive(Debug)]
+pub struct RedisLog {
+    jobs: mpsc::UnboundedSender<Job>,
+    ready: Readiness,
+}
+
+/// What the tasks share.
+#[derive(Clone)]
+struct Shared {
+    client: Client,
+    keys: Keys,
+    max_len: usize,
+    ready: Readiness,
+    /// Bumped by the tail on each (re)connection: the command connection is made again then.
+    connections: Arc<AtomicU64>,
+}
+
+#[derive(Debug, Clone)]
+struct Keys {
+    log: String,
+    meta: String,
+    ids: String,
+    idq: String,
+}
+
+impl RedisLog {
+    /// Checks the URL and starts the Redis thread. Does not wait for Redis: a node starts
+    /// unready and becomes ready once its tail has read the log.
+    pub fn open(url: &str, prefix: &str, max_len: usize) -> Result<Self, StoreError> {
+        let unusable = |detail: String| StoreError::Unreadable {
+            path: crate::config::Store::Redis(url.to_owned()).to_string(),
+            detail,
+        };
+        let client = Client::open(url).map_err(|err| unusable(err.to_string()))?;
+        let ready = Readiness::new(false);
+        let shared = Shared {
+            client,
+            keys: Keys {
+                log: format!("{prefix}:log"),
+                meta: format!("{prefix}:meta"),
+                ids: format!("{prefix}:ids"),
+                idq: format!("{prefix}:idq"),
+            },
+            max_len: max_len.max(1),
+            ready: ready.clone(),
+            connections: Arc::new(AtomicU64::new(0)),
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|err| unusable(format!("cannot start its runtime: {err}")))?;
+        let (jobs, queue) = mpsc::unbounded_channel();
+        thread::Builder::new()
+            .name("sse-hub-redis".to_owned())
+            .spawn(move || runtime.block_on(serve(shared, queue)))
+            .map_err(|err| unusable(format!("cannot start its thread: {err}")))?;
+        Ok(Self { jobs, ready })
+    }
+
+    /// Whether the tail is reading the log (the `/readyz` answer).
+    pub fn readiness(&self) -> Readiness {
+        self.ready.clone()
+    }
+
+    /// Appends `drafts` in order; resolves once Redis has them (or refused them).
+    pub fn append(&self, drafts: Vec<EventDraft>) -> oneshot::Receiver<Appended> {
+        let (done, appended) = oneshot::channel();
+        if let Err(mpsc::error::SendError(Job::Append { done, .. })) =
+            self.jobs.send(Job::Append { drafts, done })
+        {
+            let _ = done.send(Err(CommitError("the Redis client has stopped".to_owned())));
+        }
+        appended
+    }
+
+    /// Where `id` is in the log, if Redis knows it. `None` as well when Redis cannot be asked.
+    pub fn locate(&self, id: String) -> oneshot::Receiver<Option<EntryId>> {
+        let (done, located) = oneshot::channel();
+        let _ = self.jobs.send(Job::Locate { id, done });
+        located
+    }
+
+    /// Starts the tail, which hands what it reads to `sink` until `sink` is gone.
+    pub fn tail(&self, sink: Recipient<Tailed>) {
+        let _ = self.jobs.send(Job::Tail(sink));
+    }
+}
+
+/// The Redis thread: takes jobs until the handle is dropped.
+async fn serve(shared: Shared, mut jobs: mpsc::UnboundedReceiver<Job>) {
+    let mut commands = Commands::default();
+    while let Some(job) = jobs.recv().await {
+        let (job, connection) = match job {
+            Job::Tail(sink) => {
+                tokio::spawn(tail(shared.clone(), sink));
+                continue;
+            }
+            job => (job, commands.connection(&shared).await),
+        };
+        let broken = commands.broken.clone();
+        match job {
+            Job::Append { drafts, done } => {
+                let Some(mut connection) = connection else {
+                    let _ = done.send(Err(CommitError("Redis is unreachable".to_owned())));
+                    continue;
+                };
+                let invocation = append_invocation(&shared, &drafts);
+                tokio::spawn(async move {
+                    let reply = tokio::time::timeout(
+                        COMMAND_TIMEOUT,
+                        invocation.invoke_async::<Vec<String>>(&mut connection),
+                    )
+                    .await;
+                    let _ = done.send(appended(reply, drafts.len(), &broken));
+                });
+            }
+            Job::Locate { id, done } => {
+                let Some(mut connection) = connection else {
+                    let _ = done.send(None);
+                    continue;
+                };
+                let mut invocation = LOCATE_SCRIPT.prepare_invoke();
+                invocation
+                    .key(&shared.keys.log)
+                    .key(&shared.keys.ids)
+                    .arg(id);
+                tokio::spawn(async move {
+                    let reply = tokio::time::timeout(
+                        COMMAND_TIMEOUT,
+                        invocation.invoke_async::<Option<String>>(&mut connection),
+                    )
+                    .await;
+                    let found = match reply {
+                        Ok(Ok(entry)) => entry.as_deref().and_then(EntryId::parse),
+                        Ok(Err(err)) => {
+                            log::warn!("Redis look-up failed error={err}");
+                            broken.store(true, Ordering::Relaxed);
+                            None
+                        }
+                        Err(_) => {
+                            broken.store(true, Ordering::Relaxed);
+                            None
+                        }
+                    };
+                    let _ = done.send(found);
+                });
+            }
+            Job::Tail(_) => {}
+        }
+    }
+}
+
+/// The connection appends and look-ups share.
+#[derive(Default)]
+struct Commands {
+    connection: Option<(MultiplexedConnection, u64)>,
+    /// Set by a command that failed: the next one connects again.
+    broken: Arc<AtomicBool>,
+}
+
+impl Commands {
+    /// A connection to use now, made if needed; `None` while the tail cannot reach Redis, or
+    /// if connecting failed.
+    async fn connection(&mut self, shared: &Shared) -> Option<MultiplexedConnection> {
+        if !shared.ready.is_ready() {
+            return None;
+        }
+        let generation = shared.connections.load(Ordering::Relaxed);
+        let stale = self.broken.swap(false, Ordering::Relaxed)
+            || self
+                .connection
+                .as_ref()
+                .is_none_or(|(_, made)| *made != generation);
+        if stale {
+            self.connection = None;
+            match connect(&shared.client, COMMAND_TIMEOUT).await {
+                Ok(connection) => self.connection = Some((connection, generation)),
+                Err(err) => log::warn!("cannot connect to Redis for publishes error={err}"),
+            }
+        }
+        self.connection
+            .as_ref()
+            .map(|(connection, _)| connection.clone())
+    }
+}
+
+async fn connect(
+    client: &Client,
+    response_timeout: Duration,
+) -> redis::RedisResult<MultiplexedConnection> {
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(COMMAND_TIMEOUT))
+        .set_response_timeout(Some(response_timeout));
+    client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+}
+
+fn append_invocation(shared: &Shared, drafts: &[EventDraft]) -> redis::ScriptInvocation<'static> {
+    let mut invocation = APPEND_SCRIPT.prepare_invoke();
+    invocation
+        .key(&shared.keys.log)
+        .key(&shared.keys.meta)
+        .key(&shared.keys.ids)
+        .key(&shared.keys.idq)
+        .arg(shared.max_len)
+        .arg(new_epoch());
+    for draft in drafts {
+        let stored = Stored {
+            topics: draft.topics.clone(),
+            data: draft.data.clone(),
+            event_type: draft.event_type.clone(),
+            retry_ms: draft.retry_ms,
+            private: draft.private,
+        };
+        invocation
+            .arg(draft.id.as_deref().unwrap_or(""))
+            .arg(serde_json::to_string(&stored).unwrap_or_default());
+    }
+    invocation
+}
+
+fn appended(
+    reply: Result<redis::RedisResult<Vec<String>>, tokio::time::error::Elapsed>,
+    expected: usize,
+    broken: &AtomicBool,
+) -> Appended {
+    let ids = match reply {
+        Ok(Ok(ids)) => ids,
+        Ok(Err(err)) => {
+            broken.store(true, Ordering::Relaxed);
+            return Err(CommitError(format!("the append failed: {err}")));
+        }
+        Err(_) => {
+            broken.store(true, Ordering::Relaxed);
+            return Err(CommitError(format!(
+                "Redis did not answer within {COMMAND_TIMEOUT:?}"
+            )));
+        }
+    };
+    if ids.len() != expected {
+        return Err(CommitError(format!(
+            "Redis answered {} ids for {expected} events",
+            ids.len()
+        )));
+    }
+    Ok(ids.iter().map(|id| EntryId::parse(id)).collect())
+}
+
+/// A fresh random epoch for a log that has none yet (only the first append to an empty log
+/// uses it).
+fn new_epoch() -> String {
+    format!("{:016x}", fastrand::u64(..))
+}
+
+/// Where the tail is in the log, and what it expects next.
+#[derive(Debug, Default)]
+struct Position {
+    /// `None`: nothing read yet; the first connection reads the retained window.
+    cursor: Option<String>,
+    /// The epoch of the entries applied, once known.
+    epoch: Option<String>,
+    /// The last entry applied: the next entry's predecessor.
+    last: Option<String>,
+}
+
+/// Why the tail stopped following the log.
+enum Stop {
+    /// The broadcaster is gone: the tail ends.
+    Gone,
+    /// Redis failed; reconnect after a pause.
+    Failed(redis::RedisError),
+}
+
+impl From<redis::RedisError> for Stop {
+    fn from(err: redis::RedisError) -> Self {
+        Self::Failed(err)
+    }
+}
+
+/// Follows the log for the life of the node, reconnecting with jittered backoff.
+async fn tail(shared: Shared, sink: Recipient<Tailed>) {
+    let mut position = Position::default();
+    let mut delay = BACKOFF_MIN;
+    loop {
+        match follow(&shared, &sink, &mut position, &mut delay).await {
+            Stop::Gone => return,
+            Stop::Failed(err) => {
+                if shared.ready.set(false) {
+                    log::error!("the Redis log is unreachable; publishes are refused error={err}");
+                }
+                // Full jitter: anywhere up to the current step, at least the minimum.
+                let pause = BACKOFF_MIN.max(delay.mul_f64(fastrand::f64()));
+                tokio::time::sleep(pause).await;
+                delay = (delay * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+/// One connection's worth of tailing: connect, read the retained window the first time, then
+/// read and hand over entries until something fails.
+async fn follow(
+    shared: &Shared,
+    sink: &Recipient<Tailed>,
+    position: &mut Position,
+    delay: &mut Duration,
+) -> Stop {
+    let mut connection = match connect(&shared.client, BLOCK + COMMAND_TIMEOUT).await {
+        Ok(connection) => connection,
+        Err(err) => return Stop::Failed(err),
+    };
+    shared.connections.fetch_add(1, Ordering::Relaxed);
+    if position.cursor.is_none() {
+        match snapshot(shared, &mut connection, position).await {
+            Ok(entries) => {
+                if sink.send(Tailed::Snapshot(entries)).await.is_err() {
+                    return Stop::Gone;
+                }
+            }
+            Err(err) => return err,
+        }
+    }
+    if shared.ready.set(true) {
+        log::info!(
+            "the Redis log is reachable; reading after {}",
+            position.cursor.as_deref().unwrap_or("0-0")
+        );
+    }
+    *delay = BACKOFF_MIN;
+    loop {
+        let reply: Option<StreamReadReply> = match redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(READ_COUNT)
+            .arg("BLOCK")
+            .arg(BLOCK.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(&shared.keys.log)
+            .arg(position.cursor.as_deref().unwrap_or("0-0"))
+            .query_async(&mut connection)
+            .await
+        {
+            Ok(reply) => reply,
+            Err(err) => return Stop::Failed(err),
+        };
+        let read: Vec<StreamId> = reply
+            .into_iter()
+            .flat_map(|reply| reply.keys)
+            .flat_map(|key| key.ids)
+            .collect();
+        if read.is_empty() {
+            // Idle: a log flushed or replaced meanwhile shows in its epoch.
+            let epoch: Option<String> = match redis::cmd("HGET")
+                .arg(&shared.keys.meta)
+                .arg("epoch")
+                .query_async(&mut connection)
+                .await
+            {
+                Ok(epoch) => epoch,
+                Err(err) => return Stop::Failed(err),
+            };
+            if let Some(known) = &position.epoch
+                && epoch.as_ref() != Some(known)
+            {
+                let reason = format!(
+                    "the log's epoch changed from {known} to {} (Redis flushed or restarted empty)",
+                    epoch.as_deref().unwrap_or("none")
+                );
+                if lost(sink, position, reason).await.is_err() {
+                    return Stop::Gone;
+                }
+            }
+            continue;
+        }
+        let caught_up = read.len() < READ_COUNT;
+        let mut entries = Vec::with_capacity(read.len());
+        for entry in read {
+            if let Some(reason) = position.gap(&entry) {
+                let before = std::mem::take(&mut entries);
+                if !before.is_empty()
+                    && sink
+                        .send(Tailed::Entries {
+                            entries: before,
+                            caught_up: false,
+                        })
+                        .await
+                        .is_err()
+                {
+                    return Stop::Gone;
+                }
+                if lost(sink, position, reason).await.is_err() {
+                    return Stop::Gone;
+                }
+                // Read again from the log's oldest entry.
+                break;
+            }
+            position.advance(&entry);
+            if let Some(decoded) = decode(&entry) {
+                entries.push(decoded);
+            }
+        }
+        if (!entries.is_empty() || caught_up)
+            && sink
+                .send(Tailed::Entries { entries, caught_up })
+                .await
+                .is_err()
+        {
+            return Stop::Gone;
+        }
+    }
+}
+
+/// Tells the broadcaster entries were lost and starts over from the log's oldest entry.
+async fn lost(
+    sink: &Recipient<Tailed>,
+    position: &mut Position,
+    reason: String,
+) -> Result<(), actix::MailboxError> {
+    log::error!("the Redis log lost entries this node had not applied: {reason}");
+    *position = Position {
+        cursor: Some("0-0".to_owned()),
+        epoch: None,
+        last: None,
+    };
+    sink.send(Tailed::Lost { reason }).await
+}
+
+impl Position {
+    /// Why `entry` cannot follow what was applied, if it cannot.
+    fn gap(&self, entry: &StreamId) -> Option<String> {
+        let epoch = field(entry, "e").unwrap_or_default();
+        let predecessor = field(entry, "p").unwrap_or_default();
+        if let Some(known) = &self.epoch
+            && *known != epoch
+        {
+            return Some(format!(
+                "entry {} has epoch {epoch}, the log had {known} (Redis flushed or restarted empty)",
+                entry.id
+            ));
+        }
+        if let Some(last) = &self.last
+            && *last != predecessor
+        {
+            return Some(format!(
+                "entry {} follows {predecessor}, the last entry applied here is {last} (this node fell behind the trim, or Redis lost entries)",
+                entry.id
+            ));
+        }
+        None
+    }
+
+    fn advance(&mut self, entry: &StreamId) {
+        self.epoch = field(entry, "e");
+        self.last = Some(entry.id.clone());
+        self.cursor = Some(entry.id.clone());
+    }
+}
+
+/// Reads the retained window and the epoch in one transaction, and sets the position after it.
+async fn snapshot(
+    shared: &Shared,
+    connection: &mut MultiplexedConnection,
+    position: &mut Position,
+) -> Result<Vec<TailEntry>, Stop> {
+    let (newest_first, epoch): (StreamRangeReply, Option<String>) = redis::pipe()
+        .atomic()
+        .cmd("XREVRANGE")
+        .arg(&shared.keys.log)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(shared.max_len)
+        .cmd("HGET")
+        .arg(&shared.keys.meta)
+        .arg("epoch")
+        .query_async(connection)
+        .await?;
+    let mut ids = newest_first.ids;
+    ids.reverse();
+    *position = Position {
+        cursor: Some(
+            ids.last()
+                .map_or_else(|| "0-0".to_owned(), |e| e.id.clone()),
+        ),
+        epoch: ids.last().and_then(|e| field(e, "e")).or(epoch),
+        last: ids.last().map(|e| e.id.clone()),
+    };
+    Ok(ids.iter().filter_map(decode).collect())
+}
+
+fn field(entry: &StreamId, name: &str) -> Option<String> {
+    match entry.map.get(name)? {
+        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
+        Value::SimpleString(text) => Some(text.clone()),
+        _ => None,
+    }
+}
+
+/// The event an entry holds, encoded for the wire. An entry that is not an sse-hub event is
+/// skipped (and logged): something else wrote to the stream.
+fn decode(entry: &StreamId) -> Option<TailEntry> {
+    let parsed = EntryId::parse(&entry.id)?;
+    let stored = field(entry, "d").and_then(|d| serde_json::from_str::<Stored>(&d).ok());
+    let Some(stored) = stored else {
+        log::error!("skipping stream entry {}: not an sse-hub event", entry.id);
+        return None;
+    };
+    let id = field(entry, "i")
+        .filter(|id| !id.is_empty())
+        .unwrap_or_else(|| entry.id.clone());
+    let draft = EventDraft {
+        topics: stored.topics,
+        data: stored.data,
+        id: None,
+        event_type: stored.event_type,
+        retry_ms: stored.retry_ms,
+        private: stored.private,
+    };
+    Some(TailEntry {
+        entry: parsed,
+        event: Arc::new(Event::new(id.into(), draft)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_ids_parse_and_order_as_redis_orders_them() {
+        let a = EntryId::parse("1700000000000-9").expect("entry id");
+        let b = EntryId::parse("1700000000001-0").expect("entry id");
+        assert!(a < b);
+        assert_eq!(b.to_string(), "1700000000001-0");
+        for bad in ["", "1", "1-", "-1", "a-1", "1-2-3", "1.5-2", " 1-2"] {
+            assert_eq!(EntryId::parse(bad), None, "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,990 @@
+//! Many nodes on one Redis (issue 11), against real processes: hubs of the built binary, a
+//! `redis-server` each test starts and kills, and nginx in front of them as the load balancer.
+
+use std::{
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use actix_web::http::{StatusCode, header::HeaderMap};
+use awc::Client;
+use futures_util::future::join;
+use serde_json::Value;
+
+use crate::helpers::{
+    ChildHub, Frame, HUB, HubLog, Persistence, RedisServer, Resp, SseStream, client, find_on_path,
+    free_port, query, send_signal,
+};
+
+/// Tests here start several processes each and some time their steps against a heartbeat:
+/// they run one at a time, so that on a small machine they do not starve one another.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The hubs' heartbeat: keep-alive comments come this often.
+const HEARTBEAT: &str = "200ms";
+/// How long a node may take to notice Redis going away or coming back (its reconnect backoff
+/// tops out at 5 s, jittered), or to end its streams after losing its place in the log.
+const RECOVERY_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long an unwanted event is waited for before concluding it does not come.
+const QUIET: Duration = Duration::from_millis(500);
+/// Between two probes of a condition polled with a deadline.
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// One hub process on the shared Redis.
+struct Node {
+    name: &'static str,
+    hub: ChildHub,
+    log: HubLog,
+    client: Client,
+}
+
+/// An HTTP reply, read whole.
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: String,
+}
+
+impl Reply {
+    /// Asserts a JSON error reply with `status` and a non-empty `error` message.
+    fn assert_json_error(&self, status: StatusCode, what: &str) {
+        assert_eq!(self.status, status, "{what}: {}", self.body);
+        let json: Value = serde_json::from_str(&self.body)
+            .unwrap_or_else(|_| panic!("{what}: the body is JSON: {:?}", self.body));
+        assert!(
+            json["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{what}: an `error` message: {json}"
+        );
+    }
+}
+
+impl Node {
+    /// Starts a hub on `redis` with `prefix` and `args`, and waits until it listens.
+    fn start(name: &'static str, redis: &RedisServer, prefix: &str, args: &[&str]) -> Self {
+        Self::start_on(name, &redis.url(), &["--redis-prefix", prefix], args)
+    }
+
+    /// Starts a hub on `--store store` with `store_args` and `args`.
+    fn start_on(name: &'static str, store: &str, store_args: &[&str], args: &[&str]) -> Self {
+        let mut command = Command::new(HUB);
+        command
+            .args([
+                "--bind",
+                "127.0.0.1:0",
+                "--workers",
+                "2",
+                "--heartbeat",
+                HEARTBEAT,
+            ])
+            .args(["--store", store])
+            .args(store_args)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env_remove("SSE_HUB_STORE")
+            .env_remove("SSE_HUB_REDIS_PREFIX")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        let log = HubLog::default();
+        let hub = ChildHub::spawn_logged(command, log.clone());
+        Self {
+            name,
+            hub,
+            log,
+            client: client(),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.hub.addr)
+    }
+
+    fn pid(&self) -> u32 {
+        self.hub.child.id()
+    }
+
+    async fn get(&self, path: &str) -> Reply {
+        let response = self.client.get(self.url(path)).send().await;
+        read_reply(response, &format!("GET {path} on {}", self.name)).await
+    }
+
+    async fn post(&self, path: &str, body: &str) -> Reply {
+        let response = self
+            .client
+            .post(self.url(path))
+            .send_body(body.to_owned())
+            .await;
+        read_reply(response, &format!("POST {path} on {}", self.name)).await
+    }
+
+    /// Publishes `data` on `topic` and returns the id, asserting a 200 and an entry id.
+    async fn publish(&self, topic: &str, data: &str) -> String {
+        let reply = self
+            .post(&format!("/publish?{}", query(&[("topic", topic)])), data)
+            .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "publish on {}: {}",
+            self.name,
+            reply.body
+        );
+        entry_id(&reply.body);
+        reply.body
+    }
+
+    /// Opens `GET /stream?topic=…` (resuming after `last_event_id` if given) and reads its
+    /// opening comment, so the subscriber is registered when this returns.
+    async fn subscribe(&self, topic: &str, last_event_id: Option<&str>) -> SseStream {
+        open_stream(
+            &self.client,
+            &self.url(&format!("/stream?{}", query(&[("topic", topic)]))),
+            last_event_id,
+        )
+        .await
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "hub {} (pid {}) log, last lines:\n{}",
+                self.name,
+                self.pid(),
+                self.log.tail(40)
+            );
+        }
+    }
+}
+
+async fn read_reply(
+    response: Result<awc::ClientResponse, awc::error::SendRequestError>,
+    what: &str,
+) -> Reply {
+    let mut response = response.unwrap_or_else(|err| panic!("{what}: no answer: {err}"));
+    let body = response
+        .body()
+        .limit(1 << 24)
+        .await
+        .unwrap_or_else(|err| panic!("{what}: body: {err}"));
+    Reply {
+        status: response.status(),
+        headers: response.headers().clone(),
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+/// Opens a stream at `url` and reads its opening comment.
+async fn open_stream(client: &Client, url: &str, last_event_id: Option<&str>) -> SseStream {
+    let mut request = client.get(url);
+    if let Some(id) = last_event_id {
+        request = request.insert_header(("last-event-id", id));
+    }
+    let response = request
+        .send()
+        .await
+        .unwrap_or_else(|err| panic!("GET {url}: {err}"));
+    assert_eq!(response.status(), StatusCode::OK, "GET {url}");
+    let mut stream = SseStream::new(response);
+    let opening = stream.next_frame().await.expect("an opening frame");
+    assert!(
+        opening.comment.is_some(),
+        "the stream opens with a comment, got {opening:?}"
+    );
+    stream
+}
+
+/// A Redis server and hubs on it, under one key prefix of their own.
+struct Cluster {
+    // Declared first, so the hubs are dropped (killed) before their Redis.
+    nodes: Vec<Node>,
+    redis: RedisServer,
+    prefix: String,
+}
+
+impl Cluster {
+    /// Starts redis-server, then one hub per name in `names`, each with `args`.
+    fn start(test: &str, persistence: Persistence, names: &[&'static str], args: &[&str]) -> Self {
+        let redis = RedisServer::start(persistence);
+        let prefix = format!("sse-hub-test-{}-{test}", std::process::id());
+        let nodes = names
+            .iter()
+            .map(|name| Node::start(name, &redis, &prefix, args))
+            .collect();
+        Self {
+            nodes,
+            redis,
+            prefix,
+        }
+    }
+
+    fn node(&self, index: usize) -> &Node {
+        &self.nodes[index]
+    }
+
+    /// The key of the shared event stream.
+    fn log_key(&self) -> String {
+        format!("{}:log", self.prefix)
+    }
+}
+
+/// A generated id split into its parts, asserting it looks like a Redis stream entry id
+/// (`<milliseconds>-<sequence>`): the order of ids is the order of these pairs.
+fn entry_id(id: &str) -> (u64, u64) {
+    id.split_once('-')
+        .and_then(|(ms, seq)| Some((ms.parse().ok()?, seq.parse().ok()?)))
+        .filter(|_| id.bytes().all(|b| b.is_ascii_digit() || b == b'-'))
+        .unwrap_or_else(|| panic!("{id:?} is not a stream entry id (`\\d+-\\d+`)"))
+}
+
+/// Asserts `ids` are entry ids in strictly increasing order.
+fn assert_increasing(ids: &[String], what: &str) {
+    assert!(
+        ids.windows(2).all(|w| entry_id(&w[0]) < entry_id(&w[1])),
+        "{what}: ids strictly increase: {ids:?}"
+    );
+}
+
+/// `(id, data)` of each event, asserting none is a control event (`reset`).
+fn id_and_data(events: &[Frame]) -> Vec<(String, String)> {
+    events
+        .iter()
+        .map(|frame| {
+            assert_eq!(frame.event, None, "a plain event: {frame:?}");
+            (
+                frame.id.clone().expect("every event has an id"),
+                frame.data.clone().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+async fn next_events(stream: &mut SseStream, n: usize) -> Vec<Frame> {
+    let mut events = Vec::with_capacity(n);
+    for _ in 0..n {
+        events.push(stream.next_event().await);
+    }
+    events
+}
+
+/// Reads events until the one with id `last`, which must come within the frame timeout.
+async fn events_until(stream: &mut SseStream, last: &str) -> Vec<Frame> {
+    let mut events = Vec::new();
+    loop {
+        let event = stream.next_event().await;
+        let done = event.id.as_deref() == Some(last);
+        events.push(event);
+        if done {
+            return events;
+        }
+    }
+}
+
+/// Reads a stream to its end, which must come within `deadline`: the frames it carried, the
+/// keep-alive comments left out.
+async fn frames_until_end(stream: &mut SseStream, deadline: Duration, what: &str) -> Vec<Frame> {
+    let until = Instant::now() + deadline;
+    let mut frames = Vec::new();
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        match stream.next_frame_within(left).await {
+            None => panic!("{what}: the stream did not end within {deadline:?}; got {frames:?}"),
+            Some(None) => return frames,
+            Some(Some(frame)) if frame.comment.is_some() => {}
+            Some(Some(frame)) => frames.push(frame),
+        }
+    }
+}
+
+/// Asserts that `stream` ends with a `retry: <ms>` frame within `deadline`, and returns the
+/// events that came before it.
+async fn assert_ends_with_retry(
+    stream: &mut SseStream,
+    deadline: Duration,
+    what: &str,
+) -> Vec<Frame> {
+    let mut frames = frames_until_end(stream, deadline, what).await;
+    let last = frames
+        .pop()
+        .unwrap_or_else(|| panic!("{what}: a `retry:` frame before the end, got nothing"));
+    assert!(
+        last.retry
+            .as_deref()
+            .is_some_and(|ms| !ms.is_empty() && ms.bytes().all(|b| b.is_ascii_digit())),
+        "{what}: the last frame sets `retry: <ms>`: {last:?} (before it: {frames:?})"
+    );
+    assert!(
+        last.id.is_none() && last.data.is_none(),
+        "{what}: the retry frame carries no event: {last:?}"
+    );
+    frames
+}
+
+/// Asserts that `stream` gets `beats` keep-alive comments and nothing else: open, idle.
+async fn assert_keeps_alive(stream: &mut SseStream, beats: usize, what: &str) {
+    let until = Instant::now() + Duration::from_secs(5);
+    let mut seen = 0;
+    while seen < beats {
+        let left = until.saturating_duration_since(Instant::now());
+        match stream.next_frame_within(left).await {
+            None => panic!("{what}: {seen} of {beats} keep-alives within 5 s"),
+            Some(None) => panic!("{what}: the stream ended"),
+            Some(Some(frame)) => {
+                assert_eq!(
+                    frame.comment.as_deref(),
+                    Some("keep-alive"),
+                    "{what}: only keep-alives: {frame:?}"
+                );
+                seen += 1;
+            }
+        }
+    }
+}
+
+/// Asserts `frame` is the `reset` event for a resume from `last_event_id`; returns its
+/// `oldestId`.
+fn assert_reset(frame: &Frame, last_event_id: &str) -> Value {
+    assert_eq!(frame.event.as_deref(), Some("reset"), "a reset: {frame:?}");
+    assert_eq!(frame.id, None, "a reset has no id: {frame:?}");
+    let data: Value = serde_json::from_str(frame.data.as_deref().unwrap_or_default())
+        .expect("reset data is JSON");
+    assert_eq!(data["lastEventId"], last_event_id, "{data}");
+    data["oldestId"].clone()
+}
+
+/// Polls `probe` until it yields a value, failing with `what` after `deadline`.
+async fn eventually<T>(
+    what: &str,
+    deadline: Duration,
+    mut probe: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "{what}: not within {deadline:?}"
+        );
+        actix_web::rt::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// Polls `GET /readyz` on `node` until it answers `status`; returns that reply.
+async fn wait_for_readyz(node: &Node, status: StatusCode, deadline: Duration) -> Reply {
+    let what = format!("/readyz {status} on {}", node.name);
+    eventually(&what, deadline, async || {
+        let reply = node.get("/readyz").await;
+        (reply.status == status).then_some(reply)
+    })
+    .await
+}
+
+fn assert_ready(reply: &Reply, what: &str) {
+    assert_eq!(reply.status, StatusCode::OK, "{what}: {}", reply.body);
+    let json: Value = serde_json::from_str(&reply.body).expect("/readyz answers JSON");
+    assert_eq!(json, serde_json::json!({"status": "ready"}), "{what}");
+}
+
+/// An event published on one node reaches subscribers on every node exactly once, in publish
+/// order, with its data; generated ids are the stream's entry ids.
+#[actix_web::test]
+async fn an_event_published_on_one_node_reaches_every_node_once_in_order() {
+    let _serial = SERIAL.lock().await;
+    // Arrange: three nodes, a subscriber on each.
+    let cluster = Cluster::start("fanout", Persistence::Off, &["A", "B", "C"], &[]);
+    let mut streams = Vec::new();
+    for node in &cluster.nodes {
+        streams.push((node.name, node.subscribe("news", None).await));
+    }
+
+    // Act: C publishes ten events.
+    let mut sent = Vec::new();
+    for n in 0..10 {
+        let data = format!("news {n}");
+        sent.push((cluster.node(2).publish("news", &data).await, data));
+    }
+
+    // Assert
+    let ids: Vec<String> = sent.iter().map(|(id, _)| id.clone()).collect();
+    assert_increasing(&ids, "acknowledged ids");
+    for (name, stream) in &mut streams {
+        let got = id_and_data(&next_events(stream, sent.len()).await);
+        assert_eq!(got, sent, "subscriber on {name}: every event, in order");
+        stream.assert_no_event_within(QUIET).await;
+    }
+}
+
+/// A subscriber cut off on A resumes on B from the last id it saw: together its two streams
+/// carry every event published meanwhile (round-robin on all nodes), none twice, in order.
+#[actix_web::test]
+async fn a_subscriber_resumes_on_another_node_without_gap_or_duplicate() {
+    const TOTAL: usize = 120;
+    const BEFORE_CUT: usize = 20;
+    let _serial = SERIAL.lock().await;
+    // Arrange: a publisher on all three nodes in turn, one event every few milliseconds.
+    let cluster = std::rc::Rc::new(Cluster::start(
+        "resume",
+        Persistence::Off,
+        &["A", "B", "C"],
+        &[],
+    ));
+    let mut on_a = cluster.node(0).subscribe("feed", None).await;
+    let acked = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let publisher = actix_web::rt::spawn({
+        let (cluster, acked) = (cluster.clone(), acked.clone());
+        async move {
+            for n in 0..TOTAL {
+                let data = format!("feed {n}");
+                let id = cluster.node(n % 3).publish("feed", &data).await;
+                acked.borrow_mut().push((id, data));
+                // Paced, so that publishes are still going on while the subscriber switches.
+                actix_web::rt::time::sleep(Duration::from_millis(3)).await;
+            }
+        }
+    });
+
+    // Act: read some events on A, drop the connection, resume on B.
+    let mut seen = id_and_data(&next_events(&mut on_a, BEFORE_CUT).await);
+    drop(on_a);
+    let acked_at_cut = acked.borrow().len();
+    let last = seen.last().expect("events were read").0.clone();
+    let mut on_b = cluster.node(1).subscribe("feed", Some(&last)).await;
+    publisher.await.expect("the publisher finishes");
+    let sent = acked.borrow().clone();
+    let newest = sent.last().expect("events were published").0.clone();
+    seen.extend(id_and_data(&events_until(&mut on_b, &newest).await));
+
+    // Assert
+    assert!(
+        acked_at_cut < TOTAL,
+        "publishes went on while the subscriber moved ({acked_at_cut} of {TOTAL} before)"
+    );
+    assert_eq!(seen.len(), sent.len(), "as many events as published");
+    assert_eq!(
+        seen, sent,
+        "every event once, in order, across the two nodes"
+    );
+    on_b.assert_no_event_within(QUIET).await;
+}
+
+/// Right after a publish on A acknowledges, a resume on B from that id is not a `reset`, and
+/// the next event arrives: B never answers before it has applied what A acknowledged.
+#[actix_web::test]
+async fn a_resume_on_another_node_right_after_a_publish_finds_its_id() {
+    const ROUNDS: usize = 50;
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start("read-your-write", Persistence::Off, &["A", "B", "C"], &[]);
+    let (a, b, c) = (cluster.node(0), cluster.node(1), cluster.node(2));
+    for round in 0..ROUNDS {
+        // Act
+        let id = a.publish("race", &format!("probe {round}")).await;
+        let mut on_b = b.subscribe("race", Some(&id)).await;
+        let next_data = format!("next {round}");
+        let next = c.publish("race", &next_data).await;
+
+        // Assert: the first event after the opening is the next one, not a reset.
+        let event = on_b.next_event().await;
+        assert_eq!(
+            (
+                event.event.as_deref(),
+                event.id.as_deref(),
+                event.data.as_deref()
+            ),
+            (None, Some(next.as_str()), Some(next_data.as_str())),
+            "round {round}: resuming on B from {id} (published on A), then {next} on C"
+        );
+    }
+}
+
+/// Redis killed under live streams: publishes get 503 with `Retry-After` and a JSON error,
+/// streams stay open on keep-alives, /healthz 200 and /readyz 503. Once Redis is back with its
+/// data, /readyz is 200 again, the same streams carry the new events with no reset, and a
+/// subscriber resuming from before the kill gets the rest of the old events and the new ones.
+#[actix_web::test]
+async fn redis_down_then_back_with_its_data_loses_nothing() {
+    let _serial = SERIAL.lock().await;
+    // Arrange: events published and read on two nodes.
+    let mut cluster = Cluster::start("outage", Persistence::Durable, &["A", "B"], &[]);
+    let mut on_a = cluster.node(0).subscribe("t", None).await;
+    let mut on_b = cluster.node(1).subscribe("t", None).await;
+    let mut before = Vec::new();
+    for n in 0..5 {
+        let data = format!("before {n}");
+        before.push((cluster.node(n % 2).publish("t", &data).await, data));
+    }
+    for stream in [&mut on_a, &mut on_b] {
+        assert_eq!(id_and_data(&next_events(stream, 5).await), before);
+    }
+
+    // Act: kill Redis.
+    cluster.redis.kill();
+
+    // Assert: what each node does while Redis is down.
+    for node in &cluster.nodes {
+        let refused = eventually(
+            &format!("a publish on {} refused with 503", node.name),
+            RECOVERY_TIMEOUT,
+            async || {
+                let reply = node.post("/publish?topic=t", "during").await;
+                assert_ne!(reply.status, StatusCode::OK, "a publish with Redis down");
+                (reply.status == StatusCode::SERVICE_UNAVAILABLE).then_some(reply)
+            },
+        )
+        .await;
+        refused.assert_json_error(StatusCode::SERVICE_UNAVAILABLE, "publish with Redis down");
+        let retry_after = refused
+            .headers
+            .get("retry-after")
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_else(|| panic!("a Retry-After header: {:?}", refused.headers));
+        assert!(
+            retry_after.parse::<u64>().is_ok(),
+            "Retry-After is a number of seconds: {retry_after:?}"
+        );
+        let not_ready =
+            wait_for_readyz(node, StatusCode::SERVICE_UNAVAILABLE, RECOVERY_TIMEOUT).await;
+        not_ready.assert_json_error(StatusCode::SERVICE_UNAVAILABLE, "/readyz with Redis down");
+        let health = node.get("/healthz").await;
+        assert_eq!(health.status, StatusCode::OK, "/healthz: {}", health.body);
+    }
+    assert_keeps_alive(&mut on_a, 3, "A's stream with Redis down").await;
+    assert_keeps_alive(&mut on_b, 3, "B's stream with Redis down").await;
+
+    // Act: Redis back with its data; more events.
+    cluster.redis.restart();
+    for node in &cluster.nodes {
+        let ready = wait_for_readyz(node, StatusCode::OK, RECOVERY_TIMEOUT).await;
+        assert_ready(&ready, "/readyz with Redis back");
+    }
+    let mut after = Vec::new();
+    for n in 0..5 {
+        let data = format!("after {n}");
+        after.push((cluster.node(n % 2).publish("t", &data).await, data));
+    }
+
+    // Assert: the open streams go on, and a resume from before the kill finds its place.
+    for (name, stream) in [("A", &mut on_a), ("B", &mut on_b)] {
+        assert_eq!(
+            id_and_data(&next_events(stream, 5).await),
+            after,
+            "the stream on {name} carries the new events"
+        );
+        stream.assert_no_event_within(QUIET).await;
+    }
+    let mut resumed = cluster.node(1).subscribe("t", Some(&before[2].0)).await;
+    let newest = &after.last().expect("events").0;
+    let replayed = id_and_data(&events_until(&mut resumed, newest).await);
+    let expected: Vec<_> = before[3..].iter().chain(&after).cloned().collect();
+    assert_eq!(
+        replayed, expected,
+        "resume from {} across the outage",
+        before[2].0
+    );
+    let all: Vec<String> = before
+        .iter()
+        .chain(&after)
+        .map(|(id, _)| id.clone())
+        .collect();
+    assert_increasing(&all, "ids across the outage");
+}
+
+/// After `FLUSHALL` and a publish, every node ends its streams with a `retry:` frame; a
+/// reconnect with an id from before gets `reset`, then the new events.
+#[actix_web::test]
+async fn a_flushed_redis_ends_streams_and_resets_resumes() {
+    let _serial = SERIAL.lock().await;
+    // Arrange
+    let cluster = Cluster::start("flush", Persistence::Off, &["A", "B"], &[]);
+    let mut streams = Vec::new();
+    for node in &cluster.nodes {
+        streams.push(node.subscribe("t", None).await);
+    }
+    let mut old = Vec::new();
+    for n in 0..3 {
+        old.push(cluster.node(0).publish("t", &format!("old {n}")).await);
+    }
+    for stream in &mut streams {
+        let ids: Vec<_> = id_and_data(&next_events(stream, 3).await)
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(ids, old);
+    }
+
+    // Act
+    assert_eq!(
+        cluster.redis.command(&["FLUSHALL"]),
+        Resp::Simple("OK".to_owned())
+    );
+    let first_new = cluster.node(0).publish("t", "new 0").await;
+
+    // Assert: each stream ends after a retry frame.
+    for (node, stream) in cluster.nodes.iter().zip(&mut streams) {
+        let what = format!("the stream on {} after FLUSHALL", node.name);
+        let before_end = assert_ends_with_retry(stream, RECOVERY_TIMEOUT, &what).await;
+        for frame in &before_end {
+            assert!(
+                frame.event.is_none() && !old.contains(frame.id.as_ref().expect("an id")),
+                "{what}: nothing old again, no reset on a live stream: {before_end:?}"
+            );
+        }
+    }
+    // A reconnect with the old id, on each node: reset, then the new events.
+    let mut resumed = Vec::new();
+    for node in &cluster.nodes {
+        let mut stream = node.subscribe("t", Some(&old[2])).await;
+        let reset = stream.next_event().await;
+        let oldest = assert_reset(&reset, &old[2]);
+        assert!(
+            oldest.is_null() || oldest == first_new.as_str(),
+            "on {}: oldestId is the first new event or null: {oldest}",
+            node.name
+        );
+        resumed.push(stream);
+    }
+    let second_new = cluster.node(1).publish("t", "new 1").await;
+    for (node, stream) in cluster.nodes.iter().zip(&mut resumed) {
+        let got = id_and_data(&events_until(stream, &second_new).await);
+        assert_eq!(
+            got,
+            [
+                (first_new.clone(), "new 0".to_owned()),
+                (second_new.clone(), "new 1".to_owned())
+            ],
+            "on {}: after the reset, the new events",
+            node.name
+        );
+    }
+    assert_increasing(&[first_new, second_new], "new ids");
+}
+
+/// A node stopped while the log is trimmed far past its place ends its streams (after a
+/// `retry:` frame) when it wakes; a reconnect from its subscriber's last id gets `reset`.
+#[actix_web::test]
+async fn a_node_that_fell_behind_the_trim_ends_streams_and_resets() {
+    const HISTORY: usize = 10;
+    const PUBLISHED_WHILE_STOPPED: usize = 300;
+    let _serial = SERIAL.lock().await;
+    // Arrange: a short log, trimmed exactly (one entry per stream node), and B live.
+    let history = HISTORY.to_string();
+    let cluster = Cluster::start(
+        "trim",
+        Persistence::Off,
+        &["A", "B"],
+        &["--history-size", &history],
+    );
+    assert_eq!(
+        cluster
+            .redis
+            .command(&["CONFIG", "SET", "stream-node-max-entries", "1"]),
+        Resp::Simple("OK".to_owned())
+    );
+    let (a, b) = (cluster.node(0), cluster.node(1));
+    let mut on_b = b.subscribe("t", None).await;
+    let mut sent = Vec::new();
+    for n in 0..3 {
+        sent.push(a.publish("t", &format!("live {n}")).await);
+    }
+    let ids: Vec<_> = id_and_data(&next_events(&mut on_b, 3).await)
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(ids, sent);
+
+    // Act: stop B, publish far past the trim, wake B.
+    send_signal(b.pid(), "STOP");
+    for n in 0..PUBLISHED_WHILE_STOPPED {
+        sent.push(a.publish("t", &format!("while stopped {n}")).await);
+    }
+    let length = cluster.redis.command(&["XLEN", &cluster.log_key()]);
+    send_signal(b.pid(), "CONT");
+
+    // Assert: the log was trimmed; B's stream ends; a resume from its last id resets.
+    assert!(
+        matches!(length, Resp::Integer(n) if n > 0 && n <= 2 * HISTORY as i64),
+        "{} holds about {HISTORY} entries: {length:?}",
+        cluster.log_key()
+    );
+    let before_end =
+        assert_ends_with_retry(&mut on_b, RECOVERY_TIMEOUT, "B's stream after the trim").await;
+    let delivered: Vec<String> = id_and_data(&before_end)
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert!(
+        sent[3..].starts_with(&delivered),
+        "what B delivered before ending its stream follows on without a gap: {delivered:?}"
+    );
+    let last = on_b
+        .last_event_id
+        .clone()
+        .expect("B's subscriber saw events");
+    let mut resumed = b.subscribe("t", Some(&last)).await;
+    let reset = resumed.next_event().await;
+    let oldest = assert_reset(&reset, &last);
+    let next = a.publish("t", "after the trim").await;
+    let replayed: Vec<String> = id_and_data(&events_until(&mut resumed, &next).await)
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    sent.push(next);
+    assert!(
+        sent.ends_with(&replayed),
+        "after the reset: a run of the newest events, then the new one: {replayed:?}"
+    );
+    if let Some(oldest) = oldest.as_str() {
+        assert_eq!(
+            replayed.first().map(String::as_str),
+            Some(oldest),
+            "the replay starts at the reset's oldestId"
+        );
+    }
+    assert!(
+        replayed.len() <= HISTORY + 1,
+        "B replays no more than its history: {replayed:?}"
+    );
+}
+
+/// The same publisher id published on two nodes at once, round after round: exactly one
+/// 200 (with the id) and one 409 (a JSON error) each time, and subscribers get it once.
+#[actix_web::test]
+async fn a_publisher_id_is_taken_once_across_nodes() {
+    const ROUNDS: usize = 40;
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start("dup", Persistence::Off, &["A", "B"], &[]);
+    let (a, b) = (cluster.node(0), cluster.node(1));
+    let mut stream = a.subscribe("t", None).await;
+    for round in 0..ROUNDS {
+        // Act
+        let id = format!("dup-{round}");
+        let path = format!("/publish?{}", query(&[("topic", "t"), ("id", &id)]));
+        let (on_a, on_b) = join(a.post(&path, "from A"), b.post(&path, "from B")).await;
+
+        // Assert
+        let (won, lost) = match (on_a.status, on_b.status) {
+            (StatusCode::OK, _) => (on_a, on_b),
+            (_, StatusCode::OK) => (on_b, on_a),
+            (x, y) => panic!(
+                "round {round}: one publish of {id} wins, got {x} {:?} and {y} {:?}",
+                on_a.body, on_b.body
+            ),
+        };
+        assert_eq!(won.body, id, "round {round}: the winner answers the id");
+        lost.assert_json_error(StatusCode::CONFLICT, &format!("round {round}: the loser"));
+    }
+    let ids: Vec<String> = id_and_data(&next_events(&mut stream, ROUNDS).await)
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    let expected: Vec<String> = (0..ROUNDS).map(|round| format!("dup-{round}")).collect();
+    assert_eq!(ids, expected, "each id delivered once, in order");
+    stream.assert_no_event_within(QUIET).await;
+}
+
+/// `/readyz` follows Redis: 200 while it answers, 503 (a JSON error) while it is down, 200
+/// once it is back; a hub on the memory store is always ready.
+#[actix_web::test]
+async fn readyz_follows_redis() {
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::start("readyz", Persistence::Off, &["A"], &[]);
+    let node = cluster.node(0);
+    assert_ready(&node.get("/readyz").await, "/readyz with Redis up");
+
+    cluster.redis.kill();
+    let node = cluster.node(0);
+    let down = wait_for_readyz(node, StatusCode::SERVICE_UNAVAILABLE, RECOVERY_TIMEOUT).await;
+    down.assert_json_error(StatusCode::SERVICE_UNAVAILABLE, "/readyz with Redis down");
+    assert_eq!(node.get("/healthz").await.status, StatusCode::OK);
+
+    cluster.redis.restart();
+    let node = cluster.node(0);
+    let up = wait_for_readyz(node, StatusCode::OK, RECOVERY_TIMEOUT).await;
+    assert_ready(&up, "/readyz with Redis back");
+
+    let memory = Node::start_on("memory", "memory", &[], &[]);
+    assert_ready(&memory.get("/readyz").await, "/readyz on the memory store");
+}
+
+/// nginx in front of three hubs, run as a child in its own directory. Killed on drop.
+struct Nginx {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    /// Starts nginx as a load balancer over `upstreams` and waits until it proxies `/healthz`.
+    async fn start(upstreams: &[&Node]) -> Self {
+        let binary = find_on_path("nginx")
+            .or_else(|| Some(Path::new("/usr/sbin/nginx").to_owned()).filter(|p| p.is_file()))
+            .unwrap_or_else(|| {
+                panic!(
+                    "nginx is not installed (expected /usr/sbin/nginx from the Debian package \
+                     nginx, which scripts/test installs)"
+                )
+            });
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let port = free_port();
+        let conf = dir.path().join("nginx.conf");
+        std::fs::write(&conf, nginx_conf(dir.path(), port, upstreams)).expect("conf written");
+        let child = Command::new(binary)
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(&conf)
+            .args(["-g", "daemon off;"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx starts");
+        let mut nginx = Self { child, port, dir };
+        let client = client();
+        let url = nginx.url("/healthz");
+        eventually(
+            "nginx proxies /healthz",
+            Duration::from_secs(10),
+            async || {
+                if let Some(status) = nginx.child.try_wait().expect("nginx can be waited for") {
+                    panic!("nginx exited ({status}); error log:\n{}", nginx.error_log());
+                }
+                let response = client.get(&url).send().await.ok()?;
+                (response.status() == StatusCode::OK).then_some(())
+            },
+        )
+        .await;
+        nginx
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("nginx error log:\n{}", self.error_log());
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The load balancer's configuration: what an SSE hub needs from a proxy (HTTP/1.1 to the
+/// upstream without `Connection: close`, no response buffering, streams idle for long), every
+/// path and temporary directory inside `dir`.
+// TODO: use docker/nginx-cluster.conf.template once it lands (written on another branch).
+fn nginx_conf(dir: &Path, port: u16, upstreams: &[&Node]) -> String {
+    let dir = dir.display();
+    let servers: String = upstreams
+        .iter()
+        .map(|node| format!("        server {};\n", node.hub.addr))
+        .collect();
+    // As root, nginx would run its workers as `nobody`, who cannot enter the temporary
+    // directory: they run as the test's user instead.
+    let user = if running_as_root() {
+        "user root;\n"
+    } else {
+        ""
+    };
+    format!(
+        "{user}worker_processes 1;
+error_log {dir}/error.log info;
+pid {dir}/nginx.pid;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/client_body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    upstream hubs {{
+{servers}    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://hubs;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+            proxy_buffering off;
+            proxy_read_timeout 1h;
+        }}
+    }}
+}}
+"
+    )
+}
+
+/// Whether this process runs as root (uid 0), read from /proc: the tests do not use libc.
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("Uid:"))
+                .and_then(|ids| ids.split_whitespace().next().map(|uid| uid == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Three hubs behind nginx: a subscriber through the balancer gets, as they are published,
+/// an event published through the balancer and one published directly on each hub; and a
+/// resume through the balancer (whichever hub it lands on) continues after its last id.
+#[actix_web::test]
+async fn a_subscriber_behind_nginx_gets_events_published_anywhere() {
+    let _serial = SERIAL.lock().await;
+    // Arrange
+    let cluster = Cluster::start("nginx", Persistence::Off, &["A", "B", "C"], &[]);
+    let nodes: Vec<&Node> = cluster.nodes.iter().collect();
+    let nginx = Nginx::start(&nodes).await;
+    let client = client();
+    let stream_url = nginx.url(&format!("/stream?{}", query(&[("topic", "lb")])));
+    let mut stream = open_stream(&client, &stream_url, None).await;
+
+    // Act and assert: each event arrives before the next is published (nothing is buffered).
+    let via_nginx = read_reply(
+        client
+            .post(nginx.url("/publish?topic=lb"))
+            .send_body("through nginx")
+            .await,
+        "POST /publish through nginx",
+    )
+    .await;
+    assert_eq!(via_nginx.status, StatusCode::OK, "{}", via_nginx.body);
+    let mut sent = vec![(via_nginx.body, "through nginx".to_owned())];
+    let event = stream.next_event().await;
+    assert_eq!(id_and_data(&[event]), sent[..1], "published through nginx");
+    for node in &cluster.nodes {
+        let data = format!("directly on {}", node.name);
+        sent.push((node.publish("lb", &data).await, data));
+        let event = stream.next_event().await;
+        assert_eq!(
+            id_and_data(&[event]),
+            sent[sent.len() - 1..],
+            "published directly on {}",
+            node.name
+        );
+    }
+    let last = stream.last_event_id.clone().expect("events were read");
+    drop(stream);
+    let mut resumed = open_stream(&client, &stream_url, Some(&last)).await;
+    let next = cluster.node(1).publish("lb", "after the resume").await;
+    let event = resumed.next_event().await;
+    assert_eq!(
+        (event.event, event.id),
+        (None, Some(next)),
+        "a resume through nginx: no reset, the next event"
+    );
+    let ids: Vec<String> = sent.into_iter().map(|(id, _)| id).collect();
+    assert_increasing(&ids, "ids through nginx");
+}
