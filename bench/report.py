@@ -12,9 +12,9 @@ import sys
 
 SERVERS = [("hub", "sse-hub"), ("hubfile", "sse-hub, file store"), ("nchan", "nginx + nchan")]
 ORDER = ["fanout", "steady", "capacity", "idle"]
-CLUSTER = ["cluster_fanout", "cluster_steady", "cluster_single"]
+CLUSTER = ["cluster_fanout", "cluster_fanout_single", "cluster_steady", "cluster_steady_single"]
 # Which run-*.env describes a results file's scenario.
-RUN_OF = {"cluster_fanout": "cluster", "cluster_steady": "cluster", "cluster_single": "cluster"}
+RUN_OF = {scenario: "cluster" for scenario in CLUSTER}
 TITLES = {
     "fanout": "Fan-out: N subscribers, P events of 64 B, 16 publishes in flight",
     "steady": "Latency at a steady rate: 5 publishes/s",
@@ -75,14 +75,14 @@ METRICS = {
         ("lost events, node 1 / node 2", "_node_lost", "{}", None),
         ("lost events", "lost", "{:,.0f}", "low"),
         ("duplicates + reordered", "_dupre", "{:,.0f}", "low"),
-        ("CPU per delivered event, both nodes + Redis (µs)", "server.cpu_us_per_event", "{:.3f}", "low"),
+        ("server CPU per delivered event (µs)", "server.cpu_us_per_event", "{:.3f}", "low"),
         ("latency p50 (ms)", "latency_ms.p50", "{:.1f}", "low"),
         ("latency p99 (ms)", "latency_ms.p99", "{:.1f}", "low"),
         ("latency p99, node 1 / node 2 (ms)", "_node_p99", "{}", None),
         ("delivery time (s)", "delivery_s", "{:.2f}", "low"),
         ("publish round trip p50 (ms)", "publish_round_trip_p50_ms", "{:.2f}", "low"),
         ("publish round trip p99 (ms)", "publish_round_trip_p99_ms", "{:.2f}", "low"),
-        ("RSS per subscriber, both nodes + Redis (B)", "server.rss_per_subscriber_bytes", "{:,.0f}", "low"),
+        ("server RSS per subscriber, connected (B)", "server.rss_per_subscriber_bytes", "{:,.0f}", "low"),
         ("sse-load's own CPU over its wall time (s)", "_load_cpu", "{}", None),
     ],
     "cluster_steady": [
@@ -104,7 +104,8 @@ METRICS = {
 }
 
 
-METRICS["cluster_single"] = METRICS["cluster_steady"]
+METRICS["cluster_steady_single"] = METRICS["cluster_steady"]
+METRICS["cluster_fanout_single"] = METRICS["cluster_fanout"]
 
 
 def value(report, path):
@@ -134,7 +135,7 @@ def load(raw):
     runs = {}
     for name in sorted(os.listdir(raw)):
         m = re.fullmatch(r"(\w+)-(hub|hubfile|nchan)-(\d+)\.json", name)
-        if not m:
+        if not m or m.group(1) not in METRICS:
             continue
         path = os.path.join(raw, name)
         with open(path) as f:
@@ -170,7 +171,8 @@ def ratio(ours, theirs):
 KEY = {"fanout": ("delivered_per_s", False), "steady": ("latency_ms.p99", False),
        "capacity": ("delivered_per_s", False), "idle": ("server.rss_per_subscriber_bytes", False),
        "cluster_fanout": ("delivered_per_s", False), "cluster_steady": ("latency_ms.p50", False),
-       "cluster_single": ("latency_ms.p50", False)}
+       "cluster_steady_single": ("latency_ms.p50", False),
+       "cluster_fanout_single": ("delivered_per_s", False)}
 
 
 def median_report(runs, scenario, server):
@@ -251,10 +253,10 @@ def cluster_targets(runs, m):
                      "5 events/s), no duplicates or reordering",
                      "lost per node: " + " / ".join(f"{n:,}" for n in per_node)
                      + f" over {len(hub_runs)} runs", whole and not any(per_node)))
-    single = m("cluster_single", "hub", "latency_ms.p50")
+    single = m("cluster_steady_single", "hub", "latency_ms.p50")
     clustered = m("cluster_steady", "hub", "latency_ms.p50")
     if single is not None and clustered is not None:
-        p99 = (m("cluster_single", "hub", "latency_ms.p99"), m("cluster_steady", "hub", "latency_ms.p99"))
+        p99 = (m("cluster_steady_single", "hub", "latency_ms.p99"), m("cluster_steady", "hub", "latency_ms.p99"))
         rows.append(("cluster: latency added at 5 events/s (two nodes on Redis vs one on memory), "
                      "p50 under 2 ms", f"p50 {clustered - single:+.2f} ms ({clustered:.2f} vs "
                      f"{single:.2f}); p99 {p99[1] - p99[0]:+.2f} ms ({p99[1]:.2f} vs {p99[0]:.2f})",
@@ -411,35 +413,39 @@ def cluster_section(runs, med, infos):
                "over the two nodes (one load process per node) and publishes to the first. "
                "sse-hub: `--store redis://… --redis-prefix bench`; nchan: `nchan_redis_server` "
                "in an upstream and `nchan_redis_pass` in both locations "
-               "(`nginx-nchan-cluster.conf.template`). CPU and RSS sum both nodes and Redis.")
+               "(`nginx-nchan-cluster.conf.template`). For two nodes, CPU and RSS sum both nodes "
+               "and Redis.")
     out.append("")
 
-    def table(scenarios, header, rows_of):
-        out.append(header)
-        out.append("|---|" + "---:|" * (header.count("|") - 2))
-        for label, path, f in rows_of:
-            cells = []
-            for scenario, server in scenarios:
-                if path.startswith("_node") or path == "_load_cpu":
-                    v = value(median_report(runs, scenario, server), path)
-                else:
-                    v = med.get((scenario, server, path))
-                cells.append(v)
-            yield label, path, f, cells
+    def cell(scenario, server, path):
+        if path.startswith("_node") or path == "_load_cpu":
+            return value(median_report(runs, scenario, server), path)
+        return med.get((scenario, server, path))
+
+    def raw(scenario, server, path, f):
+        return ", ".join(fmt(f, value(r, path)) for r in runs.get((scenario, server), []))
 
     sample = next(iter(runs.get(("cluster_fanout", "hub")) or runs.get(("cluster_fanout", "nchan")) or []), None)
     if sample:
-        out.append(f"### Fan-out: N = {sample['subscribers']:,} over two nodes, "
+        out.append(f"### Fan-out: N = {sample['subscribers']:,} split over the nodes, "
                    f"P = {sample['published']:,} events of 64 B, 16 publishes in flight")
         out.append("")
-        header = "| metric | sse-hub, 2 nodes | nchan, 2 nodes | ratio | sse-hub runs | nchan runs |"
-        rows = [(label, path, f) for label, path, f, _ in METRICS["cluster_fanout"]]
-        for label, path, f, cells in table([("cluster_fanout", "hub"), ("cluster_fanout", "nchan")],
-                                            header, rows):
-            raws = [", ".join(fmt(f, value(r, path)) for r in runs.get(("cluster_fanout", s), []))
-                    for s in ("hub", "nchan")]
-            out.append(f"| {label} | {fmt(f, cells[0])} | {fmt(f, cells[1])} "
-                       f"| {ratio(cells[0], cells[1])} | {raws[0]} | {raws[1]} |")
+        out.append("sse-hub also on one node (memory store) with the same N and P; nchan's one-node "
+                   "figures are the fan-out scenario's above.")
+        out.append("")
+        out.append("| metric | sse-hub, 2 nodes | sse-hub, 1 node | 2 nodes / 1 node | nchan, 2 nodes "
+                   "| sse-hub / nchan, 2 nodes | sse-hub 2-node runs | sse-hub 1-node runs "
+                   "| nchan runs |")
+        out.append("|---|---:|---:|---:|---:|---:|---|---|---|")
+        for label, path, f, _ in METRICS["cluster_fanout"]:
+            two, one, nchan = (cell("cluster_fanout", "hub", path),
+                               cell("cluster_fanout_single", "hub", path),
+                               cell("cluster_fanout", "nchan", path))
+            out.append(f"| {label} | {fmt(f, two)} | {fmt(f, one)} | {ratio(two, one)} "
+                       f"| {fmt(f, nchan)} | {ratio(two, nchan)} "
+                       f"| {raw('cluster_fanout', 'hub', path, f)} "
+                       f"| {raw('cluster_fanout_single', 'hub', path, f)} "
+                       f"| {raw('cluster_fanout', 'nchan', path, f)} |")
         out.append("")
 
     sample = next(iter(runs.get(("cluster_steady", "hub")) or runs.get(("cluster_steady", "nchan")) or []), None)
@@ -455,11 +461,11 @@ def cluster_section(runs, med, infos):
             cells = []
             for server in ("hub", "nchan"):
                 if path.startswith("_node"):
-                    one = value(median_report(runs, "cluster_single", server), path)
+                    one = value(median_report(runs, "cluster_steady_single", server), path)
                     two = value(median_report(runs, "cluster_steady", server), path)
                     cells += [fmt(f, one), fmt(f, two), "–"]
                     continue
-                one = med.get(("cluster_single", server, path))
+                one = med.get(("cluster_steady_single", server, path))
                 two = med.get(("cluster_steady", server, path))
                 added = (f"{two - one:+.2f}" if path.startswith("latency")
                          and isinstance(one, (int, float)) and isinstance(two, (int, float))
@@ -468,7 +474,7 @@ def cluster_section(runs, med, infos):
             raws = "; ".join(
                 f"{name} " + ", ".join(fmt(f, value(r, path)) for r in runs.get((k, s), []))
                 for s, name in (("hub", "sse-hub"), ("nchan", "nchan"))
-                for k in ("cluster_single", "cluster_steady"))
+                for k in ("cluster_steady_single", "cluster_steady"))
             out.append(f"| {label} | " + " | ".join(cells) + f" | {raws} |")
         out.append("")
 
@@ -620,8 +626,10 @@ def write(args):
                    f"{store['restart_s_median'] * 1000:.0f} |")
         out.append("")
     out.extend(cluster_section(runs, med, infos))
+    # hubfile runs only in the fan-out, and nchan has no one-node run in the cluster scenario.
     missing = [f"{s} on {n}" for s in ORDER + CLUSTER for k, n in SERVERS
-               if k != "hubfile" and any(x[0] == s for x in runs) and not runs.get((s, k))]
+               if k != "hubfile" and (s, k) != ("cluster_fanout_single", "nchan")
+               and any(x[0] == s for x in runs) and not runs.get((s, k))]
     if missing:
         out.append("Missing runs (sse-load failed): " + ", ".join(missing))
         out.append("")
