@@ -8,7 +8,7 @@
 #
 # Why bookworm-slim and not `scratch`: the builder is Debian bookworm too, so the dynamically
 # linked binary finds the very glibc (2.36) it was linked against; name lookups go through
-# glibc's NSS as usual, which the coming `SSE_HUB_REDIS_URL=redis://redis:6379` needs and which
+# glibc's NSS as usual, which `SSE_HUB_STORE=redis://redis:6379` needs and which
 # a statically linked glibc binary cannot do reliably (musl would, but is a second toolchain);
 # and `docker exec <c> sh` works when something needs looking at. It costs about 75 MB.
 #

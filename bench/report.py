@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Turns the JSON reports of scripts/bench into bench/results.md: medians per server, ratios
-(sse-hub / nchan), the issue's targets, and every raw figure. Also picks the median run's file
+(sse-hub / nchan), the issue's targets, and every raw figure; the cluster scenario adds Redis's
+own counters (`redis-*.txt`, its INFO after each cluster run). Also picks the median run's file
 for the charts (--median-file)."""
 import argparse
 import json
@@ -11,6 +12,9 @@ import sys
 
 SERVERS = [("hub", "sse-hub"), ("hubfile", "sse-hub, file store"), ("nchan", "nginx + nchan")]
 ORDER = ["fanout", "steady", "capacity", "idle"]
+CLUSTER = ["cluster_fanout", "cluster_fanout_single", "cluster_steady", "cluster_steady_single"]
+# Which run-*.env describes a results file's scenario.
+RUN_OF = {scenario: "cluster" for scenario in CLUSTER}
 TITLES = {
     "fanout": "Fan-out: N subscribers, P events of 64 B, 16 publishes in flight",
     "steady": "Latency at a steady rate: 5 publishes/s",
@@ -66,6 +70,30 @@ METRICS = {
         ("connect time (s)", "connect_s", "{:.2f}", "low"),
         ("server RSS per subscriber, connected (B)", "server.rss_per_subscriber_bytes", "{:,.0f}", "low"),
     ],
+    "cluster_fanout": [
+        ("delivered events/s", "delivered_per_s", "{:,.0f}", "high"),
+        ("lost events, node 1 / node 2", "_node_lost", "{}", None),
+        ("lost events", "lost", "{:,.0f}", "low"),
+        ("duplicates + reordered", "_dupre", "{:,.0f}", "low"),
+        ("server CPU per delivered event (µs)", "server.cpu_us_per_event", "{:.3f}", "low"),
+        ("latency p50 (ms)", "latency_ms.p50", "{:.1f}", "low"),
+        ("latency p99 (ms)", "latency_ms.p99", "{:.1f}", "low"),
+        ("latency p99, node 1 / node 2 (ms)", "_node_p99", "{}", None),
+        ("delivery time (s)", "delivery_s", "{:.2f}", "low"),
+        ("publish round trip p50 (ms)", "publish_round_trip_p50_ms", "{:.2f}", "low"),
+        ("publish round trip p99 (ms)", "publish_round_trip_p99_ms", "{:.2f}", "low"),
+        ("server RSS per subscriber, connected (B)", "server.rss_per_subscriber_bytes", "{:,.0f}", "low"),
+        ("sse-load's own CPU over its wall time (s)", "_load_cpu", "{}", None),
+    ],
+    "cluster_steady": [
+        ("latency p50 (ms)", "latency_ms.p50", "{:.2f}", "low"),
+        ("latency p90 (ms)", "latency_ms.p90", "{:.2f}", "low"),
+        ("latency p99 (ms)", "latency_ms.p99", "{:.2f}", "low"),
+        ("latency max (ms)", "latency_ms.max", "{:.2f}", "low"),
+        ("lost events", "lost", "{:,.0f}", "low"),
+        ("lost events, node 1 / node 2", "_node_lost", "{}", None),
+        ("duplicates + reordered", "_dupre", "{:,.0f}", "low"),
+    ],
     "idle": [
         ("server RSS per subscriber (B)", "server.rss_per_subscriber_bytes", "{:,.0f}", "low"),
         ("server PSS per subscriber (B)", "server.pss_per_subscriber_bytes", "{:,.0f}", "low"),
@@ -76,9 +104,20 @@ METRICS = {
 }
 
 
+METRICS["cluster_steady_single"] = METRICS["cluster_steady"]
+METRICS["cluster_fanout_single"] = METRICS["cluster_fanout"]
+
+
 def value(report, path):
     if report is None:
         return None
+    if path in ("_node_lost", "_node_p99"):
+        nodes = report.get("nodes") or []
+        if not nodes:
+            return None
+        if path == "_node_lost":
+            return " / ".join(f"{n['lost']:,}" for n in nodes)
+        return " / ".join(f"{n['latency_ms']['p99']:.1f}" for n in nodes)
     if path == "_dupre":
         return report["duplicates"] + report["reordered"]
     if path == "_rss_after_mib":
@@ -96,7 +135,7 @@ def load(raw):
     runs = {}
     for name in sorted(os.listdir(raw)):
         m = re.fullmatch(r"(\w+)-(hub|hubfile|nchan)-(\d+)\.json", name)
-        if not m:
+        if not m or m.group(1) not in METRICS:
             continue
         path = os.path.join(raw, name)
         with open(path) as f:
@@ -130,7 +169,10 @@ def ratio(ours, theirs):
 
 
 KEY = {"fanout": ("delivered_per_s", False), "steady": ("latency_ms.p99", False),
-       "capacity": ("delivered_per_s", False), "idle": ("server.rss_per_subscriber_bytes", False)}
+       "capacity": ("delivered_per_s", False), "idle": ("server.rss_per_subscriber_bytes", False),
+       "cluster_fanout": ("delivered_per_s", False), "cluster_steady": ("latency_ms.p50", False),
+       "cluster_steady_single": ("latency_ms.p50", False),
+       "cluster_fanout_single": ("delivered_per_s", False)}
 
 
 def median_report(runs, scenario, server):
@@ -187,7 +229,89 @@ def targets(runs, med):
     hub_rss = m("idle", "hub", "server.rss_per_subscriber_bytes")
     if hub_rss is not None:
         rows.append(("idle: ≤ 6 KiB (6,144 B) RSS per subscriber", f"{hub_rss:,.0f} B", hub_rss <= 6144))
+    return rows + cluster_targets(runs, m)
+
+
+def cluster_targets(runs, m):
+    """Targets of the cluster scenario (issue 11)."""
+    rows = []
+    hub_rate = m("cluster_fanout", "hub", "delivered_per_s")
+    nchan_rate = m("cluster_fanout", "nchan", "delivered_per_s")
+    if hub_rate and nchan_rate:
+        rows.append(("cluster (two nodes on one Redis each): sse-hub delivered events/s ≥ 10× "
+                     "nchan's", f"{hub_rate / nchan_rate:.1f}× ({hub_rate:,.0f} vs "
+                     f"{nchan_rate:,.0f})", hub_rate >= 10 * nchan_rate))
+    hub_runs = [r for k in ("cluster_fanout", "cluster_steady") for r in runs.get((k, "hub"), [])]
+    if hub_runs:
+        per_node = [0] * max(len(r.get("nodes") or []) for r in hub_runs)
+        for r in hub_runs:
+            for i, node in enumerate(r.get("nodes") or []):
+                per_node[i] += node["lost"]
+        whole = all(r["expected"] > 0 and r["delivered"] == r["expected"]
+                    and r["duplicates"] + r["reordered"] == 0 for r in hub_runs)
+        rows.append(("cluster: sse-hub loses nothing on either node (every run, fan-out and "
+                     "5 events/s), no duplicates or reordering",
+                     "lost per node: " + " / ".join(f"{n:,}" for n in per_node)
+                     + f" over {len(hub_runs)} runs", whole and not any(per_node)))
+    single = m("cluster_steady_single", "hub", "latency_ms.p50")
+    clustered = m("cluster_steady", "hub", "latency_ms.p50")
+    if single is not None and clustered is not None:
+        p99 = (m("cluster_steady_single", "hub", "latency_ms.p99"), m("cluster_steady", "hub", "latency_ms.p99"))
+        rows.append(("cluster: latency added at 5 events/s (two nodes on Redis vs one on memory), "
+                     "p50 under 2 ms", f"p50 {clustered - single:+.2f} ms ({clustered:.2f} vs "
+                     f"{single:.2f}); p99 {p99[1] - p99[0]:+.2f} ms ({p99[1]:.2f} vs {p99[0]:.2f})",
+                     clustered - single < 2.0))
     return rows
+
+
+def load_redis(raw):
+    """Redis's INFO after each cluster run, by (run, server): a list over repetitions of dicts
+    of its `key:value` lines, `cmdstat_*` lines as {command: calls}."""
+    infos = {}
+    for name in sorted(os.listdir(raw)):
+        m = re.fullmatch(r"redis-(\w+)-(hub|nchan)-(\d+)\.txt", name)
+        if not m:
+            continue
+        info = {"commands": {}, "_rep": int(m.group(3))}
+        with open(os.path.join(raw, name)) as f:
+            for line in f:
+                key, sep, val = line.strip().partition(":")
+                if not sep:
+                    continue
+                if key.startswith("cmdstat_"):
+                    calls = re.match(r"calls=(\d+)", val)
+                    info["commands"][key[len("cmdstat_"):]] = int(calls.group(1)) if calls else 0
+                else:
+                    info[key] = val
+        infos.setdefault((m.group(1), m.group(2)), []).append(info)
+    return infos
+
+
+def redis_figures(info, report):
+    """Per publish figures of one cluster run from Redis's INFO and sse-load's report."""
+    published = report["published"] if report else 0
+    if not published:
+        return {}
+    commands = info["commands"]
+    # The INFO call that took this snapshot is not the run's.
+    commands = {k: v - (1 if k == "info" else 0) for k, v in commands.items()}
+    nodes = len(report.get("nodes") or []) or 1
+    # From when sse-load started (scripts/bench notes Redis's CPU then) to the end of the run.
+    cpu_s = (float(info.get("used_cpu_user", 0)) + float(info.get("used_cpu_sys", 0))
+             - float(info.get("bench_cpu_before", 0)))
+    return {
+        "commands": sum(commands.values()) / published,
+        "evalsha": commands.get("evalsha", 0) / published,
+        "xadd": commands.get("xadd", 0) / published,
+        "xread_node": commands.get("xread", 0) / published / nodes,
+        "publish": commands.get("publish", 0) / published,
+        "in_b": int(info.get("total_net_input_bytes", 0)) / published,
+        "out_b": int(info.get("total_net_output_bytes", 0)) / published,
+        "cpu_us": cpu_s * 1e6 / published,
+        "memory_mib": int(info.get("used_memory", 0)) / 2**20,
+        "version": info.get("redis_version", "?"),
+        "top": sorted(commands.items(), key=lambda kv: -kv[1])[:6],
+    }
 
 
 def store_targets(store):
@@ -208,6 +332,189 @@ def store_targets(store):
     ]
 
 
+def read_env(path):
+    env = {}
+    with open(path) as f:
+        for line in f:
+            key, sep, val = line.strip().partition("=")
+            if sep:
+                env[key] = val.strip("'")
+    return env
+
+
+def run_envs(raw):
+    """Which run each scenario's figures come from: run-SCENARIO.env, else the run.env that
+    older runs wrote for all scenarios at once."""
+    envs = {}
+    legacy = os.path.join(raw, "run.env")
+    for scenario in ORDER + ["store", "cluster"]:
+        path = os.path.join(raw, f"run-{scenario}.env")
+        if os.path.exists(path):
+            envs[scenario] = read_env(path)
+        elif os.path.exists(legacy) and scenario != "cluster":
+            envs[scenario] = read_env(legacy)
+    return envs
+
+
+def run_lines(raw, runs, store):
+    """One line per run that figures in results.md came from."""
+    groups = {}
+    for scenario, env in run_envs(raw).items():
+        present = (store if scenario == "store"
+                   else any(k[0] == scenario or RUN_OF.get(k[0]) == scenario for k in runs))
+        if present:
+            key = (env.get("STARTED", "?"), env.get("REVISION", ""))
+            groups.setdefault(key, (env, []))[1].append(scenario)
+    lines = []
+    for (started, revision), (env, scenarios) in sorted(groups.items()):
+        reps = max((len(r) for k, r in runs.items()
+                    if k[0] in scenarios or RUN_OF.get(k[0]) in scenarios), default=0)
+        line = f"- {', '.join(scenarios)}: run {started}"
+        if reps:
+            line += f", {reps} repetition(s)"
+        if revision:
+            line += f", sse-hub built from `{revision}`"
+        if env.get("NICE", "0") != "0":
+            line += f", servers and load generator at nice {env['NICE']}"
+        line += (f"; load average {env.get('LOADAVG_START', '?')} at start, "
+                 f"{env.get('LOADAVG_END', '?')} at end.")
+        lines.append(line)
+    return lines
+
+
+def anomalies(runs, scenarios):
+    """A line naming every run that timed out, failed to connect or publish, or lost streams."""
+    problems = []
+    for scenario in scenarios:
+        for server, name in SERVERS:
+            for r in runs.get((scenario, server), []):
+                if r.get("timed_out") or r.get("drain_timed_out") or r.get("connect_failed") \
+                        or r.get("publish_failed") or r.get("closed_early"):
+                    where = name if len(scenarios) == 1 else f"{scenario} on {name}"
+                    problems.append(f"{where} run {r['_rep']}: connect failed {r['connect_failed']}"
+                                    f" ({r.get('connect_error')}), closed early {r['closed_early']},"
+                                    f" publish failed {r['publish_failed']} ({r.get('publish_error')}),"
+                                    f" drain timed out {r['drain_timed_out']}, timed out {r['timed_out']}")
+    return ["Anomalies: " + "; ".join(problems), ""] if problems else []
+
+
+def cluster_section(runs, med, infos):
+    """The cluster scenario: fan-out over two nodes per server, latency at 5 events/s of two
+    nodes against one, and what Redis did per publish."""
+    if not any(k[0] in CLUSTER for k in runs):
+        return []
+    out = ["## Two nodes on one Redis (issue 11)", ""]
+    version = next((i.get("redis_version") for reps in infos.values() for i in reps), "?")
+    out.append(f"Each server runs as two nodes on one fresh `redis-server` ({version}"
+               ", persistence off: `--save '' --appendonly no`, so the figures are the shared "
+               "log's cost and not a disk's), restarted before every run. Both nodes (2 workers "
+               "each) and Redis are pinned to core 0, the load generator to core 1: a cluster "
+               "gets the one core a single server gets. sse-load splits the subscribers evenly "
+               "over the two nodes (one load process per node) and publishes to the first. "
+               "sse-hub: `--store redis://… --redis-prefix bench`; nchan: `nchan_redis_server` "
+               "in an upstream and `nchan_redis_pass` in both locations "
+               "(`nginx-nchan-cluster.conf.template`). For two nodes, CPU and RSS sum both nodes "
+               "and Redis.")
+    out.append("")
+
+    def cell(scenario, server, path):
+        if path.startswith("_node") or path == "_load_cpu":
+            return value(median_report(runs, scenario, server), path)
+        return med.get((scenario, server, path))
+
+    def raw(scenario, server, path, f):
+        return ", ".join(fmt(f, value(r, path)) for r in runs.get((scenario, server), []))
+
+    sample = next(iter(runs.get(("cluster_fanout", "hub")) or runs.get(("cluster_fanout", "nchan")) or []), None)
+    if sample:
+        out.append(f"### Fan-out: N = {sample['subscribers']:,} split over the nodes, "
+                   f"P = {sample['published']:,} events of 64 B, 16 publishes in flight")
+        out.append("")
+        out.append("sse-hub also on one node (memory store) with the same N and P; nchan's one-node "
+                   "figures are the fan-out scenario's above.")
+        out.append("")
+        out.append("| metric | sse-hub, 2 nodes | sse-hub, 1 node | 2 nodes / 1 node | nchan, 2 nodes "
+                   "| sse-hub / nchan, 2 nodes | sse-hub 2-node runs | sse-hub 1-node runs "
+                   "| nchan runs |")
+        out.append("|---|---:|---:|---:|---:|---:|---|---|---|")
+        for label, path, f, _ in METRICS["cluster_fanout"]:
+            two, one, nchan = (cell("cluster_fanout", "hub", path),
+                               cell("cluster_fanout_single", "hub", path),
+                               cell("cluster_fanout", "nchan", path))
+            out.append(f"| {label} | {fmt(f, two)} | {fmt(f, one)} | {ratio(two, one)} "
+                       f"| {fmt(f, nchan)} | {ratio(two, nchan)} "
+                       f"| {raw('cluster_fanout', 'hub', path, f)} "
+                       f"| {raw('cluster_fanout_single', 'hub', path, f)} "
+                       f"| {raw('cluster_fanout', 'nchan', path, f)} |")
+        out.append("")
+
+    sample = next(iter(runs.get(("cluster_steady", "hub")) or runs.get(("cluster_steady", "nchan")) or []), None)
+    if sample:
+        out.append(f"### Latency at 5 events/s: N = {sample['subscribers']:,}, "
+                   f"P = {sample['published']:,}, two nodes on Redis vs one node on memory "
+                   "(chart: `latency-cluster.svg`)")
+        out.append("")
+        out.append("| metric | sse-hub, 1 node | sse-hub, 2 nodes | added | nchan, 1 node "
+                   "| nchan, 2 nodes | added | runs (1 node; 2 nodes) |")
+        out.append("|---|---:|---:|---:|---:|---:|---:|---|")
+        for label, path, f, _ in METRICS["cluster_steady"]:
+            cells = []
+            for server in ("hub", "nchan"):
+                if path.startswith("_node"):
+                    one = value(median_report(runs, "cluster_steady_single", server), path)
+                    two = value(median_report(runs, "cluster_steady", server), path)
+                    cells += [fmt(f, one), fmt(f, two), "–"]
+                    continue
+                one = med.get(("cluster_steady_single", server, path))
+                two = med.get(("cluster_steady", server, path))
+                added = (f"{two - one:+.2f}" if path.startswith("latency")
+                         and isinstance(one, (int, float)) and isinstance(two, (int, float))
+                         else "–")
+                cells += [fmt(f, one), fmt(f, two), added]
+            raws = "; ".join(
+                f"{name} " + ", ".join(fmt(f, value(r, path)) for r in runs.get((k, s), []))
+                for s, name in (("hub", "sse-hub"), ("nchan", "nchan"))
+                for k in ("cluster_steady_single", "cluster_steady"))
+            out.append(f"| {label} | " + " | ".join(cells) + f" | {raws} |")
+        out.append("")
+
+    figures = {}
+    for (run, server), reps in infos.items():
+        reports = {r["_rep"]: r for r in runs.get((run, server), [])}
+        figures[(run, server)] = [redis_figures(i, reports.get(i["_rep"])) for i in reps]
+    if figures:
+        cols = [(run, server) for server in ("hub", "nchan")
+                for run in ("cluster_fanout", "cluster_steady") if figures.get((run, server))]
+        names = {("cluster_fanout", "hub"): "sse-hub, fan-out", ("cluster_steady", "hub"): "sse-hub, 5/s",
+                 ("cluster_fanout", "nchan"): "nchan, fan-out", ("cluster_steady", "nchan"): "nchan, 5/s"}
+        out.append("### Redis per publish (its INFO after each run, counters reset when the nodes "
+                   "were up; medians)")
+        out.append("")
+        out.append("| figure | " + " | ".join(names[c] for c in cols) + " |")
+        out.append("|---|" + "---:|" * len(cols))
+        for label, key, f in [("commands, calls inside Lua scripts included", "commands", "{:.2f}"),
+                              ("EVALSHA (sse-hub: one per batch of publishes)", "evalsha", "{:.2f}"),
+                              ("XADD", "xadd", "{:.2f}"),
+                              ("XREAD per node (sse-hub: one per batch read)", "xread_node", "{:.2f}"),
+                              ("PUBLISH (nchan)", "publish", "{:.2f}"),
+                              ("bytes into Redis", "in_b", "{:,.0f}"),
+                              ("bytes out of Redis (both nodes)", "out_b", "{:,.0f}"),
+                              ("Redis CPU (µs; the whole run, idle time included)", "cpu_us", "{:.1f}"),
+                              ("Redis used memory after the run (MiB)", "memory_mib", "{:.2f}")]:
+            cells = [fmt(f, median([x.get(key) for x in figures[c] if x])) for c in cols]
+            out.append(f"| {label} | " + " | ".join(cells) + " |")
+        tops = []
+        for c in cols:
+            x = next((x for x in figures[c] if x), None)
+            if x:
+                tops.append(f"{names[c]}: " + ", ".join(f"{k} {v:,}" for k, v in x["top"]))
+        out.append("")
+        out.append("Most called, in total (first run): " + "; ".join(tops) + ".")
+        out.append("")
+    out.extend(anomalies(runs, CLUSTER))
+    return out
+
+
 def load_store(raw):
     path = os.path.join(raw, "store.json")
     if not os.path.exists(path):
@@ -224,27 +531,27 @@ def write(args):
     for (scenario, server), reports in runs.items():
         for _, path, _, _ in METRICS[scenario]:
             med[(scenario, server, path)] = median([value(r, path) for r in reports])
-    reps = max((len(r) for r in runs.values()), default=0)
+    infos = load_redis(args.raw)
     out = []
     out.append("# sse-hub vs nginx + nchan")
     out.append("")
-    out.append(f"Reproduce with `{args.command}` (15–25 minutes for the full run). "
-               f"Run {args.started}: {reps} repetition(s), medians shown, ratio = sse-hub / nchan. "
+    out.append(f"Reproduce with `{args.command}` (25–35 minutes for the full run; "
+               "`--scenario NAME` runs one scenario and keeps the others' figures). Medians "
+               "shown, ratio = sse-hub / nchan. "
                "Both servers have 2 workers pinned to core 0 (`taskset -c 0`); the load generator "
                "(`sse-load`, current-thread runtime per process) is pinned to core 1. Servers are "
-               "restarted before every run. Everything runs on 127.0.0.1."
-               + (f" Servers and load generator ran at nice {args.nice}." if args.nice != "0" else "")
-               + (f" sse-hub built from `{args.revision}`." if args.revision else ""))
+               "restarted before every run. Everything runs on 127.0.0.1. The figures come from "
+               "these runs (other work on the machine shows up in the load average: treat "
+               "figures as noisy when it is high):")
     out.append("")
-    out.append(f"Load average at start {args.loadavg[0]}, at end {args.loadavg[1]} "
-               "(other work on the machine shows up here: treat figures as noisy when it is high).")
+    out.extend(run_lines(args.raw, runs, store))
     if args.quick == "1":
         out.append("")
         out.append("**Quick run: small N and one repetition; not the comparison's figures.**")
     out.append("")
     rows = targets(runs, med) + store_targets(store)
     if rows:
-        out.append("## Targets (issues 6 and 10)")
+        out.append("## Targets (issues 6, 10 and 11)")
         out.append("")
         out.append("| target | measured | met |")
         out.append("|---|---|---|")
@@ -290,18 +597,7 @@ def write(args):
                 out.append(f"| {label} | {fmt(f, ours)} | {fmt(f, theirs)} | {ratio(ours, theirs)} "
                            f"| {raws['hub']} | {raws['nchan']} |")
         out.append("")
-        problems = []
-        for server, name in SERVERS:
-            for r in runs.get((scenario, server), []):
-                if r.get("timed_out") or r.get("drain_timed_out") or r.get("connect_failed") \
-                        or r.get("publish_failed") or r.get("closed_early"):
-                    problems.append(f"{name} run {r['_rep']}: connect failed {r['connect_failed']}"
-                                    f" ({r.get('connect_error')}), closed early {r['closed_early']},"
-                                    f" publish failed {r['publish_failed']}, drain timed out"
-                                    f" {r['drain_timed_out']}, timed out {r['timed_out']}")
-        if problems:
-            out.append("Anomalies: " + "; ".join(problems))
-            out.append("")
+        out.extend(anomalies(runs, [scenario]))
     if store:
         out.append(f"## File store: size and restart (`bench/store.py`)")
         out.append("")
@@ -329,8 +625,11 @@ def write(args):
         out.append("| restart to serving (ms), median | "
                    f"{store['restart_s_median'] * 1000:.0f} |")
         out.append("")
-    missing = [f"{s} on {n}" for s in ORDER for k, n in SERVERS
-               if k != "hubfile" and any(x[0] == s for x in runs) and not runs.get((s, k))]
+    out.extend(cluster_section(runs, med, infos))
+    # hubfile runs only in the fan-out, and nchan has no one-node run in the cluster scenario.
+    missing = [f"{s} on {n}" for s in ORDER + CLUSTER for k, n in SERVERS
+               if k != "hubfile" and (s, k) != ("cluster_fanout_single", "nchan")
+               and any(x[0] == s for x in runs) and not runs.get((s, k))]
     if missing:
         out.append("Missing runs (sse-load failed): " + ", ".join(missing))
         out.append("")
@@ -352,11 +651,7 @@ def main():
     parser.add_argument("raw")
     parser.add_argument("out")
     parser.add_argument("--quick", default="0")
-    parser.add_argument("--started", default="")
-    parser.add_argument("--loadavg", nargs=2, default=["?", "?"])
     parser.add_argument("--command", default="scripts/bench")
-    parser.add_argument("--nice", default="0")
-    parser.add_argument("--revision", default="")
     write(parser.parse_args())
 
 

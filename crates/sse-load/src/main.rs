@@ -32,7 +32,7 @@ use tokio::{
 use crate::{
     procstat::Server,
     publisher::{DEFAULT_TEMPLATE, Plan, Template},
-    report::{Percentiles, Report, ServerFigures},
+    report::{NodeFigures, Percentiles, Report, ServerFigures},
     subscriber::{ConnectReport, WorkerArgs, WorkerReport},
     tally::Counts,
     target::Target,
@@ -48,7 +48,8 @@ const WORKER_GRACE: Duration = Duration::from_secs(10);
     about = "Load-test an SSE server on loopback: N subscribers, P stamped events, exact loss and latency",
     long_about = "Load-test an SSE server on loopback.\n\n\
         Opens N subscribers to URL (spread over 127.0.0.2-254 source addresses, and over several \
-        processes when N exceeds the open-file limit), publishes P events to --publish-url with a \
+        processes when N exceeds the open-file limit; with several URLs, the nodes of a cluster, \
+        split evenly over them with loss and latency reported per node), publishes P events to --publish-url with a \
         sequence number and send time in each payload, and matches every received event to its \
         publish: loss, duplicates, reordering and publish→receive latency are exact. Given the \
         server's pid(s), also reports its RSS per subscriber and CPU time per delivered event.\n\n\
@@ -56,7 +57,8 @@ const WORKER_GRACE: Duration = Duration::from_secs(10);
         memory. Only loopback targets (127.0.0.0/8, ::1) are accepted.\n\n\
         Examples:\n  \
         sse-load http://127.0.0.1:8080/stream -n 10000 -P 1000 --publish-url http://127.0.0.1:8080/publish --server-pid $(pidof sse-hub)\n  \
-        sse-load http://127.0.0.1:8090/sub/bench -n 10000 -P 100 --rate 5 --publish-url http://127.0.0.1:8090/pub/bench --server-pid $(cat nginx.pid) --server-children --json",
+        sse-load http://127.0.0.1:8090/sub/bench -n 10000 -P 100 --rate 5 --publish-url http://127.0.0.1:8090/pub/bench --server-pid $(cat nginx.pid) --server-children --json\n  \
+        sse-load http://127.0.0.1:8081/stream http://127.0.0.1:8082/stream -n 10000 -P 1000 --publish-url http://127.0.0.1:8081/publish",
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true
 )]
@@ -90,9 +92,10 @@ struct ChartArgs {
 
 #[derive(Debug, Args)]
 struct RunArgs {
-    /// SSE stream to subscribe to, e.g. http://127.0.0.1:8080/stream (loopback only).
-    #[arg(required = true)]
-    url: Option<String>,
+    /// SSE stream to subscribe to, e.g. http://127.0.0.1:8080/stream (loopback only). Several
+    /// URLs (the nodes of a cluster) share the subscribers evenly; each is reported on its own.
+    #[arg(required = true, num_args = 1..)]
+    urls: Vec<String>,
     /// Subscribers to open.
     #[arg(short = 'n', long, default_value_t = 100)]
     subscribers: u64,
@@ -128,7 +131,8 @@ struct RunArgs {
     /// Connection attempts in progress at once, per process.
     #[arg(long, default_value_t = 256)]
     connect_concurrency: usize,
-    /// Subscriber processes; by default as many as the open-file limit requires.
+    /// Subscriber processes; by default as many as the open-file limit requires. At least one per
+    /// URL, and a multiple of the URL count (each process subscribes to one URL).
     #[arg(long)]
     processes: Option<usize>,
     /// Read buffer per subscriber, bytes.
@@ -204,7 +208,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     if let Some(path) = &args.chart {
         let label = if args.label.is_empty() {
-            args.url.clone().unwrap_or_default()
+            args.urls.join(" ")
         } else {
             args.label.clone()
         };
@@ -268,6 +272,42 @@ fn split(n: u64, processes: usize) -> Vec<(u64, u64)> {
         .collect()
 }
 
+/// One worker process's share: which URL it subscribes to, its first subscriber's index overall
+/// (source addresses continue across processes) and how many subscribers it opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Share {
+    node: usize,
+    first: u64,
+    count: u64,
+}
+
+/// Splits `n` subscribers evenly over `nodes` URLs, then each URL's part over `per_node`
+/// processes.
+fn shares(n: u64, nodes: usize, per_node: usize) -> Vec<Share> {
+    split_all(n, nodes)
+        .into_iter()
+        .enumerate()
+        .flat_map(|(node, (first, count))| {
+            split(count, per_node).into_iter().map(move |(f, c)| Share {
+                node,
+                first: first + f,
+                count: c,
+            })
+        })
+        .collect()
+}
+
+/// Like `split`, but keeps the parts that get no subscriber (a node is reported even then).
+fn split_all(n: u64, parts: usize) -> Vec<(u64, u64)> {
+    let parts = parts.max(1) as u64;
+    (0..parts)
+        .map(|i| {
+            let before = i * (n / parts) + i.min(n % parts);
+            (before, n / parts + u64::from(i < n % parts))
+        })
+        .collect()
+}
+
 /// A protocol line from a worker process.
 #[derive(Debug)]
 enum FromWorker {
@@ -302,6 +342,9 @@ fn parse_worker_line(line: &str) -> anyhow::Result<FromWorker> {
 /// What the coordinator knows of one worker process.
 #[derive(Debug, Default)]
 struct WorkerState {
+    /// Index of the URL it subscribes to, and how many subscribers it opens.
+    node: usize,
+    subscribers: u64,
     connected: u64,
     closed: u64,
     unique: u64,
@@ -421,15 +464,22 @@ impl Workers {
     }
 }
 
-fn spawn_workers(args: &RunArgs, url: &str, timeout: Duration) -> anyhow::Result<Workers> {
+fn spawn_workers(args: &RunArgs, timeout: Duration) -> anyhow::Result<Workers> {
     let limit = open_file_limit().unwrap_or(1024);
     let capacity = per_process_capacity(limit);
-    let processes = args
-        .processes
-        .unwrap_or_else(|| args.subscribers.div_ceil(capacity).max(1) as usize);
-    let shares = split(args.subscribers, processes);
-    if let Some((_, biggest)) = shares.iter().max_by_key(|s| s.1)
-        && *biggest > capacity
+    let nodes = args.urls.len().max(1);
+    let per_node = args.processes.map_or_else(
+        || {
+            args.subscribers
+                .div_ceil(nodes as u64)
+                .div_ceil(capacity)
+                .max(1) as usize
+        },
+        |p| p.div_ceil(nodes).max(1),
+    );
+    let shares = shares(args.subscribers, nodes, per_node);
+    if let Some(biggest) = shares.iter().map(|s| s.count).max()
+        && biggest > capacity
     {
         bail!(
             "{biggest} subscribers in one process exceed its open-file limit ({limit}, margin included: {capacity}); use more --processes"
@@ -443,13 +493,13 @@ fn spawn_workers(args: &RunArgs, url: &str, timeout: Duration) -> anyhow::Result
         states: Vec::new(),
         lines,
     };
-    for (w, (first, count)) in shares.into_iter().enumerate() {
+    for (w, share) in shares.into_iter().enumerate() {
         let mut command = tokio::process::Command::new(&exe);
         command
             .arg("worker")
-            .args(["--url", url])
-            .args(["--count", &count.to_string()])
-            .args(["--first-index", &first.to_string()])
+            .args(["--url", &args.urls[share.node]])
+            .args(["--count", &share.count.to_string()])
+            .args(["--first-index", &share.first.to_string()])
             .args(["--events", &args.events.to_string()])
             .args([
                 "--connect-concurrency",
@@ -483,15 +533,23 @@ fn spawn_workers(args: &RunArgs, url: &str, timeout: Duration) -> anyhow::Result
             let _ = tx.send((w, FromWorker::Exited));
         });
         workers.children.push(child);
-        workers.states.push(WorkerState::default());
+        workers.states.push(WorkerState {
+            node: share.node,
+            subscribers: share.count,
+            ..WorkerState::default()
+        });
     }
     Ok(workers)
 }
 
 /// Runs the whole measurement and merges what the workers saw.
 async fn coordinate(args: &RunArgs) -> anyhow::Result<Report> {
-    let url = args.url.clone().context("a stream URL is required")?;
-    Target::parse(&url)?;
+    if args.urls.is_empty() {
+        bail!("a stream URL is required");
+    }
+    for url in &args.urls {
+        Target::parse(url)?;
+    }
     let plan = if args.events > 0 {
         let publish_url = args
             .publish_url
@@ -519,11 +577,11 @@ async fn coordinate(args: &RunArgs) -> anyhow::Result<Report> {
         .then(|| Server::new(args.server_pids.clone(), args.server_children));
     let before = server.as_ref().map(Server::sample);
 
-    let mut workers = spawn_workers(args, &url, args.timeout + WORKER_GRACE)?;
+    let mut workers = spawn_workers(args, args.timeout + WORKER_GRACE)?;
     let bars = Bars::new(args.quiet, args.subscribers, args.events);
     let mut report = Report {
         label: args.label.clone(),
-        url: url.clone(),
+        url: args.urls.join(" "),
         processes: workers.children.len(),
         subscribers: args.subscribers,
         ..Report::default()
@@ -607,12 +665,30 @@ async fn coordinate(args: &RunArgs) -> anyhow::Result<Report> {
 
     report.load_cpu_s = procstat::own_cpu_us() as f64 / 1e6;
     report.wall_s = started.elapsed().as_secs_f64();
+    let states: Vec<&WorkerState> = workers.states.iter().collect();
     merge(
         &mut report,
-        &workers.states,
+        &states,
         expected_per_subscriber,
         publish_start_us,
     );
+    report.nodes = args
+        .urls
+        .iter()
+        .enumerate()
+        .map(|(node, url)| {
+            let states: Vec<&WorkerState> =
+                states.iter().copied().filter(|s| s.node == node).collect();
+            let mut part = Report::default();
+            merge(
+                &mut part,
+                &states,
+                expected_per_subscriber,
+                publish_start_us,
+            );
+            NodeFigures::of(url, states.iter().map(|s| s.subscribers).sum(), &part)
+        })
+        .collect();
     if let (Some(server), Some(before), Some(connected), Some(after)) =
         (&server, before, connected_sample, after)
     {
@@ -645,8 +721,8 @@ async fn coordinate(args: &RunArgs) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-/// Folds the workers' reports into `report`.
-fn merge(report: &mut Report, states: &[WorkerState], per_subscriber: u64, publish_start_us: u64) {
+/// Folds the reports of `states` (every worker, or one node's) into `report`.
+fn merge(report: &mut Report, states: &[&WorkerState], per_subscriber: u64, publish_start_us: u64) {
     let mut latency = tally::new_histogram();
     let mut connect_us = tally::new_histogram();
     let mut counts = Counts::default();
@@ -707,6 +783,69 @@ mod tests {
         assert_eq!(split(10, 3), vec![(0, 4), (4, 3), (7, 3)]);
         assert_eq!(split(1, 4), vec![(0, 1)]);
         assert_eq!(split(19_500, 2), vec![(0, 9_750), (9_750, 9_750)]);
+    }
+
+    /// Several URLs share the subscribers evenly, each part over its own processes, with
+    /// source indexes continuing across them; a URL left without subscribers gets no process.
+    #[test]
+    fn subscribers_split_over_nodes_then_processes() {
+        let share = |node, first, count| Share { node, first, count };
+        assert_eq!(
+            shares(10, 2, 2),
+            vec![
+                share(0, 0, 3),
+                share(0, 3, 2),
+                share(1, 5, 3),
+                share(1, 8, 2)
+            ]
+        );
+        assert_eq!(shares(5, 1, 1), vec![share(0, 0, 5)]);
+        assert_eq!(shares(1, 2, 1), vec![share(0, 0, 1)]);
+        assert_eq!(split_all(1, 2), vec![(0, 1), (1, 0)]);
+    }
+
+    /// One URL or several parse; the subcommands still do.
+    #[test]
+    fn command_line_takes_several_urls() {
+        let cli = Cli::try_parse_from(["sse-load", "http://127.0.0.1:1/a", "http://127.0.0.1:2/b"])
+            .unwrap();
+        assert_eq!(cli.run.urls.len(), 2);
+        let cli = Cli::try_parse_from(["sse-load", "chart", "--out", "x.svg", "a=b"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Chart(_))));
+        assert!(Cli::try_parse_from(["sse-load"]).is_err());
+    }
+
+    /// Loss and delivery are counted per node as well as in total.
+    #[test]
+    fn merge_reports_each_node() {
+        let worker = |node, connected, unique, lost| WorkerState {
+            node,
+            subscribers: connected,
+            result: Some(WorkerReport {
+                connect: ConnectReport {
+                    connected,
+                    ..ConnectReport::default()
+                },
+                counts: Counts {
+                    unique,
+                    ..Counts::default()
+                },
+                lost,
+                last_us: 2_000_000,
+                ..WorkerReport::default()
+            }),
+            ..WorkerState::default()
+        };
+        let states = [worker(0, 2, 20, 0), worker(1, 3, 27, 3)];
+        let all: Vec<&WorkerState> = states.iter().collect();
+        let mut total = Report::default();
+        merge(&mut total, &all, 10, 1_000_000);
+        assert_eq!((total.expected, total.delivered, total.lost), (50, 47, 3));
+        assert!((total.delivered_per_s - 47.0).abs() < 1e-9);
+        let mut second = Report::default();
+        merge(&mut second, &all[1..], 10, 1_000_000);
+        let node = NodeFigures::of("u", 3, &second);
+        assert_eq!((node.expected, node.delivered, node.lost), (30, 27, 3));
     }
 
     /// Below the open-file limit one process suffices; 19,500 at a 20,000 limit needs two.

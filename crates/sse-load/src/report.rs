@@ -69,6 +69,45 @@ pub struct ServerFigures {
     pub writes_per_event: f64,
 }
 
+/// What the subscribers of one URL (a node of a cluster) received.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NodeFigures {
+    pub url: String,
+    pub subscribers: u64,
+    pub connected: u64,
+    pub connect_failed: u64,
+    pub closed_early: u64,
+    /// Events published × this node's subscribers connected.
+    pub expected: u64,
+    pub delivered: u64,
+    pub lost: u64,
+    pub duplicates: u64,
+    pub reordered: u64,
+    /// Delivered events / (this node's last delivery − first publish).
+    pub delivered_per_s: f64,
+    pub latency_ms: Percentiles,
+}
+
+impl NodeFigures {
+    /// The figures of `report`, merged from this node's workers only.
+    pub fn of(url: &str, subscribers: u64, report: &Report) -> Self {
+        Self {
+            url: url.to_owned(),
+            subscribers,
+            connected: report.connected,
+            connect_failed: report.connect_failed,
+            closed_early: report.closed_early,
+            expected: report.expected,
+            delivered: report.delivered,
+            lost: report.lost,
+            duplicates: report.duplicates,
+            reordered: report.reordered,
+            delivered_per_s: report.delivered_per_s,
+            latency_ms: report.latency_ms.clone(),
+        }
+    }
+}
+
 /// Everything one run measured.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Report {
@@ -105,6 +144,10 @@ pub struct Report {
     pub latency_ms: Percentiles,
     pub latency_curve: Vec<(f64, f64)>,
     pub server: Option<ServerFigures>,
+    /// Per subscribed URL, in the order given: one entry, or one per node of a cluster.
+    /// Reports written before it existed read as empty.
+    #[serde(default)]
+    pub nodes: Vec<NodeFigures>,
     /// CPU time of sse-load itself (coordinator and workers), and the run's wall time.
     pub load_cpu_s: f64,
     pub wall_s: f64,
@@ -152,6 +195,24 @@ impl Report {
                 "  latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}  mean {:.2}\n",
                 l.p50, l.p90, l.p99, l.p999, l.max, l.mean
             );
+        }
+        if self.nodes.len() > 1 {
+            for node in &self.nodes {
+                s += &format!(
+                    "  node {}: {} subscribers ({} connected), delivered {}/{}, lost {}, duplicates {}, reordered {}, closed early {}, latency p50 {:.2} p99 {:.2} ms\n",
+                    node.url,
+                    node.subscribers,
+                    node.connected,
+                    node.delivered,
+                    node.expected,
+                    node.lost,
+                    node.duplicates,
+                    node.reordered,
+                    node.closed_early,
+                    node.latency_ms.p50,
+                    node.latency_ms.p99,
+                );
+            }
         }
         if let Some(err) = &self.publish_error {
             s += &format!("  first publish error: {err}\n");
