@@ -1002,42 +1002,21 @@ impl Drop for Nginx {
     }
 }
 
-/// The load balancer's configuration: what an SSE hub needs from a proxy (HTTP/1.1 to the
-/// upstream without `Connection: close`, no response buffering, streams idle for long), every
-/// path and temporary directory inside `dir`.
-// TODO: use docker/nginx-cluster.conf.template once it lands (written on another branch).
+/// The shipped load balancer configuration, `docker/nginx-cluster.conf.template` (the one
+/// Compose uses), rendered for three hubs on loopback ports. The test runs as root with a
+/// private directory, so the workers run as root too (as the template's header says).
 fn nginx_conf(dir: &Path, port: u16, upstreams: &[&Node]) -> String {
-    let dir = dir.display();
-    let servers: String = upstreams
-        .iter()
-        .map(|node| format!("        server {};\n", node.hub.addr))
-        .collect();
-    format!(
-        "error_log {dir}/error.log info;
-pid {dir}/nginx.pid;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {dir}/client_body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
-    upstream hubs {{
-{servers}    }}
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{
-            proxy_pass http://hubs;
-            proxy_http_version 1.1;
-            proxy_set_header Connection \"\";
-            proxy_buffering off;
-            proxy_read_timeout 1h;
-        }}
-    }}
-}}
-"
-    )
+    let template = include_str!("../../docker/nginx-cluster.conf.template");
+    let [a, b, c] = upstreams else {
+        panic!("the template balances exactly three hubs");
+    };
+    let rendered = template
+        .replace("@LISTEN@", &format!("127.0.0.1:{port}"))
+        .replace("@HUB1@", &a.hub.addr.to_string())
+        .replace("@HUB2@", &b.hub.addr.to_string())
+        .replace("@HUB3@", &c.hub.addr.to_string())
+        .replace("@DIR@", &dir.display().to_string());
+    format!("user root;\n{rendered}")
 }
 
 /// Three hubs behind nginx: a subscriber through the balancer gets, as they are published,
