@@ -204,14 +204,25 @@ struct Cluster {
 }
 
 impl Cluster {
-    /// Starts redis-server, then one hub per name in `names`, each with `args`.
-    fn start(test: &str, persistence: Persistence, names: &[&'static str], args: &[&str]) -> Self {
+    /// Starts redis-server, then one hub per name in `names`, each with `args`, and waits
+    /// until every hub is ready: a hub listens before it has reached Redis, and answers
+    /// `/readyz` 503 until it has.
+    async fn start(
+        test: &str,
+        persistence: Persistence,
+        names: &[&'static str],
+        args: &[&str],
+    ) -> Self {
         let redis = RedisServer::start(persistence);
         let prefix = format!("sse-hub-test-{}-{test}", std::process::id());
-        let nodes = names
+        let nodes: Vec<Node> = names
             .iter()
             .map(|name| Node::start(name, &redis, &prefix, args))
             .collect();
+        for node in &nodes {
+            let ready = wait_for_readyz(node, StatusCode::OK, RECOVERY_TIMEOUT).await;
+            assert_ready(&ready, "/readyz once started");
+        }
         Self {
             nodes,
             redis,
@@ -394,7 +405,7 @@ fn assert_ready(reply: &Reply, what: &str) {
 async fn an_event_published_on_one_node_reaches_every_node_once_in_order() {
     let _serial = SERIAL.lock().await;
     // Arrange: three nodes, a subscriber on each.
-    let cluster = Cluster::start("fanout", Persistence::Off, &["A", "B", "C"], &[]);
+    let cluster = Cluster::start("fanout", Persistence::Off, &["A", "B", "C"], &[]).await;
     let mut streams = Vec::new();
     for node in &cluster.nodes {
         streams.push((node.name, node.subscribe("news", None).await));
@@ -425,12 +436,8 @@ async fn a_subscriber_resumes_on_another_node_without_gap_or_duplicate() {
     const BEFORE_CUT: usize = 20;
     let _serial = SERIAL.lock().await;
     // Arrange: a publisher on all three nodes in turn, one event every few milliseconds.
-    let cluster = std::rc::Rc::new(Cluster::start(
-        "resume",
-        Persistence::Off,
-        &["A", "B", "C"],
-        &[],
-    ));
+    let cluster =
+        std::rc::Rc::new(Cluster::start("resume", Persistence::Off, &["A", "B", "C"], &[]).await);
     let mut on_a = cluster.node(0).subscribe("feed", None).await;
     let acked = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
     let publisher = actix_web::rt::spawn({
@@ -471,12 +478,14 @@ async fn a_subscriber_resumes_on_another_node_without_gap_or_duplicate() {
 }
 
 /// Right after a publish on A acknowledges, a resume on B from that id is not a `reset`, and
-/// the next event arrives: B never answers before it has applied what A acknowledged.
+/// the next event arrives: B never answers before it has applied what A acknowledged. (On an
+/// idle machine B has nearly always read the entry by then; the test after this one puts B
+/// behind on purpose.)
 #[actix_web::test]
 async fn a_resume_on_another_node_right_after_a_publish_finds_its_id() {
     const ROUNDS: usize = 50;
     let _serial = SERIAL.lock().await;
-    let cluster = Cluster::start("read-your-write", Persistence::Off, &["A", "B", "C"], &[]);
+    let cluster = Cluster::start("read-your-write", Persistence::Off, &["A", "B", "C"], &[]).await;
     let (a, b, c) = (cluster.node(0), cluster.node(1), cluster.node(2));
     for round in 0..ROUNDS {
         // Act
@@ -499,6 +508,59 @@ async fn a_resume_on_another_node_right_after_a_publish_finds_its_id() {
     }
 }
 
+/// A node far behind the log (stopped while thousands of events were published) that is
+/// asked to resume from the newest id as soon as it wakes waits until it has read that id:
+/// no `reset`, and the next event arrives.
+#[actix_web::test]
+async fn a_resume_on_a_node_that_is_behind_waits_for_its_id() {
+    /// More than one read of the tail (1,024 entries), so B is behind for several round trips.
+    const BACKLOG: usize = 2_400;
+    const PUBLISHERS: usize = 40;
+    let _serial = SERIAL.lock().await;
+    // Arrange: B stopped while A publishes the backlog, then the probe.
+    let cluster = std::rc::Rc::new(
+        Cluster::start(
+            "behind",
+            Persistence::Off,
+            &["A", "B"],
+            &["--history-size", "5000"],
+        )
+        .await,
+    );
+    let (a, b) = (cluster.node(0), cluster.node(1));
+    send_signal(b.pid(), "STOP");
+    let publishers = (0..PUBLISHERS).map(|p| async move {
+        for n in 0..BACKLOG / PUBLISHERS {
+            a.publish("backlog", &format!("{p}/{n}")).await;
+        }
+    });
+    futures_util::future::join_all(publishers).await;
+    let probe = a.publish("t", "probe").await;
+
+    // Act: the resume reaches B before it wakes, so B reads it while still behind.
+    let resume = actix_web::rt::spawn({
+        let (cluster, probe) = (cluster.clone(), probe.clone());
+        async move { cluster.node(1).subscribe("t", Some(&probe)).await }
+    });
+    // Nothing observable says the request is in B's socket queue: give the client a moment.
+    actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    send_signal(b.pid(), "CONT");
+    let mut on_b = resume.await.expect("the resume is answered");
+    let next = a.publish("t", "next").await;
+
+    // Assert
+    let event = on_b.next_event().await;
+    assert_eq!(
+        (
+            event.event.as_deref(),
+            event.id.as_deref(),
+            event.data.as_deref()
+        ),
+        (None, Some(next.as_str()), Some("next")),
+        "resuming on B from {probe} while B was {BACKLOG} events behind"
+    );
+}
+
 /// Redis killed under live streams: publishes get 503 with `Retry-After` and a JSON error,
 /// streams stay open on keep-alives, /healthz 200 and /readyz 503. Once Redis is back with its
 /// data, /readyz is 200 again, the same streams carry the new events with no reset, and a
@@ -507,7 +569,7 @@ async fn a_resume_on_another_node_right_after_a_publish_finds_its_id() {
 async fn redis_down_then_back_with_its_data_loses_nothing() {
     let _serial = SERIAL.lock().await;
     // Arrange: events published and read on two nodes.
-    let mut cluster = Cluster::start("outage", Persistence::Durable, &["A", "B"], &[]);
+    let mut cluster = Cluster::start("outage", Persistence::Durable, &["A", "B"], &[]).await;
     let mut on_a = cluster.node(0).subscribe("t", None).await;
     let mut on_b = cluster.node(1).subscribe("t", None).await;
     let mut before = Vec::new();
@@ -597,7 +659,7 @@ async fn redis_down_then_back_with_its_data_loses_nothing() {
 async fn a_flushed_redis_ends_streams_and_resets_resumes() {
     let _serial = SERIAL.lock().await;
     // Arrange
-    let cluster = Cluster::start("flush", Persistence::Off, &["A", "B"], &[]);
+    let cluster = Cluster::start("flush", Persistence::Off, &["A", "B"], &[]).await;
     let mut streams = Vec::new();
     for node in &cluster.nodes {
         streams.push(node.subscribe("t", None).await);
@@ -661,6 +723,64 @@ async fn a_flushed_redis_ends_streams_and_resets_resumes() {
     assert_increasing(&[first_new, second_new], "new ids");
 }
 
+/// Redis restarted empty (no persistence) while nothing is published: each node notices the
+/// log's epoch is gone within a few seconds, ends its streams with a `retry:` frame, and a
+/// reconnect with an old id gets `reset` (nothing retained), then new events.
+#[actix_web::test]
+async fn redis_restarted_empty_ends_idle_streams_and_resets_resumes() {
+    /// The interface promises about one block period (1 s) plus the reconnect backoff.
+    const DETECTION: Duration = Duration::from_secs(5);
+    let _serial = SERIAL.lock().await;
+    // Arrange
+    let mut cluster = Cluster::start("restart-empty", Persistence::Off, &["A", "B"], &[]).await;
+    let mut streams = Vec::new();
+    for node in &cluster.nodes {
+        streams.push(node.subscribe("t", None).await);
+    }
+    let mut old = Vec::new();
+    for n in 0..2 {
+        old.push(cluster.node(0).publish("t", &format!("old {n}")).await);
+    }
+    for stream in &mut streams {
+        assert_eq!(next_events(stream, 2).await.len(), 2);
+    }
+
+    // Act
+    cluster.redis.restart();
+
+    // Assert: the idle streams end, with nothing else on them.
+    for (node, stream) in cluster.nodes.iter().zip(&mut streams) {
+        let what = format!(
+            "the idle stream on {} after Redis came back empty",
+            node.name
+        );
+        let before_end = assert_ends_with_retry(stream, DETECTION, &what).await;
+        assert!(before_end.is_empty(), "{what}: no event: {before_end:?}");
+    }
+    let mut resumed = Vec::new();
+    for node in &cluster.nodes {
+        let ready = wait_for_readyz(node, StatusCode::OK, RECOVERY_TIMEOUT).await;
+        assert_ready(&ready, "/readyz with Redis back empty");
+        let mut stream = node.subscribe("t", Some(&old[1])).await;
+        let oldest = assert_reset(&stream.next_event().await, &old[1]);
+        assert!(
+            oldest.is_null(),
+            "on {}: nothing retained: {oldest}",
+            node.name
+        );
+        resumed.push(stream);
+    }
+    let new = cluster.node(1).publish("t", "new").await;
+    for (node, stream) in cluster.nodes.iter().zip(&mut resumed) {
+        assert_eq!(
+            id_and_data(&[stream.next_event().await]),
+            [(new.clone(), "new".to_owned())],
+            "on {}: after the reset, the new event",
+            node.name
+        );
+    }
+}
+
 /// A node stopped while the log is trimmed far past its place ends its streams (after a
 /// `retry:` frame) when it wakes; a reconnect from its subscriber's last id gets `reset`.
 #[actix_web::test]
@@ -675,7 +795,8 @@ async fn a_node_that_fell_behind_the_trim_ends_streams_and_resets() {
         Persistence::Off,
         &["A", "B"],
         &["--history-size", &history],
-    );
+    )
+    .await;
     assert_eq!(
         cluster
             .redis
@@ -754,7 +875,7 @@ async fn a_node_that_fell_behind_the_trim_ends_streams_and_resets() {
 async fn a_publisher_id_is_taken_once_across_nodes() {
     const ROUNDS: usize = 40;
     let _serial = SERIAL.lock().await;
-    let cluster = Cluster::start("dup", Persistence::Off, &["A", "B"], &[]);
+    let cluster = Cluster::start("dup", Persistence::Off, &["A", "B"], &[]).await;
     let (a, b) = (cluster.node(0), cluster.node(1));
     let mut stream = a.subscribe("t", None).await;
     for round in 0..ROUNDS {
@@ -789,8 +910,9 @@ async fn a_publisher_id_is_taken_once_across_nodes() {
 #[actix_web::test]
 async fn readyz_follows_redis() {
     let _serial = SERIAL.lock().await;
-    let mut cluster = Cluster::start("readyz", Persistence::Off, &["A"], &[]);
+    let mut cluster = Cluster::start("readyz", Persistence::Off, &["A"], &[]).await;
     let node = cluster.node(0);
+    // Cluster::start waited for the first 200.
     assert_ready(&node.get("/readyz").await, "/readyz with Redis up");
 
     cluster.redis.kill();
@@ -835,7 +957,9 @@ impl Nginx {
             .arg(dir.path())
             .arg("-c")
             .arg(&conf)
-            .args(["-g", "daemon off;"])
+            // One process: a master killed on drop would leave its workers running, and
+            // listening, behind it.
+            .args(["-g", "daemon off; master_process off;"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -878,63 +1002,21 @@ impl Drop for Nginx {
     }
 }
 
-/// The load balancer's configuration: what an SSE hub needs from a proxy (HTTP/1.1 to the
-/// upstream without `Connection: close`, no response buffering, streams idle for long), every
-/// path and temporary directory inside `dir`.
-// TODO: use docker/nginx-cluster.conf.template once it lands (written on another branch).
+/// The shipped load balancer configuration, `docker/nginx-cluster.conf.template` (the one
+/// Compose uses), rendered for three hubs on loopback ports. The test runs as root with a
+/// private directory, so the workers run as root too (as the template's header says).
 fn nginx_conf(dir: &Path, port: u16, upstreams: &[&Node]) -> String {
-    let dir = dir.display();
-    let servers: String = upstreams
-        .iter()
-        .map(|node| format!("        server {};\n", node.hub.addr))
-        .collect();
-    // As root, nginx would run its workers as `nobody`, who cannot enter the temporary
-    // directory: they run as the test's user instead.
-    let user = if running_as_root() {
-        "user root;\n"
-    } else {
-        ""
+    let template = include_str!("../../docker/nginx-cluster.conf.template");
+    let [a, b, c] = upstreams else {
+        panic!("the template balances exactly three hubs");
     };
-    format!(
-        "{user}worker_processes 1;
-error_log {dir}/error.log info;
-pid {dir}/nginx.pid;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {dir}/client_body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
-    upstream hubs {{
-{servers}    }}
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{
-            proxy_pass http://hubs;
-            proxy_http_version 1.1;
-            proxy_set_header Connection \"\";
-            proxy_buffering off;
-            proxy_read_timeout 1h;
-        }}
-    }}
-}}
-"
-    )
-}
-
-/// Whether this process runs as root (uid 0), read from /proc: the tests do not use libc.
-fn running_as_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("Uid:"))
-                .and_then(|ids| ids.split_whitespace().next().map(|uid| uid == "0"))
-        })
-        .unwrap_or(false)
+    let rendered = template
+        .replace("@LISTEN@", &format!("127.0.0.1:{port}"))
+        .replace("@HUB1@", &a.hub.addr.to_string())
+        .replace("@HUB2@", &b.hub.addr.to_string())
+        .replace("@HUB3@", &c.hub.addr.to_string())
+        .replace("@DIR@", &dir.display().to_string());
+    format!("user root;\n{rendered}")
 }
 
 /// Three hubs behind nginx: a subscriber through the balancer gets, as they are published,
@@ -944,7 +1026,7 @@ fn running_as_root() -> bool {
 async fn a_subscriber_behind_nginx_gets_events_published_anywhere() {
     let _serial = SERIAL.lock().await;
     // Arrange
-    let cluster = Cluster::start("nginx", Persistence::Off, &["A", "B", "C"], &[]);
+    let cluster = Cluster::start("nginx", Persistence::Off, &["A", "B", "C"], &[]).await;
     let nodes: Vec<&Node> = cluster.nodes.iter().collect();
     let nginx = Nginx::start(&nodes).await;
     let client = client();
