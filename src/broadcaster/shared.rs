@@ -212,9 +212,7 @@ impl Broadcaster {
             Some(Bytes::from(format!("retry: {retry}\n\n")))
         });
         log::warn!("streams ended, the shared log lost events subscribers={count} reason={reason}");
-        self.history = History::new(self.config.history_size, self.config.history_bytes);
-        metrics::set_gauge(&self.metrics.history_events, 0);
-        metrics::set_gauge(&self.metrics.history_bytes, 0);
+        self.replace_history(Vec::new());
         let shared = self.shared();
         shared.applied = None;
         let awaiting = std::mem::take(&mut shared.awaiting);
@@ -223,6 +221,16 @@ impl Broadcaster {
         for parked in std::mem::take(&mut shared.parked) {
             let _ = parked.done.send(self.register(parked.msg, ctx));
         }
+    }
+
+    /// Replaces the history with `entries` (oldest first), without fanning them out.
+    fn replace_history(&mut self, entries: Vec<TailEntry>) {
+        self.history = History::new(self.config.history_size, self.config.history_bytes);
+        for TailEntry { event, .. } in entries {
+            self.history.append(event);
+        }
+        metrics::set_gauge(&self.metrics.history_events, self.history.len());
+        metrics::set_gauge(&self.metrics.history_bytes, self.history.size_bytes());
     }
 
     /// The tail has read everything there was: publishers appended before a loss whose entries
@@ -297,13 +305,8 @@ impl Handler<Tailed> for Broadcaster {
             Tailed::Snapshot(entries) => {
                 // What the log held before this node read it: history, not news.
                 self.fan_out_pending();
-                self.history = History::new(self.config.history_size, self.config.history_bytes);
                 let last = entries.last().map(|e| e.entry);
-                for TailEntry { event, .. } in entries {
-                    self.history.append(event);
-                }
-                metrics::set_gauge(&self.metrics.history_events, self.history.len());
-                metrics::set_gauge(&self.metrics.history_bytes, self.history.size_bytes());
+                self.replace_history(entries);
                 self.shared().applied = last;
                 self.answer_read_back(ctx);
             }

@@ -1,5 +1,7 @@
-//! The event log: where published events are committed, in order, behind one interface. The
-//! broadcaster numbers the events and applies each committed batch; the backend owns storage.
+//! The event log: where published events are committed, in order. On a local log (memory,
+//! file) the broadcaster numbers the events and applies each committed batch; the backend owns
+//! storage. On the shared Redis log, Redis orders and numbers them and every node applies what
+//! it reads back.
 //!
 //! - `memory`: nothing to store; the broadcaster's history is the whole log.
 //! - `file:PATH` ([`file`]): a redb file; a batch counts as published once it is fsync'd.

@@ -13,7 +13,7 @@ use futures_util::future::join;
 use serde_json::Value;
 
 use crate::helpers::{
-    ChildHub, Frame, HUB, HubLog, Persistence, RedisServer, Resp, SseStream, client, find_on_path,
+    ChildHub, Frame, HubLog, Persistence, RedisServer, Resp, SseStream, client, find_on_path,
     free_port, query, send_signal,
 };
 
@@ -21,8 +21,6 @@ use crate::helpers::{
 /// they run one at a time, so that on a small machine they do not starve one another.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// The hubs' heartbeat: keep-alive comments come this often.
-const HEARTBEAT: &str = "200ms";
 /// How long a node may take to notice Redis going away or coming back (its reconnect backoff
 /// tops out at 5 s, jittered), or to end its streams after losing its place in the log.
 const RECOVERY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -67,24 +65,9 @@ impl Node {
 
     /// Starts a hub on `--store store` with `store_args` and `args`.
     fn start_on(name: &'static str, store: &str, store_args: &[&str], args: &[&str]) -> Self {
-        let mut command = Command::new(HUB);
-        command
-            .args([
-                "--bind",
-                "127.0.0.1:0",
-                "--workers",
-                "2",
-                "--heartbeat",
-                HEARTBEAT,
-            ])
-            .args(["--store", store])
-            .args(store_args)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .env_remove("SSE_HUB_STORE")
-            .env_remove("SSE_HUB_REDIS_PREFIX")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null());
+        let mut args = args.to_vec();
+        args.extend_from_slice(store_args);
+        let command = crate::helpers::hub_command(store, &args);
         let log = HubLog::default();
         let hub = ChildHub::spawn_logged(command, log.clone());
         Self {
@@ -186,13 +169,7 @@ async fn open_stream(client: &Client, url: &str, last_event_id: Option<&str>) ->
         .await
         .unwrap_or_else(|err| panic!("GET {url}: {err}"));
     assert_eq!(response.status(), StatusCode::OK, "GET {url}");
-    let mut stream = SseStream::new(response);
-    let opening = stream.next_frame().await.expect("an opening frame");
-    assert!(
-        opening.comment.is_some(),
-        "the stream opens with a comment, got {opening:?}"
-    );
-    stream
+    SseStream::opened(response).await
 }
 
 /// A Redis server and hubs on it, under one key prefix of their own.

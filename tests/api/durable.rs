@@ -13,7 +13,7 @@ use actix_web::http::StatusCode;
 use futures_util::future::join_all;
 use serde_json::Value;
 
-use crate::helpers::{ChildHub, Frame, HUB, SseStream, client, query};
+use crate::helpers::{ChildHub, Frame, SseStream, client, query};
 
 /// How long a refusing hub may take to exit.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -84,24 +84,7 @@ impl ChildHub {
 }
 
 fn hub_command(store: &Path, args: &[&str]) -> Command {
-    let mut command = Command::new(HUB);
-    command
-        .args([
-            "--bind",
-            "127.0.0.1:0",
-            "--workers",
-            "2",
-            "--heartbeat",
-            "200ms",
-        ])
-        .arg("--store")
-        .arg(format!("file:{}", store.display()))
-        .args(args)
-        .env("RUST_LOG", "info")
-        .env_remove("SSE_HUB_STORE")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null());
-    command
+    crate::helpers::hub_command(&format!("file:{}", store.display()), args)
 }
 
 /// Runs the hub on `store`, expecting it to refuse to start: its exit code and its stderr.

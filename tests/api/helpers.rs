@@ -86,13 +86,7 @@ impl TestApp {
         }
         let response = req.send().await.expect("the stream request is answered");
         assert_eq!(response.status(), StatusCode::OK, "subscribe to {path}");
-        let mut stream = SseStream::new(response);
-        let opening = stream.next_frame().await.expect("an opening frame");
-        assert!(
-            opening.comment.is_some(),
-            "the stream opens with a comment, got {opening:?}"
-        );
-        stream
+        SseStream::opened(response).await
     }
 
     /// Publishes `body` with `POST /publish?{query}` and returns the event id.
@@ -236,6 +230,17 @@ impl SseStream {
         }
     }
 
+    /// The stream of a `200` response, its opening comment read.
+    pub async fn opened(response: ClientResponse) -> Self {
+        let mut stream = Self::new(response);
+        let opening = stream.next_frame().await.expect("an opening frame");
+        assert!(
+            opening.comment.is_some(),
+            "the stream opens with a comment, got {opening:?}"
+        );
+        stream
+    }
+
     pub fn headers(&self) -> &actix_web::http::header::HeaderMap {
         self.response.headers()
     }
@@ -346,6 +351,30 @@ pub const HUB: &str = env!("CARGO_BIN_EXE_sse-hub");
 /// How long a starting hub may take to listen.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// The hub binary on `--store store` with `args`, as the child-process tests run it: port 0,
+/// two workers, a 200 ms heartbeat, its log at info, and no `SSE_HUB_*` store settings
+/// inherited from the environment.
+pub fn hub_command(store: &str, args: &[&str]) -> Command {
+    let mut command = Command::new(HUB);
+    command
+        .args([
+            "--bind",
+            "127.0.0.1:0",
+            "--workers",
+            "2",
+            "--heartbeat",
+            "200ms",
+        ])
+        .args(["--store", store])
+        .args(args)
+        .env("RUST_LOG", "info")
+        .env_remove("SSE_HUB_STORE")
+        .env_remove("SSE_HUB_REDIS_PREFIX")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    command
+}
+
 /// A hub binary in a child process (its memory, its crash and its store are its own), on the
 /// address it logged. Killed on drop.
 pub struct ChildHub {
@@ -356,31 +385,8 @@ pub struct ChildHub {
 impl ChildHub {
     /// Spawns `command` (the hub binary and its arguments, binding port 0) with its log piped,
     /// and waits until it listens.
-    pub fn spawn(mut command: Command) -> Self {
-        let mut child = command
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the hub binary starts");
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let (addr_tx, addr_rx) = mpsc::channel();
-        // Reads the log until the listening line, then keeps draining it so the hub never
-        // blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some((_, addr)) = line.split_once("listening addr=http://") {
-                    let _ = addr_tx.send(addr.trim().to_owned());
-                }
-            }
-        });
-        let addr = match addr_rx.recv_timeout(START_TIMEOUT) {
-            Ok(addr) => addr.parse().expect("the logged address parses"),
-            Err(_) => {
-                let _ = child.kill();
-                let status = child.wait().expect("the hub is reaped");
-                panic!("the hub did not listen within {START_TIMEOUT:?} (exit: {status})");
-            }
-        };
-        Self { child, addr }
+    pub fn spawn(command: Command) -> Self {
+        Self::spawn_logged(command, HubLog::default())
     }
 }
 
@@ -414,7 +420,9 @@ impl HubLog {
 }
 
 impl ChildHub {
-    /// Like [`ChildHub::spawn`], but every line of the hub's log is also kept in `log`.
+    /// Like [`ChildHub::spawn`], but every line of the hub's log is also kept in `log`. The
+    /// log is read until the listening line, then drained so the hub never blocks on a full
+    /// pipe.
     pub fn spawn_logged(mut command: Command, log: HubLog) -> Self {
         let mut child = command
             .stderr(Stdio::piped())
