@@ -1,5 +1,6 @@
-//! Auth: Mercure-style JWTs (HS256 or RS256), where a request's token comes from, when it is
-//! valid (`nbf`, `exp`), and what its `mercure.publish` / `mercure.subscribe` claims allow.
+//! Auth: Mercure JWTs (HS256 or RS256), where a request's token comes from, and what it
+//! allows: a 0.x token through its `mercure` claim, a 1.0 access token (`typ: at+jwt`, RFC 9068:
+//! `iss`, `aud`, `exp` required) through its `authorization_details`.
 
 use std::{
     collections::HashSet,
@@ -12,11 +13,18 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     error::HubError,
-    topic::{Selector, SelectorCache, SelectorError},
+    topic::{MatcherType, Selector, SelectorCache, SelectorError},
+    url_pattern::check_value,
 };
 
-/// The cookie Mercure clients send their token in.
+/// The cookie Mercure 0.x clients send their token in.
 pub const COOKIE_NAME: &str = "mercureAuthorization";
+/// The cookie name Mercure 1.0 recommends.
+pub const ACCESS_TOKEN_COOKIE: &str = "__Secure-mercure_access_token";
+/// The `type` of a Mercure authorization detail (RFC 9396).
+pub const DETAIL_TYPE: &str = "https://mercure.rocks/authorization-detail";
+/// Mercure authorization details one token may carry; more make it invalid.
+pub const MAX_DETAILS: usize = 32;
 /// The query parameter for clients that can set neither a header nor a cookie.
 pub const QUERY_NAME: &str = "authorization";
 
@@ -161,14 +169,37 @@ pub struct MercureClaim {
     pub payload: Option<serde_json::Value>,
 }
 
-/// The keys for both roles (`None` where that role has no key configured), and the clock skew
-/// allowed on their tokens' time claims.
-#[derive(Debug, Clone, Default)]
+/// The keys for both roles (`None` where that role has no key configured), the clock skew
+/// allowed on their tokens' time claims, and what a Mercure 1.0 access token must name.
+#[derive(Debug, Clone)]
 pub struct Keys {
     pub publisher: Option<JwtKey>,
     pub subscriber: Option<JwtKey>,
     /// Added to `exp` and taken from `nbf` (`--jwt-leeway`): see [`valid_until`].
     pub leeway: Duration,
+    /// The issuer the keys belong to (`--jwt-issuer`): an access token's `iss` must be it.
+    /// `None`: no access token is accepted.
+    pub issuer: Option<String>,
+    /// The hub's resource identifier (`--jwt-audience`), which an access token's `aud` names.
+    pub audience: String,
+    /// Topic matchers per authorization detail, and bytes per matcher (`--max-topics`,
+    /// `--max-topic-bytes`).
+    pub max_matchers: usize,
+    pub max_matcher_bytes: usize,
+}
+
+impl Default for Keys {
+    fn default() -> Self {
+        Self {
+            publisher: None,
+            subscriber: None,
+            leeway: Duration::ZERO,
+            issuer: None,
+            audience: crate::config::DEFAULT_HUB_URL.to_owned(),
+            max_matchers: crate::config::DEFAULT_MAX_TOPICS,
+            max_matcher_bytes: crate::config::DEFAULT_MAX_TOPIC_BYTES,
+        }
+    }
 }
 
 impl Keys {
@@ -180,21 +211,37 @@ impl Keys {
     }
 }
 
+/// Where a request may carry its token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenSources {
+    /// The header, the cookies, and the `authorization` query parameter (Mercure 0.x).
+    WithQuery,
+    /// The header and the cookies: Mercure 1.0 (RFC 9700) keeps tokens out of URLs.
+    HeaderAndCookie,
+}
+
 /// The token a request carries: the `Authorization: Bearer` header, else the
-/// `mercureAuthorization` cookie, else the `authorization` query parameter.
-pub fn token_from(req: &HttpRequest) -> Result<Option<String>, HubError> {
+/// `mercureAuthorization` or `__Secure-mercure_access_token` cookie, else (0.x requests) the
+/// `authorization` query parameter.
+pub fn token_from(req: &HttpRequest, sources: TokenSources) -> Result<Option<String>, HubError> {
     if let Some(token) = bearer_token(req)? {
         return Ok(Some(token));
     }
-    if let Some(cookie) = req.cookie(COOKIE_NAME) {
+    if let Some(cookie) = req
+        .cookie(COOKIE_NAME)
+        .or_else(|| req.cookie(ACCESS_TOKEN_COOKIE))
+    {
         return Ok(Some(cookie.value().to_owned()));
+    }
+    if sources == TokenSources::HeaderAndCookie {
+        return Ok(None);
     }
     Ok(form_urlencoded::parse(req.query_string().as_bytes())
         .find(|(k, _)| k == QUERY_NAME)
         .map(|(_, v)| v.into_owned()))
 }
 
-/// The token of the `Authorization: Bearer` header only.
+/// The token of the `Authorization: Bearer` header only (the scheme is case-insensitive).
 pub fn bearer_token(req: &HttpRequest) -> Result<Option<String>, HubError> {
     let Some(value) = req.headers().get(header::AUTHORIZATION) else {
         return Ok(None);
@@ -203,13 +250,16 @@ pub fn bearer_token(req: &HttpRequest) -> Result<Option<String>, HubError> {
         .to_str()
         .map_err(|_| malformed("the Authorization header"))?;
     let token = value
-        .strip_prefix("Bearer ")
+        .split_once(' ')
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+        .filter(|token| !token.is_empty())
         .ok_or_else(|| malformed("the Authorization header (expected `Bearer <token>`)"))?;
-    Ok(Some(token.trim().to_owned()))
+    Ok(Some(token.to_owned()))
 }
 
 fn malformed(what: &str) -> HubError {
-    HubError::Unauthorized(format!("malformed token in {what}"))
+    HubError::TokenMalformed(format!("malformed token in {what}"))
 }
 
 /// A token that passed [`verify`]: its claims, and when it stops being valid.
@@ -218,6 +268,211 @@ pub struct Verified {
     pub claims: Claims,
     /// `exp` plus the leeway; `None` when the token has no `exp`.
     pub valid_until: Option<SystemTime>,
+}
+
+/// Whether `token` is a Mercure 1.0 access token: its header's `typ` is `at+jwt` (or
+/// `application/at+jwt`, case-insensitive, RFC 9068). Other tokens are read as Mercure 0.x ones.
+pub fn is_access_token(token: &str, role: Role) -> Result<bool, HubError> {
+    let header = jsonwebtoken::decode_header(token).map_err(|err| {
+        HubError::Unauthorized(format!(
+            "the {} token is not a valid JWT ({err})",
+            role.name()
+        ))
+    })?;
+    Ok(header.typ.is_some_and(|typ| {
+        let typ = typ.to_ascii_lowercase();
+        typ == "at+jwt" || typ == "application/at+jwt"
+    }))
+}
+
+/// The claims of a Mercure 1.0 access token the hub reads; `iss` and `aud` are checked by
+/// the decoder.
+#[derive(Debug, Deserialize)]
+struct AccessClaims {
+    #[serde(default, deserialize_with = "numeric_date::floor")]
+    exp: Option<u64>,
+    #[serde(default, deserialize_with = "numeric_date::ceil")]
+    nbf: Option<u64>,
+    #[serde(default)]
+    authorization_details: Option<serde_json::Value>,
+}
+
+/// One Mercure authorization detail of a verified access token.
+#[derive(Debug, Clone)]
+pub struct Detail {
+    pub publish: bool,
+    pub subscribe: bool,
+    pub topics: Vec<Selector>,
+    pub payload: Option<serde_json::Value>,
+}
+
+/// A verified Mercure 1.0 access token: its Mercure authorization details, and when it stops
+/// being valid.
+#[derive(Debug, Clone)]
+pub struct AccessToken {
+    pub details: Vec<Detail>,
+    pub valid_until: Option<SystemTime>,
+}
+
+/// Verifies a Mercure 1.0 access token (RFC 9068 as Mercure profiles it): the role's key and
+/// algorithm only, `iss` equal to the configured issuer, `aud` naming the hub, `exp` present,
+/// `nbf` and `exp` with the leeway, and every Mercure authorization detail well formed (one
+/// that is not makes the whole token invalid). Every failure is `invalid_token`.
+pub fn verify_access_token(
+    token: &str,
+    key: &JwtKey,
+    role: Role,
+    keys: &Keys,
+    cache: &SelectorCache,
+) -> Result<AccessToken, HubError> {
+    let refused =
+        |reason: String| HubError::Unauthorized(format!("the {} token {reason}", role.name()));
+    let Some(issuer) = keys.issuer.as_deref() else {
+        return Err(refused(
+            "is a Mercure 1.0 access token, and the hub has no issuer configured (--jwt-issuer)"
+                .to_owned(),
+        ));
+    };
+    let mut validation = Validation::new(key.algorithm);
+    validation.required_spec_claims = ["exp", "iss", "aud"].map(str::to_owned).into();
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.set_issuer(&[issuer]);
+    validation.set_audience(&[&keys.audience]);
+    let claims = jsonwebtoken::decode::<AccessClaims>(token, &key.key, &validation)
+        .map(|data| data.claims)
+        .map_err(|err| {
+            refused(match err.kind() {
+                ErrorKind::InvalidSignature => "has an invalid signature".to_owned(),
+                ErrorKind::InvalidAlgorithm => format!(
+                    "is not signed with {:?}, the algorithm configured for {}s",
+                    key.algorithm,
+                    role.name()
+                ),
+                ErrorKind::InvalidIssuer => format!("is not issued by `{issuer}` (iss)"),
+                ErrorKind::InvalidAudience => {
+                    format!(
+                        "is not meant for this hub: its aud lacks `{}`",
+                        keys.audience
+                    )
+                }
+                ErrorKind::MissingRequiredClaim(claim) => format!("has no `{claim}` claim"),
+                _ => format!("is not a valid JWT ({err})"),
+            })
+        })?;
+    let times = Claims {
+        exp: claims.exp,
+        nbf: claims.nbf,
+        ..Claims::default()
+    };
+    let valid_until = valid_until(&times, SystemTime::now(), keys.leeway)
+        .map_err(|why| refused(why.to_owned()))?;
+    let details = parse_details(claims.authorization_details.as_ref(), keys, cache)
+        .map_err(|why| refused(format!("has invalid authorization_details: {why}")))?;
+    Ok(AccessToken {
+        details,
+        valid_until,
+    })
+}
+
+/// The Mercure authorization details of an `authorization_details` claim; details of other
+/// types are skipped, unknown actions grant nothing.
+fn parse_details(
+    claim: Option<&serde_json::Value>,
+    keys: &Keys,
+    cache: &SelectorCache,
+) -> Result<Vec<Detail>, String> {
+    use serde_json::Value;
+
+    let Some(claim) = claim else {
+        return Ok(Vec::new());
+    };
+    let entries = claim.as_array().ok_or("not an array")?;
+    let mut details = Vec::new();
+    for (n, entry) in entries.iter().enumerate() {
+        let entry = entry
+            .as_object()
+            .ok_or_else(|| format!("entry {n} is not an object"))?;
+        if entry.get("type").and_then(Value::as_str) != Some(DETAIL_TYPE) {
+            continue;
+        }
+        if details.len() == MAX_DETAILS {
+            return Err(format!("more than {MAX_DETAILS} Mercure details"));
+        }
+        let actions = entry
+            .get("actions")
+            .and_then(Value::as_array)
+            .filter(|actions| !actions.is_empty())
+            .ok_or_else(|| format!("entry {n} has no non-empty `actions` array"))?;
+        let mut detail = Detail {
+            publish: false,
+            subscribe: false,
+            topics: Vec::new(),
+            payload: None,
+        };
+        for action in actions {
+            match action.as_str() {
+                Some("publish") => detail.publish = true,
+                Some("subscribe") => detail.subscribe = true,
+                Some(_) => {}
+                None => return Err(format!("entry {n} has an action that is not a string")),
+            }
+        }
+        let topics = entry
+            .get("topics")
+            .and_then(Value::as_array)
+            .filter(|topics| !topics.is_empty())
+            .ok_or_else(|| format!("entry {n} has no non-empty `topics` array"))?;
+        if topics.len() > keys.max_matchers {
+            return Err(format!(
+                "entry {n} has more than {} topic matchers",
+                keys.max_matchers
+            ));
+        }
+        for topic in topics {
+            detail.topics.push(
+                parse_matcher(topic, keys, cache).map_err(|why| format!("entry {n}: {why}"))?,
+            );
+        }
+        match entry.get("payload") {
+            None => {}
+            Some(payload @ Value::Object(_)) => detail.payload = Some(payload.clone()),
+            Some(_) => return Err(format!("entry {n} has a `payload` that is not an object")),
+        }
+        details.push(detail);
+    }
+    Ok(details)
+}
+
+/// One topic matcher object: `{"match": "...", "match_type": "exact" | "urlpattern"}`.
+fn parse_matcher(
+    topic: &serde_json::Value,
+    keys: &Keys,
+    cache: &SelectorCache,
+) -> Result<Selector, String> {
+    use serde_json::Value;
+
+    let topic = topic
+        .as_object()
+        .ok_or("a topic matcher is not an object")?;
+    let text = topic
+        .get("match")
+        .and_then(Value::as_str)
+        .ok_or("a topic matcher has no `match` string")?;
+    let kind = match topic.get("match_type") {
+        None => MatcherType::Exact,
+        Some(Value::String(name)) => MatcherType::from_name(name)
+            .ok_or_else(|| format!("unsupported match_type `{name}`"))?,
+        Some(_) => return Err("a `match_type` is not a string".to_owned()),
+    };
+    if text.is_empty() || text.len() > keys.max_matcher_bytes {
+        return Err(format!(
+            "a matcher is empty or longer than {} bytes",
+            keys.max_matcher_bytes
+        ));
+    }
+    check_value(text).map_err(|why| format!("the matcher `{text}` {why}"))?;
+    cache.get_typed(kind, text).map_err(|err| err.to_string())
 }
 
 /// Verifies `token` for `role`: signature, algorithm, and the time claims `nbf` and `exp` when
@@ -294,14 +549,17 @@ pub fn valid_until(
     Ok(Some(until))
 }
 
-/// What a verified token allows, as compiled selectors (invalid or too complex selectors in a
-/// claim are ignored: they can match nothing), and until when.
+/// What a verified token allows, as compiled selectors (in a 0.x claim, invalid or too complex
+/// selectors are ignored: they can match nothing), and until when.
 #[derive(Debug, Clone, Default)]
 pub struct Grant {
     pub selectors: Vec<Selector>,
     /// When the token stops being valid (`exp` plus the leeway); `None` for a token without
     /// `exp` and for anonymous subscribers. A subscriber's stream ends then.
     pub valid_until: Option<SystemTime>,
+    /// The subscribe grants in the token's order, each with its payload (a 0.x token: `*` with
+    /// `mercure.payload`): what active subscriptions report about the subscriber.
+    pub payloads: Vec<(Vec<Selector>, Option<serde_json::Value>)>,
 }
 
 impl Grant {
@@ -324,11 +582,31 @@ impl Grant {
         Ok(Self {
             selectors,
             valid_until,
+            payloads: Vec::new(),
         })
+    }
+
+    /// The grant of an access token's details that carry `action`.
+    fn from_details(token: AccessToken, action: fn(&Detail) -> bool) -> Self {
+        let details: Vec<Detail> = token.details.into_iter().filter(action).collect();
+        Self {
+            selectors: details.iter().flat_map(|d| d.topics.clone()).collect(),
+            valid_until: token.valid_until,
+            payloads: details.into_iter().map(|d| (d.topics, d.payload)).collect(),
+        }
     }
 
     pub fn allows(&self, topic: &str) -> bool {
         self.selectors.iter().any(|s| s.matches(topic))
+    }
+
+    /// The payload of the first subscribe grant matching `matcher` (a subscription's own
+    /// matcher text, read as a topic), if it has one.
+    pub fn payload_for(&self, matcher: &str) -> Option<&serde_json::Value> {
+        self.payloads
+            .iter()
+            .find(|(selectors, _)| selectors.iter().any(|s| s.matches(matcher)))
+            .and_then(|(_, payload)| payload.as_ref())
     }
 }
 
@@ -342,7 +620,7 @@ pub fn publisher_grant(
 ) -> Result<Option<Grant>, HubError> {
     let Some(key) = keys.for_role(Role::Publisher) else {
         return if required {
-            Err(HubError::Unauthorized(
+            Err(HubError::TokenMissing(
                 "publishing here needs a JWT, and the hub has no publisher key configured"
                     .to_owned(),
             ))
@@ -350,11 +628,15 @@ pub fn publisher_grant(
             Ok(None)
         };
     };
-    let token = token_from(req)?.ok_or_else(|| {
-        HubError::Unauthorized(
+    let token = token_from(req, TokenSources::WithQuery)?.ok_or_else(|| {
+        HubError::TokenMissing(
             "publishing needs a publisher JWT (Authorization: Bearer)".to_owned(),
         )
     })?;
+    if is_access_token(&token, Role::Publisher)? {
+        let token = verify_access_token(&token, key, Role::Publisher, keys, cache)?;
+        return Ok(Some(Grant::from_details(token, |d| d.publish)));
+    }
     let verified = verify(&token, key, Role::Publisher, keys.leeway)?;
     let Some(publish) = verified.claims.mercure.publish.as_deref() else {
         return Err(HubError::Forbidden(
@@ -364,31 +646,38 @@ pub fn publisher_grant(
     Grant::from_claim(Some(publish), verified.valid_until, cache).map(Some)
 }
 
-/// Checks the subscriber token of `req`, if any: its `mercure.subscribe` claim says which
-/// private events it may receive. Without a token the subscriber is anonymous (refused when
-/// `anonymous` is false).
+/// Checks the subscriber token of `req`, if any: its `mercure.subscribe` claim (0.x) or its
+/// `subscribe` details (1.0) say which private events it may receive. Without a token the
+/// subscriber is anonymous (refused when `anonymous` is false).
 pub fn subscriber_grant(
     req: &HttpRequest,
     keys: &Keys,
     cache: &SelectorCache,
     anonymous: bool,
+    sources: TokenSources,
 ) -> Result<Grant, HubError> {
-    let token = token_from(req)?;
+    let token = token_from(req, sources)?;
     match (token, keys.for_role(Role::Subscriber)) {
         (None, _) if anonymous => Ok(Grant::default()),
-        (None, _) => Err(HubError::Unauthorized(
+        (None, _) => Err(HubError::TokenMissing(
             "subscribing needs a subscriber JWT".to_owned(),
         )),
         (Some(_), None) => Err(HubError::Unauthorized(
             "a token was given, but the hub has no subscriber key configured".to_owned(),
         )),
+        (Some(token), Some(key)) if is_access_token(&token, Role::Subscriber)? => {
+            let token = verify_access_token(&token, key, Role::Subscriber, keys, cache)?;
+            Ok(Grant::from_details(token, |d| d.subscribe))
+        }
         (Some(token), Some(key)) => {
             let verified = verify(&token, key, Role::Subscriber, keys.leeway)?;
-            Grant::from_claim(
+            let mut grant = Grant::from_claim(
                 verified.claims.mercure.subscribe.as_deref(),
                 verified.valid_until,
                 cache,
-            )
+            )?;
+            grant.payloads = vec![(vec![Selector::Any], verified.claims.mercure.payload)];
+            Ok(grant)
         }
     }
 }
@@ -609,6 +898,7 @@ mod tests {
             publisher: Some(hs_key()),
             subscriber: Some(hs_key()),
             leeway: LEEWAY,
+            ..Keys::default()
         };
         assert_eq!(may_see_selectors(&anonymous, &keys).ok(), Some(false));
         assert_eq!(
@@ -650,18 +940,33 @@ mod tests {
             .insert_header(("authorization", "Bearer h"))
             .cookie(actix_web::cookie::Cookie::new(COOKIE_NAME, "c"))
             .to_http_request();
-        assert_eq!(token_from(&req).expect("ok").as_deref(), Some("h"));
+        assert_eq!(
+            token_from(&req, TokenSources::WithQuery)
+                .expect("ok")
+                .as_deref(),
+            Some("h")
+        );
         let req = TestRequest::default()
             .uri("/?authorization=q")
             .cookie(actix_web::cookie::Cookie::new(COOKIE_NAME, "c"))
             .to_http_request();
-        assert_eq!(token_from(&req).expect("ok").as_deref(), Some("c"));
+        assert_eq!(
+            token_from(&req, TokenSources::WithQuery)
+                .expect("ok")
+                .as_deref(),
+            Some("c")
+        );
         let req = TestRequest::default()
             .uri("/?authorization=q")
             .to_http_request();
-        assert_eq!(token_from(&req).expect("ok").as_deref(), Some("q"));
+        assert_eq!(
+            token_from(&req, TokenSources::WithQuery)
+                .expect("ok")
+                .as_deref(),
+            Some("q")
+        );
         let req = TestRequest::default().to_http_request();
-        assert_eq!(token_from(&req).expect("ok"), None);
+        assert_eq!(token_from(&req, TokenSources::WithQuery).expect("ok"), None);
     }
 
     /// A grant matches topics through its selectors, templates included.

@@ -35,6 +35,8 @@ pub const DEFAULT_JWT_LEEWAY: &str = "5s";
 /// Selectors listed in `/stats` (those with the most subscribers): enough to see what is hot,
 /// small enough that the answer stays within ~30 KB and its sort within the actor cheap.
 pub const DEFAULT_STATS_SELECTORS: usize = 100;
+/// Mercure's own development default: a hub behind a proxy sets its public URL here.
+pub const DEFAULT_HUB_URL: &str = "https://localhost/.well-known/mercure";
 
 /// sse-hub: a Server-Sent Events hub. Without a command, it runs the server.
 #[derive(Debug, Clone, Parser)]
@@ -176,8 +178,30 @@ pub struct Settings {
     #[arg(long, env = "SSE_HUB_ANONYMOUS", default_value_t = true, action = ArgAction::Set)]
     pub anonymous: bool,
 
-    /// Origins allowed to call the Mercure routes cross-origin, with credentials (comma
-    /// separated; `*` for any). Default: same origin only.
+    /// The hub's public URL (Mercure 1.0): relative URL patterns and topics resolve against
+    /// it, its path and what lies below are reserved for the hub's own topics, and it is the
+    /// default `--jwt-audience`.
+    #[arg(long, env = "SSE_HUB_HUB_URL", default_value = DEFAULT_HUB_URL)]
+    pub hub_url: String,
+
+    /// The `iss` of Mercure 1.0 access tokens (`typ: at+jwt`) signed with the configured keys;
+    /// without it every such token is refused.
+    #[arg(long, env = "SSE_HUB_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// The hub's resource identifier, which a Mercure 1.0 token's `aud` must contain
+    /// (default: `--hub-url`).
+    #[arg(long, env = "SSE_HUB_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Active subscriptions (Mercure): publish a private `mercure` event when a subscription
+    /// starts or ends, and serve the subscription API under the hub's URL.
+    #[arg(long, env = "SSE_HUB_SUBSCRIPTIONS", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub subscriptions: bool,
+
+    /// Origins allowed to call the Mercure routes cross-origin (comma separated). Listed
+    /// origins get credentials (the cookie); `*` lets any origin in without credentials.
+    /// Default: same origin only.
     #[arg(long, env = "SSE_HUB_CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub cors_allowed_origins: Vec<String>,
 
@@ -267,6 +291,13 @@ impl Settings {
             publisher: key(Role::Publisher)?,
             subscriber: key(Role::Subscriber)?,
             leeway: self.jwt_leeway,
+            issuer: self.jwt_issuer.clone(),
+            audience: self
+                .jwt_audience
+                .clone()
+                .unwrap_or_else(|| self.hub_url.clone()),
+            max_matchers: self.max_topics,
+            max_matcher_bytes: self.max_topic_bytes,
         })
     }
 

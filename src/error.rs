@@ -27,8 +27,16 @@ pub enum HubError {
     SubscriberLimit { limit: usize },
     #[error("the hub's memory for URI templates ({limit} bytes) is full; try again later")]
     SelectorLimit { limit: usize },
+    /// No token where one is needed (401, a bare `Bearer` challenge).
+    #[error("{0}")]
+    TokenMissing(String),
+    /// A token that did not verify (401, `invalid_token`).
     #[error("{0}")]
     Unauthorized(String),
+    /// The `Authorization` header is not `Bearer <token>` (400, `invalid_request`).
+    #[error("{0}")]
+    TokenMalformed(String),
+    /// A valid token that does not allow this (403, `insufficient_scope`).
     #[error("{0}")]
     Forbidden(String),
     #[error("the hub is shutting down")]
@@ -56,7 +64,8 @@ impl HubError {
             Self::TooMany { .. } => "too_many_topics",
             Self::SubscriberLimit { .. } => "subscriber_limit",
             Self::SelectorLimit { .. } => "selector_limit",
-            Self::Unauthorized(_) => "unauthorized",
+            Self::TokenMissing(_) | Self::Unauthorized(_) => "unauthorized",
+            Self::TokenMalformed(_) => "invalid",
             Self::Forbidden(_) => "forbidden",
             Self::ShuttingDown => "shutting_down",
             Self::NotStored => "not_stored",
@@ -76,7 +85,8 @@ impl ResponseError for HubError {
             }
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::DuplicateId(_) => StatusCode::CONFLICT,
-            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::TokenMissing(_) | Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::TokenMalformed(_) => StatusCode::BAD_REQUEST,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::TooMany { .. } => StatusCode::BAD_REQUEST,
             Self::SubscriberLimit { .. }
@@ -92,9 +102,26 @@ impl ResponseError for HubError {
 
     fn error_response(&self) -> HttpResponse {
         let mut response = HttpResponse::build(self.status_code());
-        if let Self::LogUnavailable = self {
+        use actix_web::http::header::{RETRY_AFTER, WWW_AUTHENTICATE};
+        match self {
             // The node reconnects with backoff; a second is a fair first retry.
-            response.insert_header((actix_web::http::header::RETRY_AFTER, "1"));
+            Self::LogUnavailable => {
+                response.insert_header((RETRY_AFTER, "1"));
+            }
+            // RFC 6750 challenges, as Mercure asks; the JSON body says the same for people.
+            Self::TokenMissing(_) => {
+                response.insert_header((WWW_AUTHENTICATE, "Bearer"));
+            }
+            Self::Unauthorized(_) => {
+                response.insert_header((WWW_AUTHENTICATE, "Bearer error=\"invalid_token\""));
+            }
+            Self::TokenMalformed(_) => {
+                response.insert_header((WWW_AUTHENTICATE, "Bearer error=\"invalid_request\""));
+            }
+            Self::Forbidden(_) => {
+                response.insert_header((WWW_AUTHENTICATE, "Bearer error=\"insufficient_scope\""));
+            }
+            _ => {}
         }
         response.json(serde_json::json!({ "error": self.to_string() }))
     }

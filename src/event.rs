@@ -19,6 +19,10 @@ pub struct EventDraft {
     pub data: String,
     /// A publisher-chosen id; `None` lets the broadcaster generate one.
     pub id: Option<String>,
+    /// Whether `id` may already be in the history. Mercure publishers may reuse ids (a resume
+    /// from one then starts after its earliest occurrence); `POST /publish` refuses a taken id
+    /// with 409, so that a retried publish is not published twice.
+    pub repeatable_id: bool,
     /// The SSE `event:` type; `None` means the default `message`.
     pub event_type: Option<String>,
     /// The SSE `retry:` reconnection time, in milliseconds.

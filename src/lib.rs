@@ -1,13 +1,17 @@
 //! sse-hub: a Server-Sent Events hub on actix.
 //!
-//! - [`auth`]: Mercure JWTs (HS256, RS256): token sources, verification, claims.
+//! - [`auth`]: Mercure JWTs (HS256, RS256): token sources, verification, 0.x claims and 1.0
+//!   access tokens' authorization details.
 //! - [`config`]: settings, as flags with `SSE_HUB_*` environment twins, and their defaults.
 //! - [`startup`]: builds the broadcaster and the HTTP server; main and the tests share it.
 //! - [`broadcaster`]: the actor: subscribers, topic index, history, fan-out, heartbeat.
 //! - [`event`]: event fields, their validation, and the one wire encoder.
 //! - [`event_log`]: where published events are committed: memory, or a file that survives
 //!   restarts.
-//! - [`topic`]: topic selectors: exact, `*`, and RFC 6570 URI templates.
+//! - [`topic`]: topic selectors: exact, `*`, RFC 6570 URI templates (0.x), URL patterns (1.0).
+//! - [`url_pattern`]: Mercure 1.0's URL Pattern matchers, the hub's URL and its reserved
+//!   namespace, and the value rule for matchers, topics and ids.
+//! - [`subscriptions`]: active subscriptions: their events and the subscription API's documents.
 //! - [`queue`]: a subscriber's bounded frame queue, drained in one go.
 //! - [`reply`]: broadcaster replies woken on the worker's own thread, ahead of subscriber writes.
 //! - [`sse`]: a subscriber's response: headers, and the body draining its channel.
@@ -29,4 +33,6 @@ pub mod reply;
 pub mod routes;
 pub mod sse;
 pub mod startup;
+pub mod subscriptions;
 pub mod topic;
+pub mod url_pattern;

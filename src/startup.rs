@@ -18,6 +18,7 @@ use crate::{
     metrics::Metrics,
     routes::{self, AppState},
     topic::{SelectorCache, SelectorLimits},
+    url_pattern::HubUrl,
 };
 
 /// Why the hub did not start. Each is one line naming what to fix.
@@ -25,6 +26,13 @@ use crate::{
 pub enum StartupError {
     #[error("{0}")]
     Keys(String),
+    #[error("--hub-url: {0}")]
+    HubUrl(String),
+    #[error(
+        "--cors-allowed-origins: `*` cannot be combined with listed origins (`*` lets every \
+         origin in without credentials; listed origins get the cookie)"
+    )]
+    CorsWildcard,
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot listen on {addr}: {source}")]
@@ -44,6 +52,12 @@ impl Application {
     /// an actix system.
     pub fn build(settings: Settings) -> Result<Self, StartupError> {
         let keys = settings.keys().map_err(StartupError::Keys)?;
+        let hub = HubUrl::parse(&settings.hub_url).map_err(StartupError::HubUrl)?;
+        if settings.cors_allowed_origins.len() > 1
+            && settings.cors_allowed_origins.iter().any(|o| o == "*")
+        {
+            return Err(StartupError::CorsWildcard);
+        }
         let metrics = Metrics::new();
         let opened = event_log::open(
             &settings.store,
@@ -79,10 +93,13 @@ impl Application {
             settings: Arc::new(settings.clone()),
             keys: Arc::new(keys),
             metrics,
-            selectors: Arc::new(SelectorCache::new(SelectorLimits {
-                template_bytes: settings.max_template_bytes,
-                total_bytes: settings.max_selector_bytes,
-            })),
+            selectors: Arc::new(SelectorCache::with_hub(
+                SelectorLimits {
+                    template_bytes: settings.max_template_bytes,
+                    total_bytes: settings.max_selector_bytes,
+                },
+                hub,
+            )),
         };
         let routes = routes::configure(&settings);
         let mut server = HttpServer::new(move || {

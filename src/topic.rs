@@ -12,6 +12,7 @@ use std::{
     },
 };
 
+use crate::url_pattern::{HubUrl, UrlPatternMatcher};
 use regex_automata::{
     Anchored, Input,
     dfa::{Automaton, StartKind, dense, sparse},
@@ -30,6 +31,39 @@ pub enum Selector {
     Exact(String),
     /// An RFC 6570 URI template, e.g. `https://example.com/books/{id}`.
     Template(Template),
+    /// A WHATWG URL Pattern (Mercure 1.0's `urlpattern` matcher type), e.g.
+    /// `https://example.com/books/:id`.
+    UrlPattern(UrlPatternMatcher),
+}
+
+/// Mercure 1.0's matcher types (`match=` / `match_exact=`, `match_urlpattern=`), and the
+/// 0.x selectors' URI templates, as active subscriptions name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MatcherType {
+    Exact,
+    UrlPattern,
+    /// A Mercure 0.x `topic=` selector containing `{`.
+    UriTemplate,
+}
+
+impl MatcherType {
+    /// The canonical name (subscription topics, `match_type`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Exact => "exact",
+            Self::UrlPattern => "urlpattern",
+            Self::UriTemplate => "uritemplate",
+        }
+    }
+
+    /// The type a 1.0 subscribe parameter or a `match_type` names.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "exact" => Some(Self::Exact),
+            "urlpattern" => Some(Self::UrlPattern),
+            _ => None,
+        }
+    }
 }
 
 impl Selector {
@@ -50,6 +84,16 @@ impl Selector {
             Selector::Any => true,
             Selector::Exact(exact) => exact == topic,
             Selector::Template(template) => template.matches(topic),
+            Selector::UrlPattern(pattern) => pattern.matches(topic),
+        }
+    }
+
+    /// The matcher type active subscriptions report for it.
+    pub fn matcher_type(&self) -> MatcherType {
+        match self {
+            Selector::Any | Selector::Exact(_) => MatcherType::Exact,
+            Selector::Template(_) => MatcherType::UriTemplate,
+            Selector::UrlPattern(_) => MatcherType::UrlPattern,
         }
     }
 
@@ -59,6 +103,7 @@ impl Selector {
             Selector::Any => "*",
             Selector::Exact(exact) => exact,
             Selector::Template(template) => template.as_str(),
+            Selector::UrlPattern(pattern) => pattern.as_str(),
         }
     }
 }
@@ -291,6 +336,8 @@ pub struct SelectorCache {
     compiled: Mutex<WeakTemplates>,
     limits: SelectorLimits,
     used: Arc<AtomicUsize>,
+    /// What relative URL patterns and topics resolve against.
+    hub: HubUrl,
 }
 
 /// The cache's map, and when to sweep its dead entries next.
@@ -304,8 +351,16 @@ struct WeakTemplates {
 const FIRST_SWEEP: usize = 1024;
 
 impl SelectorCache {
+    /// A cache whose URL patterns resolve against Mercure's default hub URL.
     pub fn new(limits: SelectorLimits) -> Self {
+        let hub = HubUrl::parse(crate::config::DEFAULT_HUB_URL)
+            .expect("the default hub URL is a valid absolute URL");
+        Self::with_hub(limits, hub)
+    }
+
+    pub fn with_hub(limits: SelectorLimits, hub: HubUrl) -> Self {
         Self {
+            hub,
             compiled: Mutex::new(WeakTemplates {
                 by_text: HashMap::new(),
                 sweep_at: FIRST_SWEEP,
@@ -329,6 +384,32 @@ impl SelectorCache {
         }
         let compiled = self.lock().by_text.get(text).and_then(Weak::upgrade)?;
         Some(Ok(Selector::Template(Template { compiled })))
+    }
+
+    /// The hub's URL, which relative URL patterns resolve against.
+    pub fn hub(&self) -> &HubUrl {
+        &self.hub
+    }
+
+    /// A Mercure 1.0 matcher of `kind` (`*` is every topic whatever the type): `Exact` costs
+    /// nothing; a URL pattern is compiled, its regular expressions bounded by the template
+    /// limit. Only the 0.x selectors of [`get`](Self::get) read `{` as a URI template.
+    pub fn get_typed(&self, kind: MatcherType, text: &str) -> Result<Selector, SelectorError> {
+        if text == "*" {
+            return Ok(Selector::Any);
+        }
+        match kind {
+            MatcherType::Exact => Ok(Selector::Exact(text.to_owned())),
+            MatcherType::UrlPattern => {
+                UrlPatternMatcher::parse(text, &self.hub, self.limits.template_bytes)
+                    .map(Selector::UrlPattern)
+                    .map_err(|reason| SelectorError::InvalidUrlPattern {
+                        pattern: text.to_owned(),
+                        reason,
+                    })
+            }
+            MatcherType::UriTemplate => self.get(text),
+        }
     }
 
     /// The compiled selector for `text`: the one in use if any, else compiled now (outside the
@@ -397,6 +478,10 @@ pub enum SelectorError {
         /// The limit it exceeds (`--max-template-bytes`).
         limit: usize,
     },
+    /// A `urlpattern` matcher that is not a valid URL Pattern, or whose regular expressions
+    /// would exceed the size limit.
+    #[error("invalid URL pattern `{pattern}`: {reason}")]
+    InvalidUrlPattern { pattern: String, reason: String },
     /// The templates in use already keep all the memory they may.
     #[error("the hub's memory for URI templates ({limit} bytes) is full; try again later")]
     Full {

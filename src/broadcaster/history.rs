@@ -106,7 +106,8 @@ impl Window {
 #[derive(Debug)]
 pub struct History {
     events: VecDeque<Arc<Event>>,
-    /// id → sequence number; the front event has sequence `front_seq`.
+    /// id → sequence number of its earliest retained occurrence; the front event has sequence
+    /// `front_seq`.
     index: HashMap<Arc<str>, u64>,
     front_seq: u64,
     window: Window,
@@ -123,10 +124,18 @@ impl History {
     }
 
     fn pop_front(&mut self) {
-        if let Some(old) = self.events.pop_front() {
+        let Some(old) = self.events.pop_front() else {
+            return;
+        };
+        if self.index.get(&old.id) == Some(&self.front_seq) {
             self.index.remove(&old.id);
-            self.front_seq += 1;
+            // A Mercure publisher may reuse an id: the index then moves to its next occurrence.
+            if let Some(at) = self.events.iter().position(|e| e.id == old.id) {
+                self.index
+                    .insert(old.id.clone(), self.front_seq + 1 + at as u64);
+            }
         }
+        self.front_seq += 1;
     }
 
     /// Appends an event, trimming the oldest ones to stay within the bounds.
@@ -141,7 +150,8 @@ impl History {
             return;
         }
         let seq = self.front_seq + self.events.len() as u64;
-        self.index.insert(event.id.clone(), seq);
+        // An id that occurs twice names its earliest occurrence (Mercure's rule for resuming).
+        self.index.entry(event.id.clone()).or_insert(seq);
         self.events.push_back(event);
     }
 
@@ -251,6 +261,29 @@ mod tests {
             assert!(history.size_bytes() <= one * 5);
         }
         assert_eq!(history.len(), 5);
+    }
+
+    /// An id published twice resumes after its earliest occurrence, later same-id events
+    /// included, and still does once that occurrence is trimmed.
+    #[test]
+    fn a_repeated_id_resumes_after_its_earliest_occurrence() {
+        let mut history = History::new(4, 1 << 20);
+        for id in ["a", "dup", "b", "dup"] {
+            history.append(event(id, "x"));
+        }
+        let replay = history.replay(ReplayFrom::After("dup"));
+        assert!(replay.found);
+        assert_eq!(ids(&replay), ["b", "dup"]);
+        history.append(event("c", "x"));
+        history.append(event("d", "x"));
+        assert_eq!(
+            ids(&history.replay(ReplayFrom::Earliest)),
+            ["b", "dup", "c", "d"]
+        );
+        assert_eq!(ids(&history.replay(ReplayFrom::After("dup"))), ["c", "d"]);
+        history.append(event("e", "x"));
+        history.append(event("f", "x"));
+        assert!(!history.contains("dup"));
     }
 
     /// An event larger than the whole byte budget empties the history, so nobody replays

@@ -37,6 +37,7 @@ use crate::{
     event_log::{Batch, CommitError, EventLog, MemoryLog, Recovered, redis::RedisLog},
     metrics::{self, Metrics},
     queue::{self, PushError},
+    subscriptions::{ActiveSubscriber, Filter},
     topic::Selector,
 };
 
@@ -73,6 +74,9 @@ pub struct Subscribe {
     pub private_selectors: Vec<Selector>,
     /// The `Last-Event-ID` to resume after, or `earliest`.
     pub last_event_id: Option<String>,
+    /// With active subscriptions, who this subscriber is and what it subscribes to: announced
+    /// when it joins and when it leaves.
+    pub active: Option<Box<ActiveSubscriber>>,
 }
 
 /// The answer to a [`Subscribe`]: registered now, or (shared log, resuming from an id this node
@@ -91,8 +95,10 @@ pub struct Subscription {
     /// per event, however large the history.
     pub opening: Vec<Bytes>,
     pub receiver: queue::Receiver,
-    /// Newest id in the history when the subscriber registered (`Last-Event-ID` header).
-    pub newest_id: Option<Arc<str>>,
+    /// The id of the event before the first one this subscriber is sent (Mercure's resume
+    /// header): the resume id when the history holds it, the newest id when there was no resume
+    /// id; `None` for "earliest" (nothing before, or the resume id is not held).
+    pub preceding_id: Option<Arc<str>>,
 }
 
 /// Publish an event; replies with its id, or with where its id will come from once it is
@@ -197,6 +203,7 @@ struct Subscriber {
     private_selectors: Vec<Selector>,
     /// The last publish this subscriber was sent, so overlapping selectors deliver once.
     stamp: u64,
+    active: Option<Box<ActiveSubscriber>>,
 }
 
 impl Subscriber {
@@ -220,12 +227,14 @@ impl Subscriber {
 }
 
 /// Finds candidate subscribers without looking at the others: exact topics by hash, `*` and
-/// selector-less subscribers in one set, templates grouped so each is matched once per topic.
+/// selector-less subscribers in one set, templates and URL patterns grouped so each is matched
+/// once per topic.
 #[derive(Debug, Default)]
 struct TopicIndex {
     any: IndexSet<usize>,
     exact: HashMap<String, IndexSet<usize>>,
-    templates: HashMap<String, (Selector, IndexSet<usize>)>,
+    /// Templates and URL patterns, each matched once per topic for all its subscribers.
+    patterns: HashMap<Selector, IndexSet<usize>>,
 }
 
 impl TopicIndex {
@@ -241,11 +250,10 @@ impl TopicIndex {
                 Selector::Exact(topic) => {
                     self.exact.entry(topic.clone()).or_default().insert(key);
                 }
-                Selector::Template(template) => {
-                    self.templates
-                        .entry(template.as_str().to_owned())
-                        .or_insert_with(|| (selector.clone(), IndexSet::new()))
-                        .1
+                Selector::Template(_) | Selector::UrlPattern(_) => {
+                    self.patterns
+                        .entry(selector.clone())
+                        .or_default()
                         .insert(key);
                 }
             }
@@ -269,11 +277,11 @@ impl TopicIndex {
                         }
                     }
                 }
-                Selector::Template(template) => {
-                    if let Some((_, set)) = self.templates.get_mut(template.as_str()) {
+                Selector::Template(_) | Selector::UrlPattern(_) => {
+                    if let Some(set) = self.patterns.get_mut(selector) {
                         set.swap_remove(&key);
                         if set.is_empty() {
-                            self.templates.remove(template.as_str());
+                            self.patterns.remove(selector);
                         }
                     }
                 }
@@ -289,7 +297,7 @@ impl TopicIndex {
             if let Some(set) = self.exact.get(topic) {
                 set.iter().for_each(|&k| f(k));
             }
-            for (selector, set) in self.templates.values() {
+            for (selector, set) in &self.patterns {
                 if selector.matches(topic) {
                     set.iter().for_each(|&k| f(k));
                 }
@@ -353,6 +361,10 @@ pub struct Broadcaster {
     woken: Vec<usize>,
     /// Subscribers a push found closed or full, removed once the current event is out.
     removals: Removals,
+    /// Subscription events of subscribers that left, published by the next [`Announce`].
+    departed: Vec<EventDraft>,
+    /// This actor's address, for the [`Announce`] a removal sends itself.
+    me: Option<Addr<Self>>,
 }
 
 /// Subscribers to remove after a fan-out or heartbeat pass.
@@ -410,6 +422,8 @@ impl Broadcaster {
             pending: Vec::new(),
             woken: Vec::new(),
             removals: Removals::default(),
+            departed: Vec::new(),
+            me: None,
         }
     }
 
@@ -428,6 +442,16 @@ impl Broadcaster {
     fn remove(&mut self, key: usize) {
         if let Some(subscriber) = self.subscribers.try_remove(key) {
             self.index.remove(key, &subscriber.selectors);
+            if let Some(active) = subscriber.active {
+                // Announced from a message of its own: removals happen where no context is.
+                if self.departed.is_empty()
+                    && let Some(me) = &self.me
+                {
+                    me.do_send(Announce);
+                }
+                self.departed
+                    .extend(active.subscriptions.iter().map(|s| s.event(false)));
+            }
             self.metrics.subscribers_disconnected.inc();
             metrics::set_gauge(&self.metrics.subscribers, self.subscribers.len());
             log::debug!("subscriber left key={key}");
@@ -554,9 +578,9 @@ impl Broadcaster {
         let any = (!index.any.is_empty()).then_some(("*", index.any.len()));
         let exact = index.exact.iter().map(|(s, set)| (s.as_str(), set.len()));
         let templates = index
-            .templates
+            .patterns
             .iter()
-            .map(|(s, (_, set))| (s.as_str(), set.len()));
+            .map(|(s, set)| (s.as_str(), set.len()));
         // A min-heap of the best `limit` so far: its top is the first to give way.
         let mut best = BinaryHeap::with_capacity(limit.saturating_add(1).min(1024));
         let mut distinct = 0;
@@ -660,6 +684,7 @@ impl Actor for Broadcaster {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         log::debug!("broadcaster started heartbeat={:?}", self.config.heartbeat);
+        self.me = Some(ctx.address());
         if let Some(shared) = &self.shared {
             shared.log.tail(ctx.address().recipient());
         }
@@ -711,9 +736,11 @@ impl Broadcaster {
             selectors: msg.selectors,
             private_selectors: msg.private_selectors,
             stamp: self.stamp,
+            active: msg.active,
         };
 
         let mut opening = vec![self.connected.clone()];
+        let mut preceding_id = self.history.newest_id();
         if let Some(last_event_id) = msg.last_event_id.as_deref() {
             let from = if last_event_id == "earliest" {
                 ReplayFrom::Earliest
@@ -721,6 +748,10 @@ impl Broadcaster {
                 ReplayFrom::After(last_event_id)
             };
             let replay = self.history.replay(from);
+            preceding_id = match from {
+                ReplayFrom::After(id) if replay.found => Some(id.into()),
+                _ => None,
+            };
             if !replay.found {
                 let data = serde_json::json!({
                     "lastEventId": last_event_id,
@@ -735,7 +766,16 @@ impl Broadcaster {
         }
 
         self.index.insert(key, &subscriber.selectors);
+        let joined: Vec<EventDraft> = subscriber
+            .active
+            .iter()
+            .flat_map(|active| &active.subscriptions)
+            .map(|subscription| subscription.event(true))
+            .collect();
         self.subscribers.insert(subscriber);
+        for draft in joined {
+            self.announce(draft, ctx);
+        }
         self.metrics.subscribers_connected.inc();
         metrics::set_gauge(&self.metrics.subscribers, self.subscribers.len());
         log::debug!("subscriber joined key={key}");
@@ -743,7 +783,7 @@ impl Broadcaster {
         Ok(Subscription {
             opening,
             receiver,
-            newest_id: self.history.newest_id(),
+            preceding_id,
         })
     }
 }
@@ -800,12 +840,45 @@ impl Handler<Publish> for Broadcaster {
     type Result = Result<Published, HubError>;
 
     fn handle(&mut self, Publish(draft): Publish, ctx: &mut Self::Context) -> Self::Result {
+        self.publish(draft, ctx)
+    }
+}
+
+/// Publish the subscription events of the subscribers that left.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct Announce;
+
+impl Handler<Announce> for Broadcaster {
+    type Result = ();
+
+    fn handle(&mut self, _: Announce, ctx: &mut Self::Context) {
+        for draft in std::mem::take(&mut self.departed) {
+            self.announce(draft, ctx);
+        }
+    }
+}
+
+impl Broadcaster {
+    /// Publishes a hub-made event (active subscriptions), as a publisher's would be; nobody
+    /// waits for its answer.
+    fn announce(&mut self, draft: EventDraft, ctx: &mut Context<Self>) {
+        if let Err(err) = self.publish(draft, ctx) {
+            log::warn!("subscription event not published error={err}");
+        }
+    }
+
+    fn publish(
+        &mut self,
+        draft: EventDraft,
+        ctx: &mut Context<Self>,
+    ) -> Result<Published, HubError> {
         if self.shared.is_some() {
             // Redis checks publisher ids across nodes, and gives the others theirs.
             return Ok(Published::Pending(self.stage_shared(draft, ctx)));
         }
         let id: Arc<str> = match &draft.id {
-            Some(id) if self.is_taken(id) => {
+            Some(id) if !draft.repeatable_id && self.is_taken(id) => {
                 return Err(HubError::DuplicateId(id.clone()));
             }
             Some(id) => id.as_str().into(),
@@ -821,6 +894,43 @@ impl Handler<Publish> for Broadcaster {
         self.staged.push(Staged { event, done });
         self.ship(ctx);
         Ok(Published::Pending(committed))
+    }
+}
+
+/// The active subscriptions `filter` selects (Mercure's subscription API), on this node.
+#[derive(Debug, Message)]
+#[rtype(result = "ActiveSubscriptions")]
+pub struct ListSubscriptions(pub Filter);
+
+/// The subscription documents a [`ListSubscriptions`] found, and the newest event id then (the
+/// API's reconciliation cursor).
+#[derive(Debug)]
+pub struct ActiveSubscriptions {
+    pub documents: Vec<serde_json::Value>,
+    pub newest_id: Option<Arc<str>>,
+}
+
+impl Handler<ListSubscriptions> for Broadcaster {
+    type Result = MessageResult<ListSubscriptions>;
+
+    fn handle(
+        &mut self,
+        ListSubscriptions(filter): ListSubscriptions,
+        _: &mut Self::Context,
+    ) -> Self::Result {
+        self.fan_out_pending();
+        let documents = self
+            .subscribers
+            .iter()
+            .filter_map(|(_, subscriber)| subscriber.active.as_deref())
+            .flat_map(|active| &active.subscriptions)
+            .filter(|subscription| filter.selects(subscription))
+            .map(|subscription| subscription.document(true))
+            .collect();
+        MessageResult(ActiveSubscriptions {
+            documents,
+            newest_id: self.history.newest_id(),
+        })
     }
 }
 
@@ -910,6 +1020,7 @@ mod tests {
             selectors: Vec::new(),
             private_selectors: Vec::new(),
             last_event_id: Some("a".to_owned()),
+            active: None,
         });
         for reply in published {
             reply.await.expect("actor alive").expect("published");
@@ -995,6 +1106,7 @@ mod tests {
             selectors: Vec::new(),
             private_selectors: Vec::new(),
             last_event_id: last_event_id.map(str::to_owned),
+            active: None,
         };
         let mut subscription = broadcaster
             .send(subscribe(None))
@@ -1190,6 +1302,7 @@ mod delivery_properties {
                     selectors,
                     private_selectors,
                     stamp: 0,
+                    active: None,
                 });
                 index.insert(key, &registry[key].selectors);
             }

@@ -62,8 +62,9 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Appends events; see the module documentation for the layout. KEYS: log, meta, ids, idq.
-/// ARGV: max length, an epoch for an empty log, then per event its publisher id (or empty)
-/// and its JSON. Returns per event its entry id, or an empty string if its id is taken.
+/// ARGV: max length, an epoch for an empty log, then per event its publisher id (or empty),
+/// `u` if that id must not be taken or `r` if it may repeat (it then keeps naming its earliest
+/// entry), and its JSON. Returns per event its entry id, or an empty string if its id is taken.
 const APPEND: &str = r"
 local function before(a, b)
   local am, as = string.match(a, '^(%d+)%-(%d+)$')
@@ -78,14 +79,15 @@ if not epoch then
 end
 local last = redis.call('HGET', KEYS[2], 'last') or ''
 local out = {}
-for i = 3, #ARGV, 2 do
+for i = 3, #ARGV, 3 do
   local id = ARGV[i]
-  if id ~= '' and redis.call('HEXISTS', KEYS[3], id) == 1 then
+  local taken = id ~= '' and redis.call('HEXISTS', KEYS[3], id) == 1
+  if taken and ARGV[i + 1] == 'u' then
     out[#out + 1] = ''
   else
     last = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
-      'e', epoch, 'p', last, 'i', id, 'd', ARGV[i + 1])
-    if id ~= '' then
+      'e', epoch, 'p', last, 'i', id, 'd', ARGV[i + 2])
+    if id ~= '' and not taken then
       redis.call('HSET', KEYS[3], id, last)
       redis.call('RPUSH', KEYS[4], id)
     end
@@ -425,6 +427,7 @@ fn append_invocation(shared: &Shared, drafts: &[EventDraft]) -> redis::ScriptInv
         };
         invocation
             .arg(draft.id.as_deref().unwrap_or(""))
+            .arg(if draft.repeatable_id { "r" } else { "u" })
             .arg(serde_json::to_string(&stored).unwrap_or_default());
     }
     invocation
@@ -725,6 +728,7 @@ fn decode(entry: &StreamId) -> Option<TailEntry> {
         event_type: stored.event_type,
         retry_ms: stored.retry_ms,
         private: stored.private,
+        repeatable_id: false,
     };
     Some(TailEntry {
         entry: parsed,

@@ -1,5 +1,6 @@
 //! The Mercure protocol's hub route, `/.well-known/mercure`: subscribe with GET, publish with a
-//! form POST, both authorised by Mercure JWTs.
+//! form POST, both authorised by Mercure JWTs (0.x and 1.0 side by side), and the active
+//! subscriptions API below it.
 
 use actix_web::{HttpRequest, HttpResponse, http::header, web};
 
@@ -10,20 +11,23 @@ use super::{
 };
 use crate::{
     auth,
+    broadcaster::ListSubscriptions,
     error::HubError,
     event::{self, EventDraft},
+    subscriptions::{self, Filter},
+    url_pattern::{HubUrl, check_value},
 };
 
 /// The hub's path, as clients discover it.
 pub const PATH: &str = "/.well-known/mercure";
 
-/// `GET /.well-known/mercure?topic=<selector>`: at least one selector; replay and private
-/// events as on `/stream`.
+/// `GET /.well-known/mercure?match=<matcher>` (1.0) or `?topic=<selector>` (0.x): at least
+/// one; replay and private events as on `/stream`.
 pub async fn subscribe(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, HubError> {
-    stream::open(&req, &state, true).await
+    stream::open(&req, &state, stream::Route::Mercure).await
 }
 
 /// `POST /.well-known/mercure` with form fields `topic` (1+), `data`, `id`, `type`, `retry`,
@@ -66,18 +70,97 @@ async fn publish_form(
         });
     }
     check_topics(&topics, &state.settings, "topics")?;
+    // Whatever the token allows: these would forge the hub's own events.
+    form.check_reserved(state.selectors.hub())?;
     authorize_topics(&grant, &topics)?;
     let draft = EventDraft {
         topics: form.topics,
         data: form.data,
-        id: form.id,
+        // Mercure ids are IRIs: the hub makes a time-ordered `urn:uuid:` one.
+        id: Some(form.id.unwrap_or_else(subscriptions::new_event_id)),
         event_type: form.event_type,
         retry_ms: form.retry.as_deref().map(parse_retry).transpose()?,
         private: form.private,
+        // Mercure accepts a repeated id; a resume from it starts after its first occurrence.
+        repeatable_id: true,
     };
     event::validate_draft(&draft)?;
     let id = state.publish(draft).await?;
     Ok(published(&id))
+}
+
+/// `GET /.well-known/mercure/subscriptions[/{match_type}/{match}[/{subscriber}]]`: the active
+/// subscriptions (on this node), for a token allowed to subscribe to that path.
+pub async fn subscriptions(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, HubError> {
+    let not_found = || HubError::NotFound {
+        method: req.method().to_string(),
+        path: req.path().to_owned(),
+    };
+    if !state.settings.subscriptions {
+        return Err(not_found());
+    }
+    let hub = state.selectors.hub();
+    // The path as the hub's URL names it (its topics' form), whatever prefix a proxy removed.
+    let rest = req.path().strip_prefix(PATH).ok_or_else(not_found)?;
+    let topic = format!("{}{rest}", hub.path());
+    let grant = auth::subscriber_grant(
+        &req,
+        &state.keys,
+        &state.selectors,
+        false,
+        auth::TokenSources::HeaderAndCookie,
+    )?;
+    if !grant.allows(&topic) {
+        return Err(HubError::Forbidden(format!(
+            "the token does not allow subscribing to `{topic}`"
+        )));
+    }
+    let segments: Option<Vec<String>> = rest
+        .strip_prefix("/subscriptions")
+        .unwrap_or_default()
+        .split('/')
+        .skip(1)
+        .map(|segment| {
+            percent_encoding::percent_decode_str(segment)
+                .decode_utf8()
+                .ok()
+                .map(|s| s.into_owned())
+        })
+        .collect();
+    let filter = match segments.ok_or_else(not_found)?.as_slice() {
+        [] => Filter::All,
+        [match_type, matcher] => Filter::Matcher {
+            match_type: match_type.clone(),
+            matcher: matcher.clone(),
+        },
+        [match_type, matcher, subscriber] => Filter::One {
+            match_type: match_type.clone(),
+            matcher: matcher.clone(),
+            subscriber: subscriber.clone(),
+        },
+        _ => return Err(not_found()),
+    };
+    let one = matches!(filter, Filter::One { .. });
+    let found = state.ask(ListSubscriptions(filter)).await?;
+    let document = if one {
+        found.documents.into_iter().next().ok_or_else(not_found)?
+    } else {
+        subscriptions::collection(&topic, found.documents)
+    };
+    let cursor = found.newest_id.as_deref().unwrap_or("earliest");
+    let link = format!(
+        "<{}>; rel=\"mercure\"; last-event-id=\"{}\"; type=\"mercure\"; \
+         content-type=\"application/json\"",
+        hub.as_str(),
+        cursor.replace('\\', "\\\\").replace('"', "\\\"")
+    );
+    Ok(HttpResponse::Ok()
+        .insert_header((header::LINK, link))
+        .insert_header((header::CACHE_CONTROL, "must-revalidate"))
+        .json(document))
 }
 
 /// The fields of a Mercure update form.
@@ -92,6 +175,45 @@ struct Form {
 }
 
 impl Form {
+    /// Mercure's reserved values, refused (400) whatever the token: a topic `*` (the wildcard
+    /// could not address it) or in the hub's namespace, the type `mercure`, an id starting with
+    /// `#` (the hub's fragment ids); and control or format characters in topics, id and type.
+    fn check_reserved(&self, hub: &HubUrl) -> Result<(), HubError> {
+        let invalid = |reason: String| HubError::Invalid {
+            what: "update",
+            reason,
+        };
+        for topic in &self.topics {
+            if topic == "*" {
+                return Err(invalid(
+                    "the topic `*` is reserved for the wildcard matcher".to_owned(),
+                ));
+            }
+            if hub.addresses_namespace(topic) {
+                return Err(invalid(format!(
+                    "the topic `{topic}` is in the hub's reserved namespace `{}`",
+                    hub.path()
+                )));
+            }
+            check_value(topic).map_err(|why| invalid(format!("the topic `{topic}` {why}")))?;
+        }
+        if let Some(event_type) = &self.event_type {
+            if event_type == subscriptions::EVENT_TYPE {
+                return Err(invalid(
+                    "the type `mercure` is reserved for the hub's own events".to_owned(),
+                ));
+            }
+            check_value(event_type).map_err(|why| invalid(format!("the type {why}")))?;
+        }
+        if let Some(id) = &self.id {
+            if id.starts_with('#') {
+                return Err(invalid("an id must not start with `#`".to_owned()));
+            }
+            check_value(id).map_err(|why| invalid(format!("the id {why}")))?;
+        }
+        Ok(())
+    }
+
     fn parse(body: &[u8]) -> Result<Self, HubError> {
         std::str::from_utf8(body).map_err(|_| HubError::InvalidUtf8)?;
         let mut form = Self::default();

@@ -93,6 +93,15 @@ pub fn configure(settings: &Settings) -> impl Fn(&mut web::ServiceConfig) + Clon
                 .default_service(web::to(method_not_allowed)),
         );
         cfg.service(
+            web::resource([
+                format!("{}/subscriptions", mercure::PATH),
+                format!("{}/subscriptions/{{rest:.*}}", mercure::PATH),
+            ])
+            .wrap(mercure_cors(&allowed_origins))
+            .get(mercure::subscriptions)
+            .default_service(web::to(method_not_allowed)),
+        );
+        cfg.service(
             web::scope("")
                 .wrap(
                     DefaultHeaders::new()
@@ -154,12 +163,17 @@ fn quick_start(cfg: &mut web::ServiceConfig) {
     );
 }
 
-/// Cross-origin access to the Mercure route: only the listed origins (`*` for any), with
-/// credentials (the `mercureAuthorization` cookie), and the headers EventSource polyfills and
-/// publishers send. Other origins get no CORS headers, so browsers refuse them; same-origin
-/// requests are unaffected.
+/// Cross-origin access to the Mercure route: only the listed origins, with credentials (the
+/// cookie); `*` lets any origin in without credentials, as the CORS protocol itself requires
+/// (a credentialed route never reflects an arbitrary origin). Other origins get no CORS
+/// headers, so browsers refuse them; same-origin requests are unaffected.
 fn mercure_cors(allowed_origins: &[String]) -> Cors {
-    let mut cors = Cors::default()
+    let exposed = [
+        header::HeaderName::from_static("last-event-id"),
+        header::HeaderName::from_static("mercure-last-event-id"),
+        header::LINK,
+    ];
+    let cors = Cors::default()
         .allowed_methods(["GET", "POST"])
         .allowed_headers([
             header::AUTHORIZATION,
@@ -167,16 +181,15 @@ fn mercure_cors(allowed_origins: &[String]) -> Cors {
             header::CONTENT_TYPE,
             header::HeaderName::from_static("last-event-id"),
         ])
-        .expose_headers([header::HeaderName::from_static("last-event-id")])
-        .supports_credentials()
+        .expose_headers(exposed)
         .block_on_origin_mismatch(false)
         .max_age(3600);
+    if allowed_origins.iter().any(|origin| origin == "*") {
+        return cors.allow_any_origin().send_wildcard();
+    }
+    let mut cors = cors.supports_credentials();
     for origin in allowed_origins {
-        cors = if origin == "*" {
-            cors.allowed_origin_fn(|_, _| true)
-        } else {
-            cors.allowed_origin(origin)
-        };
+        cors = cors.allowed_origin(origin);
     }
     cors
 }

@@ -72,6 +72,7 @@ async fn publish_body(
         retry_ms,
         private: parse_private(query_value(&pairs, "private")?)?,
         data: String::new(),
+        repeatable_id: false,
     };
     event::validate_draft(&draft)?;
     let body = read_body(payload, settings.body_limit_bytes).await?;
@@ -80,11 +81,12 @@ async fn publish_body(
     Ok(published(&id))
 }
 
-/// Every topic must be allowed by the publisher's `mercure.publish` claim.
+/// Every topic must be allowed by the publisher's token (its `mercure.publish` claim, or its
+/// `publish` authorization details).
 pub fn authorize_topics(grant: &Grant, topics: &[&str]) -> Result<(), HubError> {
     match topics.iter().find(|topic| !grant.allows(topic)) {
         Some(topic) => Err(HubError::Forbidden(format!(
-            "the token's mercure.publish claim does not allow topic `{topic}`"
+            "the token does not allow publishing to topic `{topic}`"
         ))),
         None => Ok(()),
     }

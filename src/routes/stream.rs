@@ -1,18 +1,22 @@
 //! Subscribing: `GET /stream` (and, through [`open`], the Mercure subscribe route): selectors
-//! from `?topic=`, the resume point from `Last-Event-ID`, private events from the token.
+//! from `?topic=` (or Mercure 1.0's `?match=`), the resume point from `Last-Event-ID`, private
+//! events from the token.
 
 use std::time::{Duration, SystemTime};
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use tokio::time::Instant;
 
-use super::{AppState, check_topics, query_pairs, query_value, query_values};
+use super::{AppState, check_topics, query_pairs, query_value};
 use crate::{
     auth,
     broadcaster::Subscribe,
     error::HubError,
     event,
     sse::{self, SubscriberBody},
+    subscriptions::ActiveSubscriber,
+    topic::MatcherType,
+    url_pattern,
 };
 
 /// Opens a subscriber's stream. The opening comment is written at once, so `onopen` fires
@@ -21,69 +25,196 @@ pub async fn subscribe(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, HubError> {
-    open(&req, &state, false).await
+    open(&req, &state, Route::Stream).await
 }
 
-/// Opens a stream for `req`. With `topic_required`, at least one `topic` selector must be
-/// given (the Mercure protocol's rule); without one, `/stream` follows every public event.
-pub async fn open(
-    req: &HttpRequest,
-    state: &AppState,
-    topic_required: bool,
-) -> Result<HttpResponse, HubError> {
-    let auth::Grant {
-        selectors: private_selectors,
-        valid_until,
-    } = auth::subscriber_grant(req, &state.keys, &state.selectors, state.settings.anonymous)?;
-    let pairs = query_pairs(req)?;
-    let mut selectors = query_values(&pairs, "topic");
+/// Which route a subscriber came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// `/stream`: `topic` selectors, none meaning every public event.
+    Stream,
+    /// The Mercure hub: at least one selector, `topic` (0.x) or `match*` (1.0).
+    Mercure,
+}
+
+/// The Mercure protocol version a subscribe request speaks, told by its parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Version {
+    /// `topic=` selectors (and `/stream`).
+    Legacy,
+    /// `match=`, `match_exact=`, `match_urlpattern=` matchers.
+    Current,
+}
+
+/// The selectors of a subscribe request, as written: their type and text.
+struct Requested<'a> {
+    version: Version,
+    selectors: Vec<(MatcherType, &'a str)>,
+}
+
+fn requested_selectors(
+    pairs: &[(String, String)],
+    route: Route,
+) -> Result<Requested<'_>, HubError> {
+    let mut topics = Vec::new();
+    let mut matchers = Vec::new();
+    for (key, value) in pairs {
+        if key == "topic" {
+            let kind = if value.contains('{') {
+                MatcherType::UriTemplate
+            } else {
+                MatcherType::Exact
+            };
+            topics.push((kind, value.as_str()));
+            continue;
+        }
+        // Mercure 1.0 reserves every parameter name starting with `match`, in any case.
+        if route == Route::Stream
+            || !key
+                .get(..5)
+                .is_some_and(|p| p.eq_ignore_ascii_case("match"))
+        {
+            continue;
+        }
+        let kind = match key.as_str() {
+            "match" | "match_exact" => MatcherType::Exact,
+            "match_urlpattern" => MatcherType::UrlPattern,
+            _ => {
+                return Err(HubError::Invalid {
+                    what: "subscription",
+                    reason: format!(
+                        "unknown matcher parameter `{key}` (the hub knows `match`, `match_exact` \
+                         and `match_urlpattern`; names starting with `match` are reserved)"
+                    ),
+                });
+            }
+        };
+        url_pattern::check_value(value).map_err(|why| HubError::Invalid {
+            what: "subscription",
+            reason: format!("the value of `{key}` {why}"),
+        })?;
+        matchers.push((kind, value.as_str()));
+    }
+    let (version, mut selectors) = match (topics.is_empty(), matchers.is_empty()) {
+        (_, true) => (Version::Legacy, topics),
+        (true, false) => (Version::Current, matchers),
+        (false, false) => {
+            return Err(HubError::Invalid {
+                what: "subscription",
+                reason: "give either `topic` selectors (Mercure 0.x) or `match` matchers \
+                         (Mercure 1.0), not both"
+                    .to_owned(),
+            });
+        }
+    };
     // A selector given twice is one selector (one index entry, one line in /stats).
     let mut seen = std::collections::HashSet::new();
     selectors.retain(|s| seen.insert(*s));
-    if topic_required && selectors.is_empty() {
+    Ok(Requested { version, selectors })
+}
+
+/// Opens a stream for `req`.
+pub async fn open(
+    req: &HttpRequest,
+    state: &AppState,
+    route: Route,
+) -> Result<HttpResponse, HubError> {
+    let pairs = query_pairs(req)?;
+    let Requested {
+        version,
+        selectors: requested,
+    } = requested_selectors(&pairs, route)?;
+    let sources = match version {
+        Version::Legacy => auth::TokenSources::WithQuery,
+        Version::Current => auth::TokenSources::HeaderAndCookie,
+    };
+    let grant = auth::subscriber_grant(
+        req,
+        &state.keys,
+        &state.selectors,
+        state.settings.anonymous,
+        sources,
+    )?;
+    if route == Route::Mercure && requested.is_empty() {
         return Err(HubError::Invalid {
             what: "subscription",
-            reason: "at least one `topic` selector is required".to_owned(),
+            reason: "at least one `topic` (Mercure 0.x) or `match` (1.0) selector is required"
+                .to_owned(),
         });
     }
-    check_topics(&selectors, &state.settings, "topic selectors")?;
-    let mut compiled = Vec::with_capacity(selectors.len());
-    for text in selectors {
-        let selector = match state.selectors.cached(text) {
+    let texts: Vec<&str> = requested.iter().map(|(_, text)| *text).collect();
+    check_topics(&texts, &state.settings, "topic selectors")?;
+    let mut selectors = Vec::with_capacity(requested.len());
+    for &(kind, text) in &requested {
+        let selector = match (version, kind) {
+            (Version::Legacy, _) => state.selectors.cached(text),
+            (Version::Current, MatcherType::UrlPattern) => None,
+            (Version::Current, kind) => Some(state.selectors.get_typed(kind, text)),
+        };
+        let selector = match selector {
             Some(selector) => selector,
-            // Compiling a template can take milliseconds of CPU: not on the worker's event
-            // loop, whose other connections would wait meanwhile.
+            // Compiling a template or a URL pattern can take milliseconds of CPU: not on the
+            // worker's event loop, whose other connections would wait meanwhile.
             None => {
                 let (cache, text) = (state.selectors.clone(), text.to_owned());
-                web::block(move || cache.get(&text))
-                    .await
-                    .map_err(|_| HubError::Internal)?
+                web::block(move || match version {
+                    Version::Legacy => cache.get(&text),
+                    Version::Current => cache.get_typed(kind, &text),
+                })
+                .await
+                .map_err(|_| HubError::Internal)?
             }
         };
-        compiled.push(selector?);
+        selectors.push(selector?);
     }
-    let selectors = compiled;
     let last_event_id = last_event_id(req, &pairs)?;
+    let resumes = last_event_id.is_some();
+    let active = (route == Route::Mercure && state.settings.subscriptions).then(|| {
+        let matchers = selectors
+            .iter()
+            .map(|selector| {
+                let text = selector.as_str();
+                let payload = grant.payload_for(text).cloned();
+                (selector.matcher_type(), text.to_owned(), payload)
+            })
+            .collect();
+        Box::new(ActiveSubscriber::new(
+            state.selectors.hub().path(),
+            matchers,
+        ))
+    });
 
     let subscription = state
         .subscribe(Subscribe {
             selectors,
-            private_selectors,
+            private_selectors: grant.selectors,
             last_event_id,
+            active,
         })
         .await?;
 
     // The token's end as an instant on the runtime's clock; one too far off to represent is
     // never reached.
-    let deadline = valid_until.and_then(|until| {
+    let deadline = grant.valid_until.and_then(|until| {
         let left = until
             .duration_since(SystemTime::now())
             .unwrap_or(Duration::ZERO);
         Instant::now().checked_add(left)
     });
-    let newest = subscription.newest_id.as_deref().unwrap_or("earliest");
-    Ok(sse::response()
-        .insert_header(("last-event-id", newest))
+    // The id before the first event this subscriber is sent: 0.x names it always, 1.0 when
+    // the subscriber asked to resume.
+    let preceding = subscription.preceding_id.as_deref().unwrap_or("earliest");
+    let mut response = sse::response();
+    match version {
+        Version::Legacy => {
+            response.insert_header(("last-event-id", preceding));
+        }
+        Version::Current if resumes => {
+            response.insert_header(("mercure-last-event-id", preceding));
+        }
+        Version::Current => {}
+    }
+    Ok(response
         // A stream that ends (shutdown, too slow) closes its connection, so shutdown need not
         // wait for idle keep-alive connections, and the browser reconnects on a fresh one.
         .force_close()

@@ -248,3 +248,107 @@ async fn browser_page_speaks_mercure() {
     );
     browser.close().await.expect("close the session");
 }
+
+/// Runs in the page: one Mercure 0.x `EventSource` (`topic=`), one Mercure 1.0 `EventSource`
+/// (`match_urlpattern=`) without credentials, and one 1.0 `EventSource` sent the subscriber's
+/// access token in the `mercureAuthorization` cookie; publishes a private then a public update
+/// with `fetch` and a 1.0 Bearer token, and reports what each saw once the last has two events.
+const MERCURE_V1_PAGE_SCRIPT: &str = r#"
+const [topic, pattern, publisher, subscriber, done] = arguments;
+const hub = "/.well-known/mercure";
+const seen = { legacy: [], anonymous: [], authorized: [] };
+const open = (name, query) => new Promise((resolve) => {
+  const source = new EventSource(hub + "?" + query);
+  source.onmessage = (e) => seen[name].push({ id: e.lastEventId, data: e.data });
+  source.onopen = () => resolve(source);
+});
+const post = (fields) => fetch(hub, {
+  method: "POST",
+  headers: { "Authorization": "Bearer " + publisher },
+  body: new URLSearchParams(fields),
+}).then((r) => r.text());
+(async () => {
+  const sources = [
+    await open("legacy", new URLSearchParams({ topic })),
+    await open("anonymous", new URLSearchParams({ match_urlpattern: pattern })),
+  ];
+  document.cookie = "mercureAuthorization=" + subscriber + "; path=/.well-known/mercure";
+  sources.push(await open("authorized", new URLSearchParams({ match: topic })));
+  const privateId = await post({ topic, data: "private data", private: "on" });
+  const publicId = await post({ topic, data: "public data" });
+  const wait = () => {
+    if (seen.authorized.length < 2 || !seen.legacy.length || !seen.anonymous.length) {
+      return setTimeout(wait, 10);
+    }
+    sources.forEach((s) => s.close());
+    done({ privateId, publicId, seen });
+  };
+  wait();
+})();
+"#;
+
+/// A signed Mercure 1.0 access token (`typ: at+jwt`) for the browser test, granting `action`
+/// on every topic.
+fn access_token(action: &str) -> String {
+    let header = jsonwebtoken::Header {
+        typ: Some("at+jwt".to_owned()),
+        ..jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256)
+    };
+    let claims = serde_json::json!({
+        "iss": "https://issuer.example",
+        "aud": sse_hub::config::DEFAULT_HUB_URL,
+        "sub": "browser",
+        "exp": 4_102_444_800_u64,
+        "authorization_details": [{
+            "type": sse_hub::auth::DETAIL_TYPE,
+            "actions": [action],
+            "topics": [{ "match": "*" }],
+        }],
+    });
+    jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(KEY.as_bytes()),
+    )
+    .expect("signs")
+}
+
+/// In Chromium, a Mercure 0.x and a Mercure 1.0 `EventSource` on one page receive the same
+/// public update, published with a 1.0 access token; the private one reaches only the 1.0
+/// subscriber whose cookie carries a token allowed to read it, with the ids the hub answered.
+#[actix_web::test]
+async fn browser_page_speaks_mercure_1_and_0_side_by_side() {
+    let app = spawn_app_with(|s| {
+        s.jwt_key = Some(KEY.to_owned());
+        s.jwt_issuer = Some("https://issuer.example".to_owned());
+    })
+    .await;
+    let driver = Chromedriver::start();
+    let browser = driver.browser().await;
+    browser.goto(&app.url("/")).await.expect("the page loads");
+
+    let result = browser
+        .execute_async(
+            MERCURE_V1_PAGE_SCRIPT,
+            vec![
+                serde_json::json!("https://example.com/books/1"),
+                serde_json::json!("https://example.com/books/:id"),
+                serde_json::json!(access_token("publish")),
+                serde_json::json!(access_token("subscribe")),
+            ],
+        )
+        .await
+        .expect("the script completes");
+    let private_id = result["privateId"].as_str().expect("an id");
+    let public_id = result["publicId"].as_str().expect("an id");
+    assert!(public_id.starts_with("urn:uuid:"), "{public_id}");
+    let public = serde_json::json!({ "id": public_id, "data": "public data" });
+    assert_eq!(result["seen"]["legacy"], serde_json::json!([public]));
+    assert_eq!(result["seen"]["anonymous"], serde_json::json!([public]));
+    assert_eq!(
+        result["seen"]["authorized"],
+        serde_json::json!([{ "id": private_id, "data": "private data" }, public]),
+        "the subscriber with the cookie saw the private update, then the public one"
+    );
+    browser.close().await.expect("close the session");
+}

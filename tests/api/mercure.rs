@@ -169,7 +169,7 @@ async fn bad_publisher_tokens_are_refused() {
             Some(&narrow),
             "https://example.com/authors/1",
             StatusCode::FORBIDDEN,
-            "does not allow topic `https://example.com/authors/1`",
+            "does not allow publishing to topic `https://example.com/authors/1`",
         ),
         (
             Some(&no_claim),

@@ -174,6 +174,7 @@ fn draft_with_id() -> impl Strategy<Value = (String, EventDraft)> {
                 event_type,
                 retry_ms,
                 private: false,
+                repeatable_id: false,
             };
             (id, draft)
         })

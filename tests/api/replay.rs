@@ -140,9 +140,10 @@ async fn last_event_id_header_wins_over_query_parameter() {
 }
 
 /// `earliest` replays the whole history with no `reset`; the `Last-Event-ID` response header
-/// names the newest id in the history (`earliest` while it is empty).
+/// says `earliest`, as no event precedes the first one sent (Mercure's rule); a resume from a
+/// held id names that id, and a subscriber that does not resume gets the newest id.
 #[actix_web::test]
-async fn earliest_replays_everything_and_header_names_newest_id() {
+async fn earliest_replays_everything_and_the_header_names_the_event_before_the_first_sent() {
     let app = spawn_app().await;
     let empty = app
         .subscribe_with("/stream", &[("last-event-id", "earliest")])
@@ -161,13 +162,25 @@ async fn earliest_replays_everything_and_header_names_newest_id() {
         .subscribe("/stream?topic=blue&lastEventID=earliest")
         .await;
 
-    let newest = &sent.last().expect("events").id;
     for s in [&stream, &blue] {
         assert_eq!(
             s.headers().get("last-event-id").expect("the header"),
-            newest.as_str()
+            "earliest"
         );
     }
+    let third = &sent[2].id;
+    let resumed = app
+        .subscribe_with("/stream", &[("last-event-id", third.as_str())])
+        .await;
+    assert_eq!(
+        resumed.headers().get("last-event-id").expect("the header"),
+        third.as_str()
+    );
+    let fresh = app.subscribe("/stream").await;
+    assert_eq!(
+        fresh.headers().get("last-event-id").expect("the header"),
+        sent.last().expect("events").id.as_str()
+    );
     assert_replayed(&mut stream, &sent.iter().collect::<Vec<_>>()).await;
     let blues: Vec<&Sent> = sent.iter().filter(|s| s.topic == "blue").collect();
     assert_replayed(&mut blue, &blues).await;

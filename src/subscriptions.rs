@@ -1,0 +1,239 @@
+//! Active subscriptions (Mercure): what a subscriber on the hub route is subscribed to, the
+//! private `mercure` events announcing a subscription's start and end, and the documents of the
+//! subscription API.
+
+use std::sync::Arc;
+
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use serde_json::{Value, json};
+
+use crate::{event::EventDraft, topic::MatcherType};
+
+/// The SSE type of the hub's own events; publishers may not use it.
+pub const EVENT_TYPE: &str = "mercure";
+
+/// Everything but RFC 3986's unreserved characters is encoded, so a matcher or subscriber id
+/// is one path segment, encoded once (RFC 6570 simple expansion).
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+fn segment(text: &str) -> String {
+    utf8_percent_encode(text, SEGMENT).to_string()
+}
+
+/// `{hub path}/subscriptions`, the collection of every subscription.
+pub fn collection_path(hub_path: &str) -> String {
+    format!("{hub_path}/subscriptions")
+}
+
+/// `{hub path}/subscriptions/{match_type}/{match}`, the subscriptions of one matcher.
+pub fn matcher_path(hub_path: &str, match_type: &str, matcher: &str) -> String {
+    format!(
+        "{}/{match_type}/{}",
+        collection_path(hub_path),
+        segment(matcher)
+    )
+}
+
+/// One subscription: a matcher of one subscriber, and the payload its token attaches.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Subscription {
+    /// `{hub path}/subscriptions/{match_type}/{match}/{subscriber}`: its events' topic and
+    /// its document's `id`.
+    pub topic: String,
+    pub match_type: MatcherType,
+    pub matcher: String,
+    pub subscriber: Arc<str>,
+    pub payload: Option<Value>,
+}
+
+impl Subscription {
+    /// The subscription document (the API's, and its events' data).
+    pub fn document(&self, active: bool) -> Value {
+        let mut document = json!({
+            "id": self.topic,
+            "type": "subscription",
+            "match_type": self.match_type.name(),
+            "match": self.matcher,
+            "subscriber": &*self.subscriber,
+            "active": active,
+        });
+        if let (Some(payload), Some(fields)) = (&self.payload, document.as_object_mut()) {
+            fields.insert("payload".to_owned(), payload.clone());
+        }
+        document
+    }
+
+    /// The private update that announces this subscription's start (`active`) or end.
+    pub fn event(&self, active: bool) -> EventDraft {
+        EventDraft {
+            topics: vec![self.topic.clone()],
+            data: self.document(active).to_string(),
+            id: Some(new_event_id()),
+            event_type: Some(EVENT_TYPE.to_owned()),
+            retry_ms: None,
+            private: true,
+            repeatable_id: true,
+        }
+    }
+}
+
+/// A subscriber on the hub route, as active subscriptions see it: a hub-made id, unique per
+/// connection (never from the client), and one subscription per matcher.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActiveSubscriber {
+    pub id: Arc<str>,
+    pub subscriptions: Vec<Subscription>,
+}
+
+impl ActiveSubscriber {
+    /// A new subscriber with a random `urn:uuid:` id, subscribed with each `(match_type,
+    /// matcher, payload)`.
+    pub fn new(hub_path: &str, matchers: Vec<(MatcherType, String, Option<Value>)>) -> Self {
+        let id: Arc<str> = format!("urn:uuid:{}", uuid::Uuid::new_v4()).into();
+        let subscriptions = matchers
+            .into_iter()
+            .map(|(match_type, matcher, payload)| Subscription {
+                topic: format!(
+                    "{}/{}",
+                    matcher_path(hub_path, match_type.name(), &matcher),
+                    segment(&id)
+                ),
+                match_type,
+                matcher,
+                subscriber: id.clone(),
+                payload,
+            })
+            .collect();
+        Self { id, subscriptions }
+    }
+}
+
+/// A hub-made event id: `urn:uuid:` and a time-ordered UUIDv7, an IRI as Mercure asks.
+pub fn new_event_id() -> String {
+    format!("urn:uuid:{}", uuid::Uuid::now_v7())
+}
+
+/// Which subscriptions an API request asks for: its path below `{hub path}/subscriptions`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Filter {
+    All,
+    Matcher {
+        match_type: String,
+        matcher: String,
+    },
+    One {
+        match_type: String,
+        matcher: String,
+        subscriber: String,
+    },
+}
+
+impl Filter {
+    pub fn selects(&self, subscription: &Subscription) -> bool {
+        match self {
+            Self::All => true,
+            Self::Matcher {
+                match_type,
+                matcher,
+            } => subscription.match_type.name() == match_type && &subscription.matcher == matcher,
+            Self::One {
+                match_type,
+                matcher,
+                subscriber,
+            } => {
+                subscription.match_type.name() == match_type
+                    && &subscription.matcher == matcher
+                    && &*subscription.subscriber == subscriber
+            }
+        }
+    }
+}
+
+/// A collection document: `{"id", "type": "subscriptions", "subscriptions": [...]}`.
+pub fn collection(id: &str, subscriptions: Vec<Value>) -> Value {
+    json!({
+        "id": id,
+        "type": "subscriptions",
+        "subscriptions": subscriptions,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A subscription's topic encodes its matcher and subscriber once each, as single
+    /// segments, and its document and events say what Mercure's do.
+    #[test]
+    fn subscription_topics_and_documents_follow_mercure() {
+        let subscriber = ActiveSubscriber::new(
+            "/.well-known/mercure",
+            vec![(
+                MatcherType::UrlPattern,
+                "https://example.com/:selector".to_owned(),
+                Some(json!({"foo": "bar"})),
+            )],
+        );
+        assert!(subscriber.id.starts_with("urn:uuid:"));
+        let subscription = &subscriber.subscriptions[0];
+        let encoded_id = subscriber.id.replace(':', "%3A");
+        assert_eq!(
+            subscription.topic,
+            format!(
+                "/.well-known/mercure/subscriptions/urlpattern/https%3A%2F%2Fexample.com%2F%3Aselector/{encoded_id}"
+            )
+        );
+        let document = subscription.document(true);
+        assert_eq!(document["id"], json!(subscription.topic));
+        assert_eq!(document["type"], "subscription");
+        assert_eq!(document["match_type"], "urlpattern");
+        assert_eq!(document["match"], "https://example.com/:selector");
+        assert_eq!(document["subscriber"], json!(&*subscriber.id));
+        assert_eq!(document["active"], true);
+        assert_eq!(document["payload"], json!({"foo": "bar"}));
+
+        let event = subscription.event(false);
+        assert!(event.private && event.repeatable_id);
+        assert_eq!(event.event_type.as_deref(), Some(EVENT_TYPE));
+        assert_eq!(event.topics, std::slice::from_ref(&subscription.topic));
+        let data: Value = serde_json::from_str(&event.data).expect("JSON");
+        assert_eq!(data["active"], false);
+        assert!(event.id.is_some_and(|id| id.starts_with("urn:uuid:")));
+    }
+
+    /// `%` in a matcher is encoded like any other reserved character (once).
+    #[test]
+    fn a_percent_in_a_matcher_is_encoded_once() {
+        assert_eq!(
+            matcher_path("/h", "exact", "a%2Fb c"),
+            "/h/subscriptions/exact/a%252Fb%20c"
+        );
+    }
+
+    /// Filters select by matcher type and text, and by subscriber.
+    #[test]
+    fn filters_select_by_matcher_and_subscriber() {
+        let subscriber =
+            ActiveSubscriber::new("/h", vec![(MatcherType::Exact, "a".to_owned(), None)]);
+        let subscription = &subscriber.subscriptions[0];
+        assert!(Filter::All.selects(subscription));
+        let matcher = |t: &str, m: &str| Filter::Matcher {
+            match_type: t.to_owned(),
+            matcher: m.to_owned(),
+        };
+        assert!(matcher("exact", "a").selects(subscription));
+        assert!(!matcher("urlpattern", "a").selects(subscription));
+        assert!(!matcher("exact", "b").selects(subscription));
+        let one = |s: &str| Filter::One {
+            match_type: "exact".to_owned(),
+            matcher: "a".to_owned(),
+            subscriber: s.to_owned(),
+        };
+        assert!(one(&subscriber.id).selects(subscription));
+        assert!(!one("urn:uuid:other").selects(subscription));
+    }
+}
