@@ -17,6 +17,43 @@ use crate::helpers::{
     free_port, query, send_signal,
 };
 
+impl Node {
+    /// Publishes a Mercure update form with a publisher token for every topic.
+    async fn post_update(&self, fields: &[(&str, &str)]) -> Reply {
+        let response = self
+            .client
+            .post(self.url("/.well-known/mercure"))
+            .insert_header(("content-type", "application/x-www-form-urlencoded"))
+            .insert_header((
+                "authorization",
+                format!("Bearer {}", crate::mercure::token(&["*"], &[])),
+            ))
+            .send_body(query(fields))
+            .await;
+        read_reply(response, &format!("Mercure publish on {}", self.name)).await
+    }
+
+    /// Opens a Mercure stream for `query` with a 0.x token allowed every private update.
+    async fn subscribe_mercure(&self, query: &str, last_event_id: Option<&str>) -> SseStream {
+        let token = crate::mercure::token(&[], &["*"]);
+        let mut request = self
+            .client
+            .get(self.url(&format!("/.well-known/mercure?{query}")))
+            .insert_header(("authorization", format!("Bearer {token}")));
+        if let Some(id) = last_event_id {
+            request = request.insert_header(("last-event-id", id));
+        }
+        let response = request.send().await.expect("the hub answers");
+        assert_eq!(
+            response.status(),
+            StatusCode::OK,
+            "Mercure subscribe on {}",
+            self.name
+        );
+        SseStream::opened(response).await
+    }
+}
+
 /// Tests here start several processes each and some time their steps against a heartbeat:
 /// they run one at a time, so that on a small machine they do not starve one another.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -1046,4 +1083,116 @@ async fn a_subscriber_behind_nginx_gets_events_published_anywhere() {
     );
     let ids: Vec<String> = sent.into_iter().map(|(id, _)| id).collect();
     assert_increasing(&ids, "ids through nginx");
+}
+
+/// On the Mercure route a publisher may reuse an id across nodes (Mercure's rule): both
+/// publishes are accepted, and a resume from that id on a third node starts after its first
+/// occurrence, the second one included, with the resume header naming it.
+#[actix_web::test]
+async fn a_repeated_mercure_id_resumes_after_its_first_occurrence_on_any_node() {
+    let _serial = SERIAL.lock().await;
+    let key = crate::mercure::KEY;
+    let cluster = Cluster::start(
+        "repeat",
+        Persistence::Off,
+        &["A", "B", "C"],
+        &["--jwt-key", key],
+    )
+    .await;
+    let (a, b, c) = (cluster.node(0), cluster.node(1), cluster.node(2));
+
+    // Act
+    let first = a
+        .post_update(&[("topic", "t"), ("id", "dup"), ("data", "1")])
+        .await;
+    let between = b.post_update(&[("topic", "t"), ("data", "2")]).await;
+    let again = b
+        .post_update(&[("topic", "t"), ("id", "dup"), ("data", "3")])
+        .await;
+
+    // Assert
+    for reply in [&first, &between, &again] {
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    }
+    assert_eq!((first.body.as_str(), again.body.as_str()), ("dup", "dup"));
+    assert!(between.body.starts_with("urn:uuid:"), "{}", between.body);
+    let mut resumed = c.subscribe_mercure("topic=t", Some("dup")).await;
+    assert_eq!(
+        resumed
+            .headers()
+            .get("last-event-id")
+            .map(|v| v.to_str().ok()),
+        Some(Some("dup")),
+        "the header names the event before the first one sent"
+    );
+    let events = id_and_data(&next_events(&mut resumed, 2).await);
+    assert_eq!(
+        events,
+        [
+            (between.body.clone(), "2".to_owned()),
+            ("dup".to_owned(), "3".to_owned())
+        ]
+    );
+    resumed.assert_no_event_within(QUIET).await;
+}
+
+/// With `--subscriptions`, a subscriber on one node allowed every private update gets the
+/// subscription events of a subscriber that connects to and leaves another node.
+#[actix_web::test]
+async fn subscription_events_reach_every_node() {
+    let _serial = SERIAL.lock().await;
+    let key = crate::mercure::KEY;
+    let cluster = Cluster::start(
+        "subscriptions",
+        Persistence::Off,
+        &["A", "B"],
+        &["--jwt-key", key, "--subscriptions", "true"],
+    )
+    .await;
+    let (a, b) = (cluster.node(0), cluster.node(1));
+    let mut watcher = a.subscribe_mercure(&query(&[("match", "*")]), None).await;
+
+    // Act
+    let joining = open_stream(
+        &b.client,
+        &b.url(&format!(
+            "/.well-known/mercure?{}",
+            query(&[("match", "https://example.com/x")])
+        )),
+        None,
+    )
+    .await;
+    // The watcher's own subscription was announced first.
+    let about_x = |frame: &Frame| {
+        frame
+            .data
+            .as_deref()
+            .is_some_and(|data| data.contains("\"https://example.com/x\""))
+    };
+    let mut joined = watcher.next_event().await;
+    if !about_x(&joined) {
+        joined = watcher.next_event().await;
+    }
+    drop(joining);
+    let left = watcher.next_event().await;
+
+    // Assert
+    for (frame, active) in [(&joined, true), (&left, false)] {
+        assert_eq!(frame.event.as_deref(), Some("mercure"));
+        let data: Value = serde_json::from_str(frame.data.as_deref().expect("data")).expect("JSON");
+        assert_eq!(data["type"], "subscription");
+        assert_eq!(data["match_type"], "exact");
+        assert_eq!(data["match"], "https://example.com/x");
+        assert_eq!(data["active"], active);
+        assert!(
+            data["subscriber"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("urn:uuid:"))
+        );
+        assert!(
+            data["id"]
+                .as_str()
+                .is_some_and(|id| id.starts_with("/.well-known/mercure/subscriptions/exact/"))
+        );
+    }
 }
