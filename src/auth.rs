@@ -727,6 +727,26 @@ pub fn sign(claims: &Claims, material: &str, algorithm: JwtAlgorithm) -> Result<
         .map_err(|err| err.to_string())
 }
 
+/// Signs a Mercure 1.0 access token (header `typ: at+jwt`) with `claims`, for the `token
+/// --access-token` command and the tests.
+pub fn sign_access_token(
+    claims: &serde_json::Value,
+    material: &str,
+    algorithm: JwtAlgorithm,
+) -> Result<String, String> {
+    let material = read_material(material)?;
+    let key = match algorithm {
+        JwtAlgorithm::Hs256 => EncodingKey::from_secret(&material),
+        JwtAlgorithm::Rs256 => EncodingKey::from_rsa_pem(&material)
+            .map_err(|err| format!("not an RSA private key in PEM form: {err}"))?,
+    };
+    let header = Header {
+        typ: Some("at+jwt".to_owned()),
+        ..Header::new(algorithm.into())
+    };
+    jsonwebtoken::encode(&header, claims, &key).map_err(|err| err.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use actix_web::test::TestRequest;

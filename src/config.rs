@@ -71,6 +71,27 @@ pub struct TokenArgs {
     /// RS256 private key (PEM, or `@path`); needed when the publisher key is RS256.
     #[arg(long)]
     pub private_key: Option<String>,
+    /// Make a Mercure 1.0 access token (`typ: at+jwt`): `iss` from `--jwt-issuer`, `aud` from
+    /// `--jwt-audience`, the selectors as `authorization_details`, `exp` required (default 1h).
+    #[arg(long)]
+    pub access_token: bool,
+    /// With `--access-token`: the matcher type of every selector given.
+    #[arg(long, value_parser = ["exact", "urlpattern"], default_value = "exact")]
+    pub match_type: String,
+    /// With `--access-token`: the `sub` (and `client_id`) claim.
+    #[arg(long, default_value = "sse-hub-token")]
+    pub subject: String,
+    /// With `--access-token`: a JSON object attached as the `subscribe` detail's payload.
+    #[arg(long, value_parser = parse_payload)]
+    pub payload: Option<serde_json::Value>,
+}
+
+fn parse_payload(text: &str) -> Result<serde_json::Value, String> {
+    match serde_json::from_str(text) {
+        Ok(value @ serde_json::Value::Object(_)) => Ok(value),
+        Ok(_) => Err("must be a JSON object".to_owned()),
+        Err(err) => Err(format!("not JSON: {err}")),
+    }
 }
 
 /// The server's settings.

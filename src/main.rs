@@ -59,12 +59,13 @@ fn token(settings: &Settings, args: &TokenArgs) -> Result<String, String> {
             return Err("the publisher key is RS256: pass --private-key to sign".to_owned());
         }
     };
-    let exp = args.expires_in.map(|lifetime| {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |now| now.as_secs())
-            + lifetime.as_secs()
-    });
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |now| now.as_secs());
+    if args.access_token {
+        return access_token(settings, args, material, algorithm, now);
+    }
+    let exp = args.expires_in.map(|lifetime| now + lifetime.as_secs());
     let claims = Claims {
         mercure: MercureClaim {
             publish: Some(args.publish.clone()),
@@ -75,4 +76,57 @@ fn token(settings: &Settings, args: &TokenArgs) -> Result<String, String> {
         nbf: None,
     };
     auth::sign(&claims, material, algorithm)
+}
+
+/// A Mercure 1.0 access token (RFC 9068) with the claims an issuer must populate, granting
+/// `publish` and `subscribe` on the selectors given.
+fn access_token(
+    settings: &Settings,
+    args: &TokenArgs,
+    material: &str,
+    algorithm: JwtAlgorithm,
+    now: u64,
+) -> Result<String, String> {
+    let issuer = settings
+        .jwt_issuer
+        .as_deref()
+        .ok_or("--access-token needs --jwt-issuer (or SSE_HUB_JWT_ISSUER): the token's iss")?;
+    let audience = settings
+        .jwt_audience
+        .as_deref()
+        .unwrap_or(&settings.hub_url);
+    let lifetime = args.expires_in.map_or(3600, |lifetime| lifetime.as_secs());
+    let detail = |action: &str, selectors: &[String], payload: Option<&serde_json::Value>| {
+        let topics: Vec<serde_json::Value> = selectors
+            .iter()
+            .map(|s| serde_json::json!({ "match": s, "match_type": args.match_type }))
+            .collect();
+        let mut detail = serde_json::json!({
+            "type": auth::DETAIL_TYPE,
+            "actions": [action],
+            "topics": topics,
+        });
+        if let (Some(payload), Some(fields)) = (payload, detail.as_object_mut()) {
+            fields.insert("payload".to_owned(), payload.clone());
+        }
+        detail
+    };
+    let mut details = Vec::new();
+    if !args.publish.is_empty() {
+        details.push(detail("publish", &args.publish, None));
+    }
+    if !args.subscribe.is_empty() {
+        details.push(detail("subscribe", &args.subscribe, args.payload.as_ref()));
+    }
+    let claims = serde_json::json!({
+        "iss": issuer,
+        "aud": audience,
+        "sub": args.subject,
+        "client_id": args.subject,
+        "iat": now,
+        "exp": now + lifetime,
+        "jti": format!("urn:uuid:{}", uuid::Uuid::new_v4()),
+        "authorization_details": details,
+    });
+    auth::sign_access_token(&claims, material, algorithm)
 }

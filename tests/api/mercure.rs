@@ -669,3 +669,82 @@ async fn stream_ends_when_the_subscriber_token_expires() {
         "expired",
     );
 }
+
+/// `sse-hub token --access-token` prints a Mercure 1.0 access token the hub accepts: its
+/// `publish` detail (a URL pattern here) allows matching topics and no others (403 with an
+/// `insufficient_scope` challenge), and it carries the claims RFC 9068 asks of issuers.
+#[actix_web::test]
+async fn the_token_command_makes_access_tokens_the_hub_accepts() {
+    // Arrange
+    let issuer = "https://issuer.example";
+    let output = Command::new(crate::helpers::HUB)
+        .args([
+            "--jwt-key",
+            KEY,
+            "--jwt-issuer",
+            issuer,
+            "token",
+            "--access-token",
+        ])
+        .args([
+            "--publish",
+            "https://example.com/books/:id",
+            "--match-type",
+            "urlpattern",
+        ])
+        .args(["--expires-in", "10m"])
+        .output()
+        .expect("the binary runs");
+    assert!(output.status.success(), "{output:?}");
+    let token = String::from_utf8(output.stdout).expect("text");
+    let token = token.trim();
+    let app = spawn_app_with(|s| {
+        s.jwt_key = Some(KEY.to_owned());
+        s.jwt_issuer = Some(issuer.to_owned());
+    })
+    .await;
+
+    // Act
+    let allowed = post_update(
+        &app,
+        Some(token),
+        &[("topic", "https://example.com/books/1")],
+    )
+    .await;
+    let mut refused = app
+        .client
+        .post(app.url(HUB))
+        .insert_header(("content-type", "application/x-www-form-urlencoded"))
+        .insert_header(("authorization", format!("Bearer {token}")))
+        .send_body(query(&[("topic", "https://example.com/authors/1")]))
+        .await
+        .expect("answered");
+
+    // Assert
+    assert_eq!(allowed.0, StatusCode::OK, "{}", allowed.1);
+    assert!(allowed.1.starts_with("urn:uuid:"), "{}", allowed.1);
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        refused
+            .headers()
+            .get("www-authenticate")
+            .map(|v| v.to_str().ok()),
+        Some(Some("Bearer error=\"insufficient_scope\""))
+    );
+    let body = refused.body().await.expect("body");
+    assert!(String::from_utf8_lossy(&body).contains("authors/1"));
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    validation.set_audience(&[sse_hub::config::DEFAULT_HUB_URL]);
+    validation.set_issuer(&[issuer]);
+    let claims = jsonwebtoken::decode::<serde_json::Value>(
+        token,
+        &jsonwebtoken::DecodingKey::from_secret(KEY.as_bytes()),
+        &validation,
+    )
+    .expect("a valid token")
+    .claims;
+    for claim in ["iss", "aud", "sub", "client_id", "iat", "exp", "jti"] {
+        assert!(claims.get(claim).is_some(), "{claim} in {claims}");
+    }
+    assert_eq!(claims["iss"], issuer);
+}
