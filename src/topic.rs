@@ -33,7 +33,45 @@ pub enum Selector {
     Template(Template),
     /// A WHATWG URL Pattern (Mercure 1.0's `urlpattern` matcher type), e.g.
     /// `https://example.com/books/:id`.
-    UrlPattern(UrlPatternMatcher),
+    UrlPattern(Arc<Pattern>),
+}
+
+/// A compiled URL pattern, shared by everyone who uses the same text (one compiled pattern
+/// keeps tens of kilobytes of regular expressions), its bytes counted in its cache's budget.
+pub struct Pattern {
+    matcher: UrlPatternMatcher,
+    /// Gives the pattern's bytes back to its cache's budget when the last user drops it.
+    _charge: Option<Charge>,
+}
+
+impl Pattern {
+    pub fn matches(&self, topic: &str) -> bool {
+        self.matcher.matches(topic)
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.matcher.as_str()
+    }
+}
+
+impl fmt::Debug for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.matcher.fmt(f)
+    }
+}
+
+impl PartialEq for Pattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.matcher == other.matcher
+    }
+}
+
+impl Eq for Pattern {}
+
+impl Hash for Pattern {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.matcher.hash(state);
+    }
 }
 
 /// Mercure 1.0's matcher types (`match=` / `match_exact=`, `match_urlpattern=`), and the
@@ -325,8 +363,9 @@ impl Default for SelectorLimits {
     }
 }
 
-/// Compiled templates, shared by every subscriber (and token) that uses the same text: ten
-/// thousand subscribers on one URI template compile it once and share its automaton.
+/// Compiled templates and URL patterns, shared by every subscriber (and token) that uses the
+/// same text: ten thousand subscribers on one URI template compile it once and share its
+/// automaton.
 ///
 /// The cache holds templates weakly: a template lives while someone uses it and is released
 /// with its last user, so subscribers that leave take their templates' memory with them. What
@@ -340,11 +379,23 @@ pub struct SelectorCache {
     hub: HubUrl,
 }
 
-/// The cache's map, and when to sweep its dead entries next.
+/// The cache's maps, and when to sweep their dead entries next.
 #[derive(Debug, Default)]
 struct WeakTemplates {
     by_text: HashMap<String, Weak<Compiled>>,
+    patterns: HashMap<String, Weak<Pattern>>,
     sweep_at: usize,
+}
+
+impl WeakTemplates {
+    /// Drops the entries whose selector was released, once there are enough of them.
+    fn sweep(&mut self) {
+        if self.by_text.len() + self.patterns.len() >= self.sweep_at {
+            self.by_text.retain(|_, weak| weak.strong_count() > 0);
+            self.patterns.retain(|_, weak| weak.strong_count() > 0);
+            self.sweep_at = (2 * (self.by_text.len() + self.patterns.len())).max(FIRST_SWEEP);
+        }
+    }
 }
 
 /// Entries a cache may hold before its first sweep of released templates.
@@ -363,6 +414,7 @@ impl SelectorCache {
             hub,
             compiled: Mutex::new(WeakTemplates {
                 by_text: HashMap::new(),
+                patterns: HashMap::new(),
                 sweep_at: FIRST_SWEEP,
             }),
             limits,
@@ -395,21 +447,67 @@ impl SelectorCache {
     /// nothing; a URL pattern is compiled, its regular expressions bounded by the template
     /// limit. Only the 0.x selectors of [`get`](Self::get) read `{` as a URI template.
     pub fn get_typed(&self, kind: MatcherType, text: &str) -> Result<Selector, SelectorError> {
-        if text == "*" {
-            return Ok(Selector::Any);
+        if let Some(found) = self.cached_typed(kind, text) {
+            return found;
         }
         match kind {
+            MatcherType::UrlPattern => self.compile_pattern(text),
             MatcherType::Exact => Ok(Selector::Exact(text.to_owned())),
-            MatcherType::UrlPattern => {
-                UrlPatternMatcher::parse(text, &self.hub, self.limits.template_bytes)
-                    .map(Selector::UrlPattern)
-                    .map_err(|reason| SelectorError::InvalidUrlPattern {
-                        pattern: text.to_owned(),
-                        reason,
-                    })
-            }
             MatcherType::UriTemplate => self.get(text),
         }
+    }
+
+    /// As [`cached`](Self::cached) for a Mercure 1.0 matcher of `kind`.
+    pub fn cached_typed(
+        &self,
+        kind: MatcherType,
+        text: &str,
+    ) -> Option<Result<Selector, SelectorError>> {
+        if text == "*" {
+            return Some(Ok(Selector::Any));
+        }
+        match kind {
+            MatcherType::Exact => Some(Ok(Selector::Exact(text.to_owned()))),
+            MatcherType::UrlPattern => {
+                let pattern = self.lock().patterns.get(text).and_then(Weak::upgrade)?;
+                Some(Ok(Selector::UrlPattern(pattern)))
+            }
+            MatcherType::UriTemplate => self.cached(text),
+        }
+    }
+
+    /// Compiles a URL pattern (outside the lock), charges it to the budget and shares it.
+    fn compile_pattern(&self, text: &str) -> Result<Selector, SelectorError> {
+        let matcher = UrlPatternMatcher::parse(text, &self.hub, self.limits.template_bytes)
+            .map_err(|reason| SelectorError::InvalidUrlPattern {
+                pattern: text.to_owned(),
+                reason,
+            })?;
+        let mut cache = self.lock();
+        if let Some(existing) = cache.patterns.get(text).and_then(Weak::upgrade) {
+            return Ok(Selector::UrlPattern(existing));
+        }
+        let bytes = matcher.bytes();
+        let before = self.used.fetch_add(bytes, Ordering::Relaxed);
+        let charge = Charge {
+            bytes,
+            used: self.used.clone(),
+        };
+        if before + bytes > self.limits.total_bytes {
+            // Dropping the charge gives the bytes back.
+            return Err(SelectorError::Full {
+                limit: self.limits.total_bytes,
+            });
+        }
+        let pattern = Arc::new(Pattern {
+            matcher,
+            _charge: Some(charge),
+        });
+        cache
+            .patterns
+            .insert(text.to_owned(), Arc::downgrade(&pattern));
+        cache.sweep();
+        Ok(Selector::UrlPattern(pattern))
     }
 
     /// The compiled selector for `text`: the one in use if any, else compiled now (outside the
@@ -440,10 +538,7 @@ impl SelectorCache {
         templates
             .by_text
             .insert(text.to_owned(), Arc::downgrade(&compiled));
-        if templates.by_text.len() >= templates.sweep_at {
-            templates.by_text.retain(|_, weak| weak.strong_count() > 0);
-            templates.sweep_at = (2 * templates.by_text.len()).max(FIRST_SWEEP);
-        }
+        templates.sweep();
         Ok(Selector::Template(Template { compiled }))
     }
 
@@ -841,6 +936,45 @@ mod cache_tests {
         drop(shared);
         assert_eq!(cache.used_bytes(), 0);
         assert!(cache.get("https://z/{id}").is_ok());
+    }
+
+    /// Users of one URL pattern share one compiled pattern, charged once to the budget and
+    /// given back with its last user; the same text as an exact matcher is a different,
+    /// literal selector; `*` is every topic whatever the type.
+    #[test]
+    fn url_patterns_are_shared_charged_and_released() {
+        let cache = SelectorCache::new(SelectorLimits::default());
+        let text = "https://example.com/books/:id";
+
+        let first = cache
+            .get_typed(MatcherType::UrlPattern, text)
+            .expect("valid");
+        let second = cache
+            .get_typed(MatcherType::UrlPattern, text)
+            .expect("valid");
+        let exact = cache.get_typed(MatcherType::Exact, text).expect("valid");
+
+        let (Selector::UrlPattern(a), Selector::UrlPattern(b)) = (&first, &second) else {
+            panic!("URL patterns expected: {first:?} {second:?}");
+        };
+        assert!(Arc::ptr_eq(a, b));
+        let charged = cache.used_bytes();
+        assert!(charged > 0);
+        assert!(first.matches("https://example.com/books/1"));
+        assert!(!exact.matches("https://example.com/books/1"));
+        assert!(exact.matches(text));
+        assert_ne!(first, exact);
+        for kind in [MatcherType::Exact, MatcherType::UrlPattern] {
+            assert_eq!(cache.get_typed(kind, "*"), Ok(Selector::Any));
+        }
+        drop(first);
+        assert_eq!(cache.used_bytes(), charged);
+        drop(second);
+        assert_eq!(cache.used_bytes(), 0);
+        assert!(matches!(
+            cache.get_typed(MatcherType::UrlPattern, "https://e.com/("),
+            Err(SelectorError::InvalidUrlPattern { .. })
+        ));
     }
 
     /// Released templates leave no entries behind: the map is swept as it grows.

@@ -146,10 +146,9 @@ pub async fn open(
     check_topics(&texts, &state.settings, "topic selectors")?;
     let mut selectors = Vec::with_capacity(requested.len());
     for &(kind, text) in &requested {
-        let selector = match (version, kind) {
-            (Version::Legacy, _) => state.selectors.cached(text),
-            (Version::Current, MatcherType::UrlPattern) => None,
-            (Version::Current, kind) => Some(state.selectors.get_typed(kind, text)),
+        let selector = match version {
+            Version::Legacy => state.selectors.cached(text),
+            Version::Current => state.selectors.cached_typed(kind, text),
         };
         let selector = match selector {
             Some(selector) => selector,
