@@ -8,6 +8,7 @@ mod hardening;
 mod helpers;
 mod http_layer;
 mod mercure;
+mod mercure_v1;
 mod ops;
 mod properties;
 mod quickstart;
