@@ -684,13 +684,18 @@ pub fn subscriber_grant(
 
 /// Whether `req` may see which selectors subscribers use (the per-selector breakdown of
 /// `/stats`, which names private topics too). It takes what publishing to every topic takes:
-/// a publisher token whose `mercure.publish` claim holds `*`, in the `Authorization: Bearer`
+/// a publisher token whose `mercure.publish` claim (or a `publish` detail) holds `*`, in the
+/// `Authorization: Bearer`
 /// header only (a browser's `mercureAuthorization` cookie is its subscriber credential, not an
 /// operator's). On a hub without any key, where anyone may publish anywhere and no subscriber
 /// can be sent a private event, everyone may.
 ///
 /// `Ok(false)` without the header; a token that does not verify is 401, one without `*` 403.
-pub fn may_see_selectors(req: &HttpRequest, keys: &Keys) -> Result<bool, HubError> {
+pub fn may_see_selectors(
+    req: &HttpRequest,
+    keys: &Keys,
+    cache: &SelectorCache,
+) -> Result<bool, HubError> {
     if keys.publisher.is_none() && keys.subscriber.is_none() {
         return Ok(true);
     }
@@ -702,9 +707,17 @@ pub fn may_see_selectors(req: &HttpRequest, keys: &Keys) -> Result<bool, HubErro
             "the hub has no publisher key, so no token can show subscriber selectors".to_owned(),
         ));
     };
-    let verified = verify(&token, key, Role::Publisher, keys.leeway)?;
-    let publish = verified.claims.mercure.publish.unwrap_or_default();
-    if publish.iter().any(|selector| selector == "*") {
+    let everything = if is_access_token(&token, Role::Publisher)? {
+        let token = verify_access_token(&token, key, Role::Publisher, keys, cache)?;
+        Grant::from_details(token, |d| d.publish)
+            .selectors
+            .contains(&Selector::Any)
+    } else {
+        let verified = verify(&token, key, Role::Publisher, keys.leeway)?;
+        let publish = verified.claims.mercure.publish.unwrap_or_default();
+        publish.iter().any(|selector| selector == "*")
+    };
+    if everything {
         Ok(true)
     } else {
         Err(HubError::Forbidden(
@@ -903,6 +916,7 @@ mod tests {
     /// may publish to `*` (401 for a bad token, 403 for a narrower one), never from a cookie.
     #[test]
     fn selectors_are_shown_to_publishers_of_everything() {
+        let cache = SelectorCache::new(crate::topic::SelectorLimits::default());
         let bearer = |token: &str| {
             TestRequest::default()
                 .insert_header(("authorization", format!("Bearer {token}")))
@@ -910,7 +924,7 @@ mod tests {
         };
         let anonymous = TestRequest::default().to_http_request();
         assert_eq!(
-            may_see_selectors(&anonymous, &Keys::default()).ok(),
+            may_see_selectors(&anonymous, &Keys::default(), &cache).ok(),
             Some(true)
         );
 
@@ -920,9 +934,12 @@ mod tests {
             leeway: LEEWAY,
             ..Keys::default()
         };
-        assert_eq!(may_see_selectors(&anonymous, &keys).ok(), Some(false));
         assert_eq!(
-            may_see_selectors(&bearer(&token(&["*"], None)), &keys).ok(),
+            may_see_selectors(&anonymous, &keys, &cache).ok(),
+            Some(false)
+        );
+        assert_eq!(
+            may_see_selectors(&bearer(&token(&["*"], None)), &keys, &cache).ok(),
             Some(true)
         );
         let cookie = TestRequest::default()
@@ -931,10 +948,31 @@ mod tests {
                 token(&["*"], None),
             ))
             .to_http_request();
-        assert_eq!(may_see_selectors(&cookie, &keys).ok(), Some(false));
-        let narrow = may_see_selectors(&bearer(&token(&["a", "{x}"], None)), &keys);
+        assert_eq!(may_see_selectors(&cookie, &keys, &cache).ok(), Some(false));
+        let access = |publish: &str| {
+            let claims = serde_json::json!({
+                "iss": "https://issuer.example",
+                "aud": crate::config::DEFAULT_HUB_URL,
+                "exp": now() + 60,
+                "authorization_details": [{
+                    "type": DETAIL_TYPE, "actions": ["publish"], "topics": [{"match": publish}],
+                }],
+            });
+            sign_access_token(&claims, SECRET, JwtAlgorithm::Hs256).expect("signs")
+        };
+        let with_issuer = Keys {
+            issuer: Some("https://issuer.example".to_owned()),
+            ..keys.clone()
+        };
+        assert_eq!(
+            may_see_selectors(&bearer(&access("*")), &with_issuer, &cache).ok(),
+            Some(true)
+        );
+        let narrow = may_see_selectors(&bearer(&access("a")), &with_issuer, &cache);
         assert!(matches!(narrow, Err(HubError::Forbidden(_))), "{narrow:?}");
-        let expired = may_see_selectors(&bearer(&token(&["*"], Some(now() - 60))), &keys);
+        let narrow = may_see_selectors(&bearer(&token(&["a", "{x}"], None)), &keys, &cache);
+        assert!(matches!(narrow, Err(HubError::Forbidden(_))), "{narrow:?}");
+        let expired = may_see_selectors(&bearer(&token(&["*"], Some(now() - 60))), &keys, &cache);
         assert!(
             matches!(expired, Err(HubError::Unauthorized(_))),
             "{expired:?}"
@@ -945,10 +983,10 @@ mod tests {
             ..keys
         };
         assert_eq!(
-            may_see_selectors(&anonymous, &subscriber_only).ok(),
+            may_see_selectors(&anonymous, &subscriber_only, &cache).ok(),
             Some(false)
         );
-        let no_key = may_see_selectors(&bearer(&token(&["*"], None)), &subscriber_only);
+        let no_key = may_see_selectors(&bearer(&token(&["*"], None)), &subscriber_only, &cache);
         assert!(matches!(no_key, Err(HubError::Forbidden(_))), "{no_key:?}");
     }
 
