@@ -748,3 +748,41 @@ async fn the_token_command_makes_access_tokens_the_hub_accepts() {
     }
     assert_eq!(claims["iss"], issuer);
 }
+
+/// Start-up refuses what would make the Mercure route unsafe or undefined, naming the setting:
+/// `*` mixed with listed CORS origins (credentials could reach any origin), and a hub URL that
+/// is not an absolute http(s) URL with a path.
+#[actix_web::test]
+async fn unsafe_mercure_settings_are_refused_at_start_up() {
+    let build = |adjust: &dyn Fn(&mut sse_hub::config::Settings)| {
+        let mut settings = crate::helpers::test_settings();
+        adjust(&mut settings);
+        sse_hub::startup::Application::build(settings)
+            .err()
+            .map(|err| err.to_string())
+    };
+
+    let mixed = build(&|s| s.cors_allowed_origins = vec!["*".into(), "https://a.example".into()]);
+    let relative = build(&|s| s.hub_url = "/.well-known/mercure".to_owned());
+    let root = build(&|s| s.hub_url = "https://hub.example/".to_owned());
+    let wildcard_alone = build(&|s| s.cors_allowed_origins = vec!["*".into()]);
+
+    assert!(
+        mixed
+            .as_deref()
+            .is_some_and(|e| e.contains("--cors-allowed-origins")),
+        "{mixed:?}"
+    );
+    for refused in [relative, root] {
+        assert!(
+            refused
+                .as_deref()
+                .is_some_and(|e| e.starts_with("--hub-url")),
+            "{refused:?}"
+        );
+    }
+    assert_eq!(
+        wildcard_alone, None,
+        "`*` alone is allowed (without credentials)"
+    );
+}
