@@ -365,14 +365,46 @@ pub fn verify_access_token(
         nbf: claims.nbf,
         ..Claims::default()
     };
-    let valid_until = valid_until(&times, SystemTime::now(), keys.leeway)
-        .map_err(|why| refused(why.to_owned()))?;
-    let details = parse_details(claims.authorization_details.as_ref(), keys, cache)
-        .map_err(|why| refused(format!("has invalid authorization_details: {why}")))?;
+    valid_until(&times, SystemTime::now(), keys.leeway).map_err(|why| refused(why.to_owned()))?;
+    // Accepted within the leeway for clock skew, but a stream ends at `exp` itself: Mercure 1.0
+    // asks that the connection close no later than that.
+    let valid_until = claims
+        .exp
+        .and_then(|exp| UNIX_EPOCH.checked_add(Duration::from_secs(exp)));
+    let details = parse_details(claims.authorization_details.as_ref(), keys, cache).map_err(
+        |err| match err {
+            DetailError::Invalid(why) => {
+                refused(format!("has invalid authorization_details: {why}"))
+            }
+            // The token is fine; the hub cannot hold its patterns now.
+            DetailError::Full { limit } => HubError::SelectorLimit { limit },
+        },
+    )?;
     Ok(AccessToken {
         details,
         valid_until,
     })
+}
+
+/// Why a token's authorization details cannot be used.
+#[derive(Debug)]
+enum DetailError {
+    /// Malformed: the token is invalid.
+    Invalid(String),
+    /// A URL pattern of the token does not fit in `--max-selector-bytes` now.
+    Full { limit: usize },
+}
+
+impl From<String> for DetailError {
+    fn from(why: String) -> Self {
+        Self::Invalid(why)
+    }
+}
+
+impl From<&str> for DetailError {
+    fn from(why: &str) -> Self {
+        Self::Invalid(why.to_owned())
+    }
 }
 
 /// The Mercure authorization details of an `authorization_details` claim; details of other
@@ -381,7 +413,7 @@ fn parse_details(
     claim: Option<&serde_json::Value>,
     keys: &Keys,
     cache: &SelectorCache,
-) -> Result<Vec<Detail>, String> {
+) -> Result<Vec<Detail>, DetailError> {
     use serde_json::Value;
 
     let Some(claim) = claim else {
@@ -397,7 +429,7 @@ fn parse_details(
             continue;
         }
         if details.len() == MAX_DETAILS {
-            return Err(format!("more than {MAX_DETAILS} Mercure details"));
+            return Err(format!("more than {MAX_DETAILS} Mercure details").into());
         }
         let actions = entry
             .get("actions")
@@ -415,7 +447,7 @@ fn parse_details(
                 Some("publish") => detail.publish = true,
                 Some("subscribe") => detail.subscribe = true,
                 Some(_) => {}
-                None => return Err(format!("entry {n} has an action that is not a string")),
+                None => return Err(format!("entry {n} has an action that is not a string").into()),
             }
         }
         let topics = entry
@@ -427,17 +459,23 @@ fn parse_details(
             return Err(format!(
                 "entry {n} has more than {} topic matchers",
                 keys.max_matchers
-            ));
+            )
+            .into());
         }
         for topic in topics {
-            detail.topics.push(
-                parse_matcher(topic, keys, cache).map_err(|why| format!("entry {n}: {why}"))?,
-            );
+            detail
+                .topics
+                .push(parse_matcher(topic, keys, cache).map_err(|err| match err {
+                    DetailError::Invalid(why) => DetailError::Invalid(format!("entry {n}: {why}")),
+                    full => full,
+                })?);
         }
         match entry.get("payload") {
             None => {}
             Some(payload @ Value::Object(_)) => detail.payload = Some(payload.clone()),
-            Some(_) => return Err(format!("entry {n} has a `payload` that is not an object")),
+            Some(_) => {
+                return Err(format!("entry {n} has a `payload` that is not an object").into());
+            }
         }
         details.push(detail);
     }
@@ -449,7 +487,7 @@ fn parse_matcher(
     topic: &serde_json::Value,
     keys: &Keys,
     cache: &SelectorCache,
-) -> Result<Selector, String> {
+) -> Result<Selector, DetailError> {
     use serde_json::Value;
 
     let topic = topic
@@ -463,16 +501,20 @@ fn parse_matcher(
         None => MatcherType::Exact,
         Some(Value::String(name)) => MatcherType::from_name(name)
             .ok_or_else(|| format!("unsupported match_type `{name}`"))?,
-        Some(_) => return Err("a `match_type` is not a string".to_owned()),
+        Some(_) => return Err("a `match_type` is not a string".into()),
     };
     if text.is_empty() || text.len() > keys.max_matcher_bytes {
         return Err(format!(
             "a matcher is empty or longer than {} bytes",
             keys.max_matcher_bytes
-        ));
+        )
+        .into());
     }
     check_value(text).map_err(|why| format!("the matcher `{text}` {why}"))?;
-    cache.get_typed(kind, text).map_err(|err| err.to_string())
+    cache.get_typed(kind, text).map_err(|err| match err {
+        SelectorError::Full { limit } => DetailError::Full { limit },
+        other => DetailError::Invalid(other.to_string()),
+    })
 }
 
 /// Verifies `token` for `role`: signature, algorithm, and the time claims `nbf` and `exp` when

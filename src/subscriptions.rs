@@ -40,7 +40,7 @@ pub fn matcher_path(hub_path: &str, match_type: &str, matcher: &str) -> String {
 
 /// One subscription: a matcher of one subscriber, and the payload its token attaches.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Subscription {
+pub struct ActiveSubscription {
     /// `{hub path}/subscriptions/{match_type}/{match}/{subscriber}`: its events' topic and
     /// its document's `id`.
     pub topic: String,
@@ -50,7 +50,7 @@ pub struct Subscription {
     pub payload: Option<Value>,
 }
 
-impl Subscription {
+impl ActiveSubscription {
     /// The subscription document (the API's, and its events' data).
     pub fn document(&self, active: bool) -> Value {
         let mut document = json!({
@@ -86,7 +86,7 @@ impl Subscription {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ActiveSubscriber {
     pub id: Arc<str>,
-    pub subscriptions: Vec<Subscription>,
+    pub subscriptions: Vec<ActiveSubscription>,
 }
 
 impl ActiveSubscriber {
@@ -96,7 +96,7 @@ impl ActiveSubscriber {
         let id: Arc<str> = format!("urn:uuid:{}", uuid::Uuid::new_v4()).into();
         let subscriptions = matchers
             .into_iter()
-            .map(|(match_type, matcher, payload)| Subscription {
+            .map(|(match_type, matcher, payload)| ActiveSubscription {
                 topic: format!(
                     "{}/{}",
                     matcher_path(hub_path, match_type.name(), &matcher),
@@ -133,7 +133,7 @@ pub enum Filter {
 }
 
 impl Filter {
-    pub fn selects(&self, subscription: &Subscription) -> bool {
+    pub fn selects(&self, subscription: &ActiveSubscription) -> bool {
         match self {
             Self::All => true,
             Self::Matcher {

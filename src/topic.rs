@@ -2,7 +2,7 @@
 //! hubs match them (yosida95/uritemplate's `Regexp()`), compiled once to a DFA and shared.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     fmt,
     hash::{Hash, Hasher},
     str::FromStr,
@@ -384,8 +384,14 @@ pub struct SelectorCache {
 struct WeakTemplates {
     by_text: HashMap<String, Weak<Compiled>>,
     patterns: HashMap<String, Weak<Pattern>>,
+    /// The URL patterns compiled last, kept alive without a user: a publisher's token is
+    /// verified on each publish, and its patterns would otherwise be compiled every time.
+    recent: VecDeque<Arc<Pattern>>,
     sweep_at: usize,
 }
+
+/// URL patterns [`WeakTemplates::recent`] keeps (each tens of kilobytes, in the budget).
+const RECENT_PATTERNS: usize = 64;
 
 impl WeakTemplates {
     /// Drops the entries whose selector was released, once there are enough of them.
@@ -415,6 +421,7 @@ impl SelectorCache {
             compiled: Mutex::new(WeakTemplates {
                 by_text: HashMap::new(),
                 patterns: HashMap::new(),
+                recent: VecDeque::new(),
                 sweep_at: FIRST_SWEEP,
             }),
             limits,
@@ -478,11 +485,17 @@ impl SelectorCache {
 
     /// Compiles a URL pattern (outside the lock), charges it to the budget and shares it.
     fn compile_pattern(&self, text: &str) -> Result<Selector, SelectorError> {
-        let matcher = UrlPatternMatcher::parse(text, &self.hub, self.limits.template_bytes)
-            .map_err(|reason| SelectorError::InvalidUrlPattern {
-                pattern: text.to_owned(),
-                reason,
-            })?;
+        let invalid = |reason: String| SelectorError::InvalidUrlPattern {
+            pattern: text.to_owned(),
+            reason,
+        };
+        // The parser has known panics on crafted input (denoland/rust-urlpattern#72): a
+        // pattern that makes it panic is refused like any invalid one.
+        let matcher = std::panic::catch_unwind(|| {
+            UrlPatternMatcher::parse(text, &self.hub, self.limits.template_bytes)
+        })
+        .map_err(|_| invalid("the URL Pattern parser failed on it".to_owned()))?
+        .map_err(invalid)?;
         let mut cache = self.lock();
         if let Some(existing) = cache.patterns.get(text).and_then(Weak::upgrade) {
             return Ok(Selector::UrlPattern(existing));
@@ -506,6 +519,10 @@ impl SelectorCache {
         cache
             .patterns
             .insert(text.to_owned(), Arc::downgrade(&pattern));
+        if cache.recent.len() == RECENT_PATTERNS {
+            cache.recent.pop_front();
+        }
+        cache.recent.push_back(pattern.clone());
         cache.sweep();
         Ok(Selector::UrlPattern(pattern))
     }
@@ -939,7 +956,8 @@ mod cache_tests {
     }
 
     /// Users of one URL pattern share one compiled pattern, charged once to the budget and
-    /// given back with its last user; the same text as an exact matcher is a different,
+    /// given back once its last user is gone and it is no longer among the recent patterns;
+    /// the same text as an exact matcher is a different,
     /// literal selector; `*` is every topic whatever the type.
     #[test]
     fn url_patterns_are_shared_charged_and_released() {
@@ -970,7 +988,14 @@ mod cache_tests {
         drop(first);
         assert_eq!(cache.used_bytes(), charged);
         drop(second);
-        assert_eq!(cache.used_bytes(), 0);
+        assert_eq!(cache.used_bytes(), charged, "kept as a recent pattern");
+        // Once enough other patterns were compiled since, it is released.
+        for i in 0..RECENT_PATTERNS {
+            drop(cache.get_typed(MatcherType::UrlPattern, &format!("https://e.com/{i}/:x")));
+        }
+        let kept: usize = cache.lock().recent.iter().map(|p| p.matcher.bytes()).sum();
+        assert_eq!(cache.used_bytes(), kept);
+        assert!(cache.cached_typed(MatcherType::UrlPattern, text).is_none());
         assert!(matches!(
             cache.get_typed(MatcherType::UrlPattern, "https://e.com/("),
             Err(SelectorError::InvalidUrlPattern { .. })

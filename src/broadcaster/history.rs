@@ -106,11 +106,20 @@ impl Window {
 #[derive(Debug)]
 pub struct History {
     events: VecDeque<Arc<Event>>,
-    /// id → sequence number of its earliest retained occurrence; the front event has sequence
+    /// id → where it first occurs among the retained events; the front event has sequence
     /// `front_seq`.
-    index: HashMap<Arc<str>, u64>,
+    index: HashMap<Arc<str>, Occurrences>,
     front_seq: u64,
     window: Window,
+}
+
+/// The retained events with one id: a Mercure publisher may reuse an id, and a resume from it
+/// starts after its earliest occurrence.
+#[derive(Debug, Clone, Copy)]
+struct Occurrences {
+    /// Sequence number of the earliest.
+    first: u64,
+    count: u32,
 }
 
 impl History {
@@ -127,12 +136,13 @@ impl History {
         let Some(old) = self.events.pop_front() else {
             return;
         };
-        if self.index.get(&old.id) == Some(&self.front_seq) {
-            self.index.remove(&old.id);
-            // A Mercure publisher may reuse an id: the index then moves to its next occurrence.
-            if let Some(at) = self.events.iter().position(|e| e.id == old.id) {
-                self.index
-                    .insert(old.id.clone(), self.front_seq + 1 + at as u64);
+        if let Some(occurrences) = self.index.get_mut(&old.id) {
+            occurrences.count -= 1;
+            if occurrences.count == 0 {
+                self.index.remove(&old.id);
+            } else if let Some(at) = self.events.iter().position(|e| e.id == old.id) {
+                // A repeated id (rare): its index moves to the next occurrence.
+                occurrences.first = self.front_seq + 1 + at as u64;
             }
         }
         self.front_seq += 1;
@@ -150,8 +160,13 @@ impl History {
             return;
         }
         let seq = self.front_seq + self.events.len() as u64;
-        // An id that occurs twice names its earliest occurrence (Mercure's rule for resuming).
-        self.index.entry(event.id.clone()).or_insert(seq);
+        self.index
+            .entry(event.id.clone())
+            .and_modify(|occurrences| occurrences.count += 1)
+            .or_insert(Occurrences {
+                first: seq,
+                count: 1,
+            });
         self.events.push_back(event);
     }
 
@@ -165,7 +180,7 @@ impl History {
         let (skip, found) = match from {
             ReplayFrom::Earliest => (0, true),
             ReplayFrom::After(id) => match self.index.get(id) {
-                Some(seq) => ((seq - self.front_seq + 1) as usize, true),
+                Some(occurrences) => ((occurrences.first - self.front_seq + 1) as usize, true),
                 None => (0, false),
             },
         };
@@ -284,6 +299,16 @@ mod tests {
         history.append(event("e", "x"));
         history.append(event("f", "x"));
         assert!(!history.contains("dup"));
+        // Three occurrences: trimming the first two leaves the third as the resume point.
+        for id in ["dup", "g", "dup", "h", "dup", "i"] {
+            history.append(event(id, "x"));
+        }
+        assert_eq!(
+            ids(&history.replay(ReplayFrom::After("dup"))),
+            ["h", "dup", "i"]
+        );
+        history.append(event("j", "x"));
+        assert_eq!(ids(&history.replay(ReplayFrom::After("dup"))), ["i", "j"]);
     }
 
     /// An event larger than the whole byte budget empties the history, so nobody replays

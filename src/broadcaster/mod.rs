@@ -899,13 +899,13 @@ impl Broadcaster {
 
 /// The active subscriptions `filter` selects (Mercure's subscription API), on this node.
 #[derive(Debug, Message)]
-#[rtype(result = "ActiveSubscriptions")]
+#[rtype(result = "SubscriptionList")]
 pub struct ListSubscriptions(pub Filter);
 
 /// The subscription documents a [`ListSubscriptions`] found, and the newest event id then (the
 /// API's reconciliation cursor).
 #[derive(Debug)]
-pub struct ActiveSubscriptions {
+pub struct SubscriptionList {
     pub documents: Vec<serde_json::Value>,
     pub newest_id: Option<Arc<str>>,
 }
@@ -927,7 +927,7 @@ impl Handler<ListSubscriptions> for Broadcaster {
             .filter(|subscription| filter.selects(subscription))
             .map(|subscription| subscription.document(true))
             .collect();
-        MessageResult(ActiveSubscriptions {
+        MessageResult(SubscriptionList {
             documents,
             newest_id: self.history.newest_id(),
         })
@@ -954,7 +954,18 @@ impl Handler<GetStats> for Broadcaster {
 impl Handler<Shutdown> for Broadcaster {
     type Result = ();
 
-    fn handle(&mut self, _: Shutdown, _: &mut Self::Context) {
+    fn handle(&mut self, _: Shutdown, ctx: &mut Self::Context) {
+        // Every subscription ends now: say so, as for any leave. With a durable or shared log
+        // this is best effort, as the process may exit before the log has committed them.
+        let ended: Vec<EventDraft> = self
+            .subscribers
+            .iter()
+            .filter_map(|(_, subscriber)| subscriber.active.as_deref())
+            .flat_map(|active| active.subscriptions.iter().map(|s| s.event(false)))
+            .collect();
+        for draft in ended {
+            self.announce(draft, ctx);
+        }
         self.shutting_down = true;
         let count = self.end_streams(|| None);
         log::info!("broadcaster shut down, streams ended subscribers={count}");

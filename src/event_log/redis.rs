@@ -82,7 +82,7 @@ local out = {}
 for i = 3, #ARGV, 3 do
   local id = ARGV[i]
   local taken = id ~= '' and redis.call('HEXISTS', KEYS[3], id) == 1
-  if taken and ARGV[i + 1] == 'u' then
+  if taken and ARGV[i + 1] ~= 'r' then
     out[#out + 1] = ''
   else
     last = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',

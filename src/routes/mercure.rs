@@ -106,24 +106,17 @@ pub async fn subscriptions(
     // The path as the hub's URL names it (its topics' form), whatever prefix a proxy removed.
     let rest = req.path().strip_prefix(PATH).ok_or_else(not_found)?;
     let topic = format!("{}{rest}", hub.path());
-    let grant = auth::subscriber_grant(
-        &req,
-        &state.keys,
-        &state.selectors,
-        false,
-        auth::TokenSources::HeaderAndCookie,
-    )?;
-    if !grant.allows(&topic) {
-        return Err(HubError::Forbidden(format!(
-            "the token does not allow subscribing to `{topic}`"
-        )));
-    }
+    // Dot segments and backslashes would make the path the grant was checked against (a URL
+    // pattern normalises them) differ from the one read here.
     let segments: Option<Vec<String>> = rest
         .strip_prefix("/subscriptions")
         .unwrap_or_default()
         .split('/')
         .skip(1)
         .map(|segment| {
+            if matches!(segment, "." | ".." | "") || segment.contains('\\') {
+                return None;
+            }
             percent_encoding::percent_decode_str(segment)
                 .decode_utf8()
                 .ok()
@@ -143,6 +136,18 @@ pub async fn subscriptions(
         },
         _ => return Err(not_found()),
     };
+    let grant = auth::subscriber_grant(
+        &req,
+        &state.keys,
+        &state.selectors,
+        false,
+        auth::TokenSources::HeaderAndCookie,
+    )?;
+    if !grant.allows(&topic) {
+        return Err(HubError::Forbidden(format!(
+            "the token does not allow subscribing to `{topic}`"
+        )));
+    }
     let one = matches!(filter, Filter::One { .. });
     let found = state.ask(ListSubscriptions(filter)).await?;
     let document = if one {

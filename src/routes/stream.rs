@@ -169,12 +169,13 @@ pub async fn open(
     let last_event_id = last_event_id(req, &pairs)?;
     let resumes = last_event_id.is_some();
     let active = (route == Route::Mercure && state.settings.subscriptions).then(|| {
-        let matchers = selectors
+        // Each as the client asked for it (`match_urlpattern=*` is a `urlpattern`
+        // subscription, though it compiles to the wildcard).
+        let matchers = requested
             .iter()
-            .map(|selector| {
-                let text = selector.as_str();
+            .map(|&(kind, text)| {
                 let payload = grant.payload_for(text).cloned();
-                (selector.matcher_type(), text.to_owned(), payload)
+                (kind, text.to_owned(), payload)
             })
             .collect();
         Box::new(ActiveSubscriber::new(

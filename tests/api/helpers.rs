@@ -21,6 +21,9 @@ use sse_hub::{
 
 /// How long any single expected frame may take before a test fails.
 pub const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an expected event may take, keep-alives arriving meanwhile or not (longer than a
+/// cluster test's recovery from a Redis restart).
+pub const EVENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A running hub and a client for it. Dropping it stops the hub.
 pub struct TestApp {
@@ -304,15 +307,17 @@ impl SseStream {
         Some(frame)
     }
 
-    /// The next event, skipping comments (keep-alives).
+    /// The next event, skipping comments (keep-alives). Fails the test if none arrives within
+    /// [`EVENT_TIMEOUT`], however many keep-alives come meanwhile.
     pub async fn next_event(&mut self) -> Frame {
+        let deadline = Instant::now() + EVENT_TIMEOUT;
         loop {
-            let frame = self
-                .next_frame()
-                .await
-                .expect("the stream ended before an event");
-            if frame.comment.is_none() {
-                return frame;
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next_frame_within(left).await {
+                None => panic!("no event within {EVENT_TIMEOUT:?} (keep-alives only, if anything)"),
+                Some(None) => panic!("the stream ended before an event"),
+                Some(Some(frame)) if frame.comment.is_none() => return frame,
+                Some(Some(_)) => {}
             }
         }
     }

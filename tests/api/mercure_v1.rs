@@ -1826,3 +1826,96 @@ async fn cors_wildcard_allows_any_origin_without_credentials() {
     assert_eq!(reply.header("access-control-allow-origin"), Some("*"));
     assert_eq!(reply.header("access-control-allow-credentials"), None);
 }
+
+/// The match type reported is the one the client asked for: `match_urlpattern=*` is a
+/// `urlpattern` subscription (though it matches every topic), distinct from `match=*`.
+#[actix_web::test]
+async fn a_wildcard_subscription_keeps_the_match_type_it_was_asked_with() {
+    // Arrange
+    let app = v1_app_with(|s| s.subscriptions = true).await;
+    // Routed by the subscriptions' own pattern, so its own subscription is not about `*`.
+    let mut watcher = subscribe(
+        &app,
+        &[(
+            "match_urlpattern",
+            "/.well-known/mercure/subscriptions/:type/:match/:sub",
+        )],
+        Some(&v1_subscriber(json!([{ "match": "*" }]))),
+    )
+    .await;
+
+    // Act
+    let _both = subscribe(&app, &[("match", "*"), ("match_urlpattern", "*")], None).await;
+    let first = next_subscription_event(&mut watcher, "*").await;
+    let second = next_subscription_event(&mut watcher, "*").await;
+
+    // Assert
+    let mut types = [
+        first["match_type"].as_str().unwrap_or_default(),
+        second["match_type"].as_str().unwrap_or_default(),
+    ];
+    types.sort_unstable();
+    assert_eq!(types, ["exact", "urlpattern"]);
+    assert_ne!(first["id"], second["id"], "two subscriptions, two topics");
+    assert_eq!(
+        first["subscriber"], second["subscriber"],
+        "one connection, one id"
+    );
+}
+
+/// A graceful shutdown ends every subscription, and says so: a watcher gets the `active:
+/// false` event of the other subscriber before its own stream ends.
+#[actix_web::test]
+async fn shutdown_announces_the_end_of_every_subscription() {
+    // Arrange
+    let app = v1_app_with(|s| s.subscriptions = true).await;
+    let matcher = "https://example.com/leaving";
+    let mut watcher = subscribe(
+        &app,
+        &[("match", "*")],
+        Some(&v1_subscriber(json!([{ "match": "*" }]))),
+    )
+    .await;
+    let _leaving = subscribe(&app, &[("match", matcher)], None).await;
+    let joined = next_subscription_event(&mut watcher, matcher).await;
+
+    // Act
+    drop(app);
+    let left = next_subscription_event(&mut watcher, matcher).await;
+
+    // Assert
+    assert_eq!(joined["active"], true);
+    assert_eq!(left["active"], false, "{left}");
+    assert_eq!(left["id"], joined["id"]);
+}
+
+/// A subscriber's stream ends at its access token's `exp` itself, not `exp` plus the leeway
+/// allowed for clock skew (Mercure 1.0: "no later than the token's exp").
+#[actix_web::test]
+async fn a_stream_ends_at_its_access_tokens_exp() {
+    // Arrange
+    let app = v1_app_with(|s| s.jwt_leeway = Duration::from_secs(30)).await;
+    let exp = unix_now().as_secs() + 2;
+    let token = v1_token_changed(
+        json!([grant(&["subscribe"], json!([{ "match": "*" }]))]),
+        json!({ "exp": exp }),
+    );
+    let mut stream = subscribe(&app, &[("match", TOPIC)], Some(&token)).await;
+
+    // Act: read until the stream ends (keep-alives come every 50 ms meanwhile).
+    let give_up = Instant::now() + Duration::from_secs(40);
+    let ended = loop {
+        let left = give_up.saturating_duration_since(Instant::now());
+        match stream.next_frame_or_end(left).await {
+            Some(Some(_)) => continue,
+            Some(None) => break unix_now(),
+            None => panic!("the stream did not end within 40 s"),
+        }
+    };
+
+    // Assert
+    assert!(
+        ended <= Duration::from_secs(exp) + Duration::from_millis(900),
+        "ended at {ended:?}, exp {exp} s: the 30 s leeway must not extend the stream"
+    );
+}
