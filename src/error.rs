@@ -19,6 +19,9 @@ pub enum HubError {
     InvalidUtf8,
     #[error("the request body is larger than the limit of {limit} bytes")]
     BodyTooLarge { limit: usize },
+    /// A Mercure update over a limit on its fields (413, as Mercure asks).
+    #[error("the update is over a limit: {0}")]
+    UpdateTooLarge(String),
     #[error("an event with id `{0}` is already in the history")]
     DuplicateId(String),
     #[error("too many {what}: at most {limit} per request")]
@@ -59,7 +62,7 @@ impl HubError {
         match self {
             Self::InvalidField { .. } | Self::Invalid { .. } => "invalid",
             Self::InvalidUtf8 => "invalid_utf8",
-            Self::BodyTooLarge { .. } => "too_large",
+            Self::BodyTooLarge { .. } | Self::UpdateTooLarge(_) => "too_large",
             Self::DuplicateId(_) => "duplicate_id",
             Self::TooMany { .. } => "too_many_topics",
             Self::SubscriberLimit { .. } => "subscriber_limit",
@@ -83,7 +86,7 @@ impl ResponseError for HubError {
             Self::InvalidField { .. } | Self::Invalid { .. } | Self::InvalidUtf8 => {
                 StatusCode::BAD_REQUEST
             }
-            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTooLarge { .. } | Self::UpdateTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::DuplicateId(_) => StatusCode::CONFLICT,
             Self::TokenMissing(_) | Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::TokenMalformed(_) => StatusCode::BAD_REQUEST,

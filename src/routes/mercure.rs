@@ -69,7 +69,35 @@ async fn publish_form(
             reason: "at least one `topic` field is required".to_owned(),
         });
     }
-    check_topics(&topics, &state.settings, "topics")?;
+    // Mercure refuses an update over a limit on its fields with 413, where /publish says 400.
+    let settings = &state.settings;
+    if topics.len() > settings.max_topics {
+        return Err(HubError::UpdateTooLarge(format!(
+            "more than {} topics",
+            settings.max_topics
+        )));
+    }
+    if topics
+        .iter()
+        .any(|topic| topic.len() > settings.max_topic_bytes)
+    {
+        return Err(HubError::UpdateTooLarge(format!(
+            "a topic is longer than {} bytes",
+            settings.max_topic_bytes
+        )));
+    }
+    check_topics(&topics, settings, "topics")?;
+    for (field, value) in [("id", &form.id), ("type", &form.event_type)] {
+        if value
+            .as_ref()
+            .is_some_and(|v| v.len() > event::MAX_ID_BYTES)
+        {
+            return Err(HubError::UpdateTooLarge(format!(
+                "the {field} is longer than {} bytes",
+                event::MAX_ID_BYTES
+            )));
+        }
+    }
     // Whatever the token allows: these would forge the hub's own events.
     form.check_reserved(state.selectors.hub())?;
     authorize_topics(&grant, &topics)?;

@@ -1919,3 +1919,44 @@ async fn a_stream_ends_at_its_access_tokens_exp() {
         "ended at {ended:?}, exp {exp} s: the 30 s leeway must not extend the stream"
     );
 }
+
+/// An update over a limit on its fields is refused with 413, as Mercure asks: more topics
+/// than `--max-topics`, a topic longer than `--max-topic-bytes`, an id or type over 1 KiB;
+/// the quick-start `/publish` keeps its 400 for the same topic limit.
+#[actix_web::test]
+async fn updates_over_a_field_limit_are_content_too_large() {
+    // Arrange
+    let app = v1_app_with(|s| {
+        s.max_topics = 2;
+        s.max_topic_bytes = 64;
+    })
+    .await;
+    let token = v1_publisher();
+    let long_topic = format!("https://example.com/{}", "a".repeat(64));
+    let long_id = "i".repeat(1025);
+    let cases: [(&str, Vec<(&str, &str)>); 4] = [
+        (
+            "three topics",
+            vec![("topic", "a"), ("topic", "b"), ("topic", "c")],
+        ),
+        ("a long topic", vec![("topic", &long_topic)]),
+        ("a long id", vec![("topic", "a"), ("id", &long_id)]),
+        ("a long type", vec![("topic", "a"), ("type", &long_id)]),
+    ];
+
+    for (case, fields) in cases {
+        // Act
+        let reply = post_update(&app, Some(&token), &fields).await;
+
+        // Assert
+        assert_refused(&reply, StatusCode::PAYLOAD_TOO_LARGE, "over a limit", case);
+    }
+    let quick_start = app
+        .client
+        .post(app.url("/publish?topic=a&topic=b&topic=c"))
+        .insert_header(("authorization", bearer(&token)))
+        .send_body("x")
+        .await
+        .expect("answered");
+    assert_eq!(quick_start.status(), StatusCode::BAD_REQUEST);
+}
