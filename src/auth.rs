@@ -270,6 +270,19 @@ pub struct Verified {
     pub valid_until: Option<SystemTime>,
 }
 
+/// Why a token did not decode, after "the publisher token ..." (both token kinds).
+fn why_not_decoded(err: &jsonwebtoken::errors::Error, key: &JwtKey, role: Role) -> String {
+    match err.kind() {
+        ErrorKind::InvalidSignature => "has an invalid signature".to_owned(),
+        ErrorKind::InvalidAlgorithm => format!(
+            "is not signed with {:?}, the algorithm configured for {}s",
+            key.algorithm,
+            role.name()
+        ),
+        _ => format!("is not a valid JWT ({err})"),
+    }
+}
+
 /// Whether `token` is a Mercure 1.0 access token: its header's `typ` is `at+jwt` (or
 /// `application/at+jwt`, case-insensitive, RFC 9068). Other tokens are read as Mercure 0.x ones.
 pub fn is_access_token(token: &str, role: Role) -> Result<bool, HubError> {
@@ -343,12 +356,6 @@ pub fn verify_access_token(
         .map(|data| data.claims)
         .map_err(|err| {
             refused(match err.kind() {
-                ErrorKind::InvalidSignature => "has an invalid signature".to_owned(),
-                ErrorKind::InvalidAlgorithm => format!(
-                    "is not signed with {:?}, the algorithm configured for {}s",
-                    key.algorithm,
-                    role.name()
-                ),
                 ErrorKind::InvalidIssuer => format!("is not issued by `{issuer}` (iss)"),
                 ErrorKind::InvalidAudience => {
                     format!(
@@ -357,7 +364,7 @@ pub fn verify_access_token(
                     )
                 }
                 ErrorKind::MissingRequiredClaim(claim) => format!("has no `{claim}` claim"),
-                _ => format!("is not a valid JWT ({err})"),
+                _ => why_not_decoded(&err, key, role),
             })
         })?;
     let times = Claims {
@@ -536,17 +543,7 @@ pub fn verify(
     validation.validate_aud = false;
     let claims = jsonwebtoken::decode::<Claims>(token, &key.key, &validation)
         .map(|data| data.claims)
-        .map_err(|err| {
-            refused(match err.kind() {
-                ErrorKind::InvalidSignature => "has an invalid signature".to_owned(),
-                ErrorKind::InvalidAlgorithm => format!(
-                    "is not signed with {:?}, the algorithm configured for {}s",
-                    key.algorithm,
-                    role.name()
-                ),
-                _ => format!("is not a valid JWT ({err})"),
-            })
-        })?;
+        .map_err(|err| refused(why_not_decoded(&err, key, role)))?;
     let valid_until =
         valid_until(&claims, SystemTime::now(), leeway).map_err(|why| refused(why.to_owned()))?;
     Ok(Verified {
@@ -772,20 +769,13 @@ pub fn may_see_selectors(
 /// Signs a token with an HS256 secret or an RS256 private key (PEM; `@path` reads a file), for
 /// the `token` command.
 pub fn sign(claims: &Claims, material: &str, algorithm: JwtAlgorithm) -> Result<String, String> {
-    let material = read_material(material)?;
-    let key = match algorithm {
-        JwtAlgorithm::Hs256 => EncodingKey::from_secret(&material),
-        JwtAlgorithm::Rs256 => EncodingKey::from_rsa_pem(&material)
-            .map_err(|err| format!("not an RSA private key in PEM form: {err}"))?,
-    };
-    jsonwebtoken::encode(&Header::new(algorithm.into()), claims, &key)
-        .map_err(|err| err.to_string())
+    sign_with(&Header::new(algorithm.into()), claims, material, algorithm)
 }
 
-/// Signs a Mercure 1.0 access token (header `typ: at+jwt`) with `claims`, for the `token
-/// --access-token` command and the tests.
-pub fn sign_access_token(
-    claims: &serde_json::Value,
+/// Signs `claims` under `header` with an HS256 secret or an RS256 private key.
+fn sign_with(
+    header: &Header,
+    claims: &impl Serialize,
     material: &str,
     algorithm: JwtAlgorithm,
 ) -> Result<String, String> {
@@ -795,11 +785,21 @@ pub fn sign_access_token(
         JwtAlgorithm::Rs256 => EncodingKey::from_rsa_pem(&material)
             .map_err(|err| format!("not an RSA private key in PEM form: {err}"))?,
     };
+    jsonwebtoken::encode(header, claims, &key).map_err(|err| err.to_string())
+}
+
+/// Signs a Mercure 1.0 access token (header `typ: at+jwt`) with `claims`, for the `token
+/// --access-token` command and the tests.
+pub fn sign_access_token(
+    claims: &serde_json::Value,
+    material: &str,
+    algorithm: JwtAlgorithm,
+) -> Result<String, String> {
     let header = Header {
         typ: Some("at+jwt".to_owned()),
         ..Header::new(algorithm.into())
     };
-    jsonwebtoken::encode(&header, claims, &key).map_err(|err| err.to_string())
+    sign_with(&header, claims, material, algorithm)
 }
 
 #[cfg(test)]

@@ -5,7 +5,10 @@ use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
 use clap::{ArgAction, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use crate::auth::{JwtAlgorithm, JwtKey, Keys, Role};
+use crate::{
+    auth::{JwtAlgorithm, JwtKey, Keys, Role},
+    url_pattern::HubUrl,
+};
 
 pub const DEFAULT_BIND: &str = "127.0.0.1:8080";
 /// Below the idle timeout of every common proxy (nginx 60 s, ALB 60 s, Cloudflare 100 s).
@@ -300,7 +303,7 @@ impl fmt::Display for Store {
 
 impl Settings {
     /// The verification keys for both roles, from the key settings.
-    pub fn keys(&self) -> Result<Keys, String> {
+    pub fn keys(&self, hub: &HubUrl) -> Result<Keys, String> {
         let key = |role: Role| {
             self.key_material(role)
                 .map(|(material, alg)| {
@@ -313,13 +316,18 @@ impl Settings {
             subscriber: key(Role::Subscriber)?,
             leeway: self.jwt_leeway,
             issuer: self.jwt_issuer.clone(),
-            audience: self
-                .jwt_audience
-                .clone()
-                .unwrap_or_else(|| self.hub_url.clone()),
+            audience: self.audience(hub),
             max_matchers: self.max_topics,
             max_matcher_bytes: self.max_topic_bytes,
         })
+    }
+
+    /// The resource identifier an access token's `aud` names: `--jwt-audience`, else the hub
+    /// URL as the hub writes it (and advertises it), not as it was typed.
+    pub fn audience(&self, hub: &HubUrl) -> String {
+        self.jwt_audience
+            .clone()
+            .unwrap_or_else(|| hub.as_str().to_owned())
     }
 
     /// The key material and algorithm for `role`: its own key if set, else `--jwt-key`.

@@ -12,6 +12,7 @@ use sse_hub::{
     config::{Cli, Command, Settings, TokenArgs},
     healthcheck,
     startup::Application,
+    url_pattern::HubUrl,
 };
 
 /// jemalloc: less CPU per event on the fan-out path, and the memory a burst used goes back
@@ -91,10 +92,8 @@ fn access_token(
         .jwt_issuer
         .as_deref()
         .ok_or("--access-token needs --jwt-issuer (or SSE_HUB_JWT_ISSUER): the token's iss")?;
-    let audience = settings
-        .jwt_audience
-        .as_deref()
-        .unwrap_or(&settings.hub_url);
+    let hub = HubUrl::parse(&settings.hub_url).map_err(|err| format!("--hub-url: {err}"))?;
+    let audience = settings.audience(&hub);
     let lifetime = args.expires_in.map_or(3600, |lifetime| lifetime.as_secs());
     let detail = |action: &str, selectors: &[String], payload: Option<&serde_json::Value>| {
         let topics: Vec<serde_json::Value> = selectors

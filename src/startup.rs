@@ -51,12 +51,8 @@ impl Application {
     /// Opens the event log, starts the broadcaster on it and binds the server. Must run inside
     /// an actix system.
     pub fn build(settings: Settings) -> Result<Self, StartupError> {
-        let mut keys = settings.keys().map_err(StartupError::Keys)?;
         let hub = HubUrl::parse(&settings.hub_url).map_err(StartupError::HubUrl)?;
-        if settings.jwt_audience.is_none() {
-            // The URL as the hub writes it (and advertises it), not as it was typed.
-            keys.audience = hub.as_str().to_owned();
-        }
+        let keys = settings.keys(&hub).map_err(StartupError::Keys)?;
         if settings.cors_allowed_origins.len() > 1
             && settings.cors_allowed_origins.iter().any(|o| o == "*")
         {

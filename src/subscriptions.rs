@@ -4,24 +4,18 @@
 
 use std::sync::Arc;
 
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use percent_encoding::utf8_percent_encode;
 use serde_json::{Value, json};
 
-use crate::{event::EventDraft, topic::MatcherType};
+use crate::{event::EventDraft, topic::MatcherType, url_pattern::NOT_UNRESERVED};
 
 /// The SSE type of the hub's own events; publishers may not use it.
 pub const EVENT_TYPE: &str = "mercure";
 
 /// Everything but RFC 3986's unreserved characters is encoded, so a matcher or subscriber id
 /// is one path segment, encoded once (RFC 6570 simple expansion).
-const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
-
 fn segment(text: &str) -> String {
-    utf8_percent_encode(text, SEGMENT).to_string()
+    utf8_percent_encode(text, NOT_UNRESERVED).to_string()
 }
 
 /// `{hub path}/subscriptions`, the collection of every subscription.
@@ -90,6 +84,11 @@ pub struct ActiveSubscriber {
 }
 
 impl ActiveSubscriber {
+    /// The updates announcing the start (`active`) or the end of each of its subscriptions.
+    pub fn events(&self, active: bool) -> impl Iterator<Item = EventDraft> + '_ {
+        self.subscriptions.iter().map(move |s| s.event(active))
+    }
+
     /// A new subscriber with a random `urn:uuid:` id, subscribed with each `(match_type,
     /// matcher, payload)`.
     pub fn new(hub_path: &str, matchers: Vec<(MatcherType, String, Option<Value>)>) -> Self {

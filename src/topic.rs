@@ -126,15 +126,6 @@ impl Selector {
         }
     }
 
-    /// The matcher type active subscriptions report for it.
-    pub fn matcher_type(&self) -> MatcherType {
-        match self {
-            Selector::Any | Selector::Exact(_) => MatcherType::Exact,
-            Selector::Template(_) => MatcherType::UriTemplate,
-            Selector::UrlPattern(_) => MatcherType::UrlPattern,
-        }
-    }
-
     /// The selector as it was written.
     pub fn as_str(&self) -> &str {
         match self {
@@ -450,9 +441,9 @@ impl SelectorCache {
         &self.hub
     }
 
-    /// A Mercure 1.0 matcher of `kind` (`*` is every topic whatever the type): `Exact` costs
+    /// The selector of `kind` for `text` (`*` is every topic whatever the type): `Exact` costs
     /// nothing; a URL pattern is compiled, its regular expressions bounded by the template
-    /// limit. Only the 0.x selectors of [`get`](Self::get) read `{` as a URI template.
+    /// limit; `UriTemplate` is [`get`](Self::get) (0.x selectors containing `{`).
     pub fn get_typed(&self, kind: MatcherType, text: &str) -> Result<Selector, SelectorError> {
         if let Some(found) = self.cached_typed(kind, text) {
             return found;
@@ -464,7 +455,7 @@ impl SelectorCache {
         }
     }
 
-    /// As [`cached`](Self::cached) for a Mercure 1.0 matcher of `kind`.
+    /// As [`cached`](Self::cached), for a selector of `kind`.
     pub fn cached_typed(
         &self,
         kind: MatcherType,

@@ -96,7 +96,7 @@ impl HubUrl {
 }
 
 /// Every byte but RFC 3986's unreserved characters (`ALPHA / DIGIT / - . _ ~`).
-const NOT_UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
+pub const NOT_UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'-')
     .remove(b'.')
     .remove(b'_')

@@ -449,8 +449,7 @@ impl Broadcaster {
                 {
                     me.do_send(Announce);
                 }
-                self.departed
-                    .extend(active.subscriptions.iter().map(|s| s.event(false)));
+                self.departed.extend(active.events(false));
             }
             self.metrics.subscribers_disconnected.inc();
             metrics::set_gauge(&self.metrics.subscribers, self.subscribers.len());
@@ -769,8 +768,7 @@ impl Broadcaster {
         let joined: Vec<EventDraft> = subscriber
             .active
             .iter()
-            .flat_map(|active| &active.subscriptions)
-            .map(|subscription| subscription.event(true))
+            .flat_map(|active| active.events(true))
             .collect();
         self.subscribers.insert(subscriber);
         for draft in joined {
@@ -961,7 +959,7 @@ impl Handler<Shutdown> for Broadcaster {
             .subscribers
             .iter()
             .filter_map(|(_, subscriber)| subscriber.active.as_deref())
-            .flat_map(|active| active.subscriptions.iter().map(|s| s.event(false)))
+            .flat_map(|active| active.events(false))
             .collect();
         for draft in ended {
             self.announce(draft, ctx);

@@ -146,22 +146,16 @@ pub async fn open(
     check_topics(&texts, &state.settings, "topic selectors")?;
     let mut selectors = Vec::with_capacity(requested.len());
     for &(kind, text) in &requested {
-        let selector = match version {
-            Version::Legacy => state.selectors.cached(text),
-            Version::Current => state.selectors.cached_typed(kind, text),
-        };
-        let selector = match selector {
+        // A 0.x selector's kind says whether it is a URI template (see requested_selectors).
+        let selector = match state.selectors.cached_typed(kind, text) {
             Some(selector) => selector,
             // Compiling a template or a URL pattern can take milliseconds of CPU: not on the
             // worker's event loop, whose other connections would wait meanwhile.
             None => {
                 let (cache, text) = (state.selectors.clone(), text.to_owned());
-                web::block(move || match version {
-                    Version::Legacy => cache.get(&text),
-                    Version::Current => cache.get_typed(kind, &text),
-                })
-                .await
-                .map_err(|_| HubError::Internal)?
+                web::block(move || cache.get_typed(kind, &text))
+                    .await
+                    .map_err(|_| HubError::Internal)?
             }
         };
         selectors.push(selector?);
