@@ -106,11 +106,12 @@ impl ResponseError for HubError {
     fn error_response(&self) -> HttpResponse {
         let mut response = HttpResponse::build(self.status_code());
         use actix_web::http::header::{RETRY_AFTER, WWW_AUTHENTICATE};
+        // Every 503 is a passing state (a limit, the log, a shutdown): say when to try again.
+        // The node reconnects to its log with backoff; a second is a fair first retry.
+        if self.status_code() == StatusCode::SERVICE_UNAVAILABLE {
+            response.insert_header((RETRY_AFTER, "1"));
+        }
         match self {
-            // The node reconnects with backoff; a second is a fair first retry.
-            Self::LogUnavailable => {
-                response.insert_header((RETRY_AFTER, "1"));
-            }
             // RFC 6750 challenges, as Mercure asks; the JSON body says the same for people.
             Self::TokenMissing(_) => {
                 response.insert_header((WWW_AUTHENTICATE, "Bearer"));

@@ -14,7 +14,7 @@ pub mod redis;
 use std::{
     fmt,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
 };
@@ -95,23 +95,62 @@ pub enum StoreError {
     Unreadable { path: String, detail: String },
 }
 
-/// Whether the event log can take publishes: `/readyz`. A local log always can; a shared one
-/// while its node reads it.
+/// Whether the event log can take publishes: `/readyz`, and why not when it cannot. Set by
+/// whoever finds out (a Redis tail that lost its connection, a store whose commits fail); read
+/// on every `/readyz` and on the publish path.
 #[derive(Debug, Clone)]
-pub struct Readiness(Arc<AtomicBool>);
+pub struct Readiness(Arc<ReadinessState>);
+
+#[derive(Debug)]
+struct ReadinessState {
+    ready: AtomicBool,
+    /// What `/readyz` says while not ready.
+    reason: Mutex<Arc<str>>,
+}
 
 impl Readiness {
-    pub fn new(ready: bool) -> Self {
-        Self(Arc::new(AtomicBool::new(ready)))
+    /// Ready from the start.
+    pub fn ready() -> Self {
+        Self::with(true, "")
+    }
+
+    /// Not ready until [`set_ready`](Self::set_ready), for `reason`.
+    pub fn unready(reason: &str) -> Self {
+        Self::with(false, reason)
+    }
+
+    fn with(ready: bool, reason: &str) -> Self {
+        Self(Arc::new(ReadinessState {
+            ready: AtomicBool::new(ready),
+            reason: Mutex::new(reason.into()),
+        }))
     }
 
     pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.0.ready.load(Ordering::Relaxed)
     }
 
-    /// Sets the state; whether it changed.
-    pub fn set(&self, ready: bool) -> bool {
-        self.0.swap(ready, Ordering::Relaxed) != ready
+    /// Why publishes are refused now (meaningful while not ready).
+    pub fn reason(&self) -> Arc<str> {
+        self.lock().clone()
+    }
+
+    /// Ready again; whether that is a change.
+    pub fn set_ready(&self) -> bool {
+        !self.0.ready.swap(true, Ordering::Relaxed)
+    }
+
+    /// Not ready, for `reason`; whether that is a change (the reason is updated either way).
+    pub fn set_unready(&self, reason: &str) -> bool {
+        *self.lock() = reason.into();
+        self.0.ready.swap(false, Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Arc<str>> {
+        self.0
+            .reason
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -126,7 +165,7 @@ pub enum Opened {
 impl Opened {
     pub fn readiness(&self) -> Readiness {
         match self {
-            Self::Local(..) => Readiness::new(true),
+            Self::Local(..) => Readiness::ready(),
             Self::Shared(log) => log.readiness(),
         }
     }

@@ -51,6 +51,9 @@ use tokio::sync::{mpsc, oneshot};
 use super::{CommitError, Readiness, StoreError};
 use crate::event::{Event, EventDraft};
 
+/// What `/readyz` says while the tail cannot reach Redis.
+const UNREACHABLE: &str =
+    "the event log (Redis) is unreachable; publishes are refused until it is back";
 /// How long `XREAD` blocks before the tail checks the log's epoch and reads again.
 const BLOCK: Duration = Duration::from_secs(1);
 /// Entries read at once; also what the broadcaster applies in one message.
@@ -244,7 +247,7 @@ impl RedisLog {
             detail,
         };
         let client = Client::open(url).map_err(|err| unusable(err.to_string()))?;
-        let ready = Readiness::new(false);
+        let ready = Readiness::unready("the event log (Redis) has not been read yet");
         let shared = Shared {
             client,
             keys: Keys {
@@ -499,7 +502,7 @@ async fn tail(shared: Shared, sink: Recipient<Tailed>) {
         match follow(&shared, &sink, &mut position, &mut delay).await {
             Stop::Gone => return,
             Stop::Failed(err) => {
-                if shared.ready.set(false) {
+                if shared.ready.set_unready(UNREACHABLE) {
                     log::error!("the Redis log is unreachable; publishes are refused error={err}");
                 }
                 // Full jitter: anywhere up to the current step, at least the minimum.
@@ -534,7 +537,7 @@ async fn follow(
             Err(err) => return err,
         }
     }
-    if shared.ready.set(true) {
+    if shared.ready.set_ready() {
         log::info!(
             "the Redis log is reachable; reading after {}",
             position.cursor.as_deref().unwrap_or("0-0")

@@ -52,17 +52,16 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
-/// 200 while the event log takes publishes; 503 while a Redis log is unreachable (open streams
-/// stay open meanwhile, and `/healthz` stays 200: the process is fine, its log is not). A load
-/// balancer sends publishers elsewhere; subscribers may stay.
+/// 200 while the event log takes publishes; 503 with the reason while it cannot (Redis
+/// unreachable or refusing writes, a file store whose commits fail). Open streams stay open
+/// meanwhile, and `/healthz` stays 200: the process is fine, its log is not. A load balancer
+/// sends publishers elsewhere; subscribers may stay.
 pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     if state.ready.is_ready() {
         HttpResponse::Ok().json(serde_json::json!({ "status": "ready" }))
     } else {
         HttpResponse::ServiceUnavailable()
             .insert_header((actix_web::http::header::RETRY_AFTER, "1"))
-            .json(serde_json::json!({
-                "error": "the event log (Redis) is unreachable; publishes are refused until it is back"
-            }))
+            .json(serde_json::json!({ "error": &*state.ready.reason() }))
     }
 }
