@@ -4,6 +4,7 @@ mod bad_input;
 mod browser;
 mod cluster;
 mod durable;
+mod first_run;
 mod hardening;
 mod helpers;
 mod http_layer;
