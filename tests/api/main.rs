@@ -15,4 +15,5 @@ mod quickstart;
 mod replay;
 mod shutdown;
 mod slow_subscriber;
+mod store_faults;
 mod topics;
