@@ -214,7 +214,10 @@ impl Identity {
         } else if len < self.len {
             Some(format!("truncated from {} to {len} bytes", self.len))
         } else {
-            Some(format!("grown from {} to {len} bytes by another writer", self.len))
+            Some(format!(
+                "grown from {} to {len} bytes by another writer",
+                self.len
+            ))
         }
     }
 }
@@ -382,12 +385,7 @@ impl Writer {
 
     /// Runs the event `seq` through the window: the retained events it pushes out go to
     /// `evicted`, oldest first; returns whether `seq` itself is retained.
-    fn admit(
-        &mut self,
-        seq: u64,
-        event: Arc<Event>,
-        evicted: &mut Vec<(u64, Arc<Event>)>,
-    ) -> bool {
+    fn admit(&mut self, seq: u64, event: Arc<Event>, evicted: &mut Vec<(u64, Arc<Event>)>) -> bool {
         let admission = self.window.push(event.size_bytes());
         for _ in 0..admission.evicted {
             evicted.extend(self.retained.pop_front());
@@ -903,7 +901,11 @@ mod tests {
     }
 
     fn retained_ids(writer: &Writer) -> Vec<String> {
-        writer.retained.iter().map(|(_, e)| e.id.to_string()).collect()
+        writer
+            .retained
+            .iter()
+            .map(|(_, e)| e.id.to_string())
+            .collect()
     }
 
     /// A failed commit (redb refusing writes until reopened) leaves the mirror as it was, makes
@@ -914,20 +916,31 @@ mod tests {
         let path = dir.path().join("h.redb");
         let (mut writer, _) =
             Writer::open(&path, Window::new(2, 1 << 20), Metrics::new()).expect("opens");
-        writer.handle(&batch(&[event("a", "x"), event("b", "x")])).expect("committed");
+        writer
+            .handle(&batch(&[event("a", "x"), event("b", "x")]))
+            .expect("committed");
         // As after an I/O error: every operation fails until the database is reopened.
         writer.db = None;
 
         let failed = writer.handle(&batch(&[event("c", "x")]));
 
         assert!(failed.is_err());
-        assert_eq!(retained_ids(&writer), ["a", "b"], "the mirror is rolled back");
+        assert_eq!(
+            retained_ids(&writer),
+            ["a", "b"],
+            "the mirror is rolled back"
+        );
         assert!(!writer.ready.is_ready());
         assert!(writer.ready.reason().contains(&*path.display().to_string()));
-        assert!(writer.handle(&batch(&[event("d", "x")])).is_err(), "refused at once");
+        assert!(
+            writer.handle(&batch(&[event("d", "x")])).is_err(),
+            "refused at once"
+        );
         writer.try_reopen();
         assert!(writer.ready.is_ready(), "{}", writer.ready.reason());
-        writer.handle(&batch(&[event("e", "x")])).expect("committed again");
+        writer
+            .handle(&batch(&[event("e", "x")]))
+            .expect("committed again");
         assert_eq!(retained_ids(&writer), ["b", "e"]);
         assert_eq!(writer.metrics.store_commit_failures.get(), 2);
         drop(writer);
@@ -944,9 +957,17 @@ mod tests {
         let path = dir.path().join("h.redb");
         let (mut writer, _) =
             Writer::open(&path, Window::new(2, 1 << 20), Metrics::new()).expect("opens");
-        writer.handle(&batch(&[event("a", "x"), event("b", "x")])).expect("committed");
-        let before = (writer.retained.clone(), writer.next_seq, writer.window.clone());
-        writer.handle(&batch(&[event("c", "x")])).expect("committed");
+        writer
+            .handle(&batch(&[event("a", "x"), event("b", "x")]))
+            .expect("committed");
+        let before = (
+            writer.retained.clone(),
+            writer.next_seq,
+            writer.window.clone(),
+        );
+        writer
+            .handle(&batch(&[event("c", "x")]))
+            .expect("committed");
         // As if that commit had been reported failed: the mirror went back, the file kept it.
         (writer.retained, writer.next_seq, writer.window) = before;
         writer.fail("simulated".to_owned());
@@ -954,7 +975,9 @@ mod tests {
         writer.try_reopen();
 
         assert!(writer.ready.is_ready(), "{}", writer.ready.reason());
-        writer.handle(&batch(&[event("d", "x")])).expect("committed");
+        writer
+            .handle(&batch(&[event("d", "x")]))
+            .expect("committed");
         drop(writer);
         let (_log, recovered) =
             FileLog::open(&path, Window::new(2, 1 << 20), Metrics::new()).expect("reopens");
@@ -990,7 +1013,10 @@ mod tests {
             "{reason}"
         );
         let commit = log.append(batch(&[event("c", "x")]));
-        assert!(commit.blocking_recv().expect("answered").is_err(), "for good");
+        assert!(
+            commit.blocking_recv().expect("answered").is_err(),
+            "for good"
+        );
     }
 
     /// A redb file that some other program made is not taken for a store.

@@ -47,7 +47,10 @@ impl Tmpfs {
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         // Lazy: the hub may still hold the file while it is being killed.
-        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
     }
 }
 
@@ -84,13 +87,12 @@ async fn publish(hub: &ChildHub, id: &str) -> (StatusCode, Option<String>, Strin
 }
 
 async fn get(hub: &ChildHub, path: &str) -> (StatusCode, String) {
-    let mut response = client()
-        .get(url(hub, path))
-        .send()
-        .await
-        .expect("answered");
+    let mut response = client().get(url(hub, path)).send().await.expect("answered");
     let body = response.body().await.expect("a body");
-    (response.status(), String::from_utf8_lossy(&body).into_owned())
+    (
+        response.status(),
+        String::from_utf8_lossy(&body).into_owned(),
+    )
 }
 
 /// Asserts a 503 JSON error with `Retry-After`.
@@ -109,7 +111,10 @@ async fn assert_not_ready(hub: &ChildHub, needles: &[&str]) {
     let json: Value = serde_json::from_str(&body).expect("JSON");
     let reason = json["error"].as_str().expect("an error string");
     for needle in needles {
-        assert!(reason.contains(needle), "/readyz {reason:?} names {needle:?}");
+        assert!(
+            reason.contains(needle),
+            "/readyz {reason:?} names {needle:?}"
+        );
     }
 }
 
@@ -227,7 +232,10 @@ async fn the_store_recovers_from_a_full_disk_without_losing_or_inventing_events(
         .await
         .expect("a frame within 5 s")
         .expect("the stream stays open");
-    assert!(keep_alive.comment.is_some(), "keep-alives only: {keep_alive:?}");
+    assert!(
+        keep_alive.comment.is_some(),
+        "keep-alives only: {keep_alive:?}"
+    );
 
     // Act: space returns.
     std::fs::remove_file(&filler).expect("the filler is removed");
@@ -274,7 +282,10 @@ async fn the_store_recovers_from_a_full_disk_without_losing_or_inventing_events(
         .assert_no_event_within(Duration::from_millis(300))
         .await;
     for id in &refused {
-        assert!(!replayed.contains(id), "{id} was answered 503 and is not stored");
+        assert!(
+            !replayed.contains(id),
+            "{id} was answered 503 and is not stored"
+        );
     }
 }
 
@@ -296,7 +307,11 @@ impl Change {
                     .open(store)
                     .expect("the store opens for writing");
                 let len = file.metadata().expect("metadata").len();
-                let to = if matches!(self, Self::TruncatedToHalf) { len / 2 } else { 0 };
+                let to = if matches!(self, Self::TruncatedToHalf) {
+                    len / 2
+                } else {
+                    0
+                };
                 file.set_len(to).expect("truncated");
             }
             Self::Replaced => {
@@ -348,7 +363,10 @@ async fn a_store_file_changed_under_the_hub_is_refused_at_the_next_commit() {
         let answer = publish(&hub, "after").await;
 
         // Assert
-        assert_refused(&answer, &format!("{change:?}: the publish after the change"));
+        assert_refused(
+            &answer,
+            &format!("{change:?}: the publish after the change"),
+        );
         assert_refused(
             &publish(&hub, "again").await,
             &format!("{change:?}: no recovery from a changed file"),
