@@ -485,15 +485,7 @@ impl Writer {
             .and_then(|identity| identity.changed(&self.path, true))
         {
             self.metrics.store_commit_failures.inc();
-            let path = self.path.display();
-            log::error!(
-                "store file changed under the running hub path={path} change=\"{what}\": \
-                 publishes are refused until the hub is restarted, which checks the file"
-            );
-            self.ready.set_unready(&format!(
-                "the file store {path} was {what} under the running hub; restart the hub"
-            ));
-            self.health = Health::Changed(what);
+            self.changed(what);
             return Err(refused());
         }
         let started = Instant::now();
@@ -519,6 +511,20 @@ impl Writer {
                 Err(refused())
             }
         }
+    }
+
+    /// The file was changed under the hub: say so once, and write to it no more.
+    fn changed(&mut self, what: String) {
+        self.db = None;
+        let path = self.path.display();
+        log::error!(
+            "store file changed under the running hub path={path} change=\"{what}\": \
+             publishes are refused until the hub is restarted, which checks the file"
+        );
+        self.ready.set_unready(&format!(
+            "the file store {path} was {what} under the running hub; restart the hub"
+        ));
+        self.health = Health::Changed(what);
     }
 
     /// Closes the database after a failed commit and refuses publishes until
@@ -562,15 +568,17 @@ impl Writer {
     /// the store wrote, and redb reopens it (checking its integrity); then the file is brought
     /// in line with the retained mirror, in case the failed commit reached the disk after all.
     fn try_reopen(&mut self) {
+        // Replaced or deleted while failing: not the file the history came from.
+        if let Some(what) = self
+            .identity
+            .as_ref()
+            .and_then(|identity| identity.changed(&self.path, false))
+        {
+            self.changed(what);
+            return;
+        }
         let attempt = (|| -> Result<(), String> {
             probe(&self.path).map_err(|err| format!("{err} (probe write)"))?;
-            if let Some(what) = self
-                .identity
-                .as_ref()
-                .and_then(|identity| identity.changed(&self.path, false))
-            {
-                return Err(what);
-            }
             self.db = Some(open_database(&self.path).map_err(|err| err.to_string())?);
             self.reconcile().map_err(|err| err.to_string())?;
             Ok(())
@@ -982,6 +990,36 @@ mod tests {
         let (_log, recovered) =
             FileLog::open(&path, Window::new(2, 1 << 20), Metrics::new()).expect("reopens");
         assert_eq!(ids(&recovered), ["b", "d"]);
+    }
+
+    /// A store file deleted while the store was failing is not recreated by the reopen: the
+    /// store stays refused, saying the file was deleted.
+    #[test]
+    fn a_file_deleted_while_failing_is_not_reopened() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("h.redb");
+        let (mut writer, _) =
+            Writer::open(&path, Window::new(2, 1 << 20), Metrics::new()).expect("opens");
+        writer
+            .handle(&batch(&[event("a", "x")]))
+            .expect("committed");
+        writer.db = None;
+        assert!(writer.handle(&batch(&[event("b", "x")])).is_err());
+        std::fs::remove_file(&path).expect("deleted");
+
+        writer.try_reopen();
+
+        assert!(
+            matches!(writer.health, Health::Changed(_)),
+            "{:?}",
+            writer.health
+        );
+        assert!(
+            writer.ready.reason().contains("deleted"),
+            "{}",
+            writer.ready.reason()
+        );
+        assert!(!path.exists(), "not recreated");
     }
 
     /// A store file truncated under the running store is refused at the next commit, for good,
