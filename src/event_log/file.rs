@@ -231,7 +231,7 @@ enum Health {
     Failing {
         error: String,
         next_attempt: Instant,
-        /// Batches refused and attempts failed since the last log line, and when that was.
+        /// Batches refused since the last log line, and when that was.
         refused: u64,
         logged: Instant,
     },
@@ -593,7 +593,7 @@ impl Writer {
                 self.remember_length();
                 self.ready.set_ready();
                 log::info!(
-                    "store writes again path={} refused_since_last_line={refused}",
+                    "store writes again path={} refused={refused}",
                     self.path.display()
                 );
             }
@@ -602,13 +602,11 @@ impl Writer {
                 if let Health::Failing {
                     error,
                     next_attempt,
-                    refused,
                     ..
                 } = &mut self.health
                 {
                     *error = reason;
                     *next_attempt = Instant::now() + RETRY_INTERVAL;
-                    *refused += 1;
                     self.ready.set_unready(&format!(
                         "the file store cannot write {}: {error}",
                         self.path.display()

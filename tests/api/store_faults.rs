@@ -277,6 +277,13 @@ async fn the_store_recovers_from_a_full_disk_without_losing_or_inventing_events(
         "the failures are counted"
     );
 
+    // Logged when it started and when it ended, not once per refused publish.
+    let lines = log.tail(1000);
+    for (line, times) in [("store commit failed", 1), ("store writes again", 1)] {
+        let found = lines.lines().filter(|l| l.contains(line)).count();
+        assert_eq!(found, times, "{line:?} logged {times} time(s):\n{lines}");
+    }
+
     // Assert: a restart on the same file replays exactly what was acknowledged.
     drop(live);
     stop(hub);
