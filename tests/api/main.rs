@@ -16,4 +16,5 @@ mod quickstart;
 mod replay;
 mod shutdown;
 mod slow_subscriber;
+mod store_faults;
 mod topics;
