@@ -31,12 +31,51 @@ pub struct EventDraft {
     pub private: bool,
 }
 
+/// The SSE type of the hub's own subscription events (Mercure's `mercure`); publishers may not
+/// use it, so it tells them apart.
+pub const SUBSCRIPTION_EVENT_TYPE: &str = "mercure";
+
+/// Whose event it is: the history bounds each kind on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Published by a publisher.
+    Application,
+    /// Made by the hub when a subscription starts or ends (type [`SUBSCRIPTION_EVENT_TYPE`]).
+    Subscription,
+}
+
+impl Kind {
+    fn of_type(event_type: Option<&str>) -> Self {
+        match event_type {
+            Some(SUBSCRIPTION_EVENT_TYPE) => Self::Subscription,
+            _ => Self::Application,
+        }
+    }
+
+    /// The kind of an encoded frame: its `event:` line, if any, follows the `id:` line.
+    pub fn of_frame(frame: &[u8]) -> Self {
+        let second_line = frame
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(&[][..], |at| &frame[at + 1..]);
+        let event_type = second_line
+            .strip_prefix(b"event: ")
+            .and_then(|rest| rest.strip_prefix(SUBSCRIPTION_EVENT_TYPE.as_bytes()));
+        if event_type.is_some_and(|rest| rest.starts_with(b"\n")) {
+            Self::Subscription
+        } else {
+            Self::Application
+        }
+    }
+}
+
 /// A published event: its id, routing facts, and its frame encoded once for all subscribers.
 #[derive(Debug)]
 pub struct Event {
     pub id: Arc<str>,
     pub topics: Vec<String>,
     pub private: bool,
+    pub kind: Kind,
     /// The complete wire frame, blank line included; cloning it is a refcount bump.
     pub frame: Bytes,
 }
@@ -54,6 +93,7 @@ impl Event {
             id,
             topics: draft.topics,
             private: draft.private,
+            kind: Kind::of_type(draft.event_type.as_deref()),
             frame,
         }
     }

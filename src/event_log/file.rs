@@ -22,7 +22,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use super::{Batch, Commit, CommitError, EventLog, Recovered, StoreError};
-use crate::{broadcaster::Window, event::Event, metrics::Metrics};
+use crate::{
+    broadcaster::Window,
+    event::{Event, Kind},
+    metrics::Metrics,
+};
 
 /// The layout this hub reads and writes.
 pub const VERSION: u64 = 1;
@@ -64,6 +68,7 @@ impl Stored<'_> {
             id: stored.id.as_ref().into(),
             topics: stored.topics,
             private: stored.private,
+            kind: Kind::of_frame(stored.frame.as_bytes()),
             frame: Bytes::copy_from_slice(stored.frame.as_bytes()),
         })
     }
@@ -354,7 +359,9 @@ impl Writer {
         {
             let mut table = txn.open_table(EVENTS)?;
             let mut evicted = Vec::new();
-            for event in &batch.events {
+            // Subscription events are not stored: their subscribers are gone after a restart,
+            // and the file's window then stays the history's application lane.
+            for event in batch.events.iter().filter(|e| e.kind == Kind::Application) {
                 let seq = self.next_seq;
                 self.next_seq += 1;
                 if self.admit(seq, event.size_bytes(), &mut evicted) {
