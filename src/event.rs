@@ -283,6 +283,29 @@ mod tests {
         );
     }
 
+    /// Only events of type `mercure` are subscription events, told from the draft and,
+    /// the same, from the encoded frame.
+    #[test]
+    fn the_mercure_type_marks_a_subscription_event() {
+        for (event_type, kind) in [
+            (Some("mercure"), Kind::Subscription),
+            (Some("mercurey"), Kind::Application),
+            (Some("update"), Kind::Application),
+            (None, Kind::Application),
+        ] {
+            let event = Event::new(
+                "7".into(),
+                EventDraft {
+                    event_type: event_type.map(str::to_owned),
+                    data: "event: mercure".into(),
+                    ..EventDraft::default()
+                },
+            );
+            assert_eq!(event.kind, kind, "{event_type:?}");
+            assert_eq!(Kind::of_frame(&event.frame), kind, "{event_type:?}");
+        }
+    }
+
     /// Comments are `: ` lines ending with a blank line.
     #[test]
     fn comment_is_encoded() {

@@ -323,7 +323,10 @@ impl History {
 
     /// The id of the event applied last.
     pub fn newest_id(&self) -> Option<Arc<str>> {
-        match (self.application.events.back(), self.subscription.events.back()) {
+        match (
+            self.application.events.back(),
+            self.subscription.events.back(),
+        ) {
             (Some(a), Some(s)) if s.stamp > a.stamp => Some(s),
             (Some(a), _) => Some(a),
             (None, s) => s,
@@ -393,7 +396,12 @@ mod tests {
             ids(&history.replay(ReplayFrom::Earliest, Reader::Private)),
             ["a", "b", "c", "d"]
         );
-        assert!(history.replay(ReplayFrom::After("d"), Reader::Private).events.is_empty());
+        assert!(
+            history
+                .replay(ReplayFrom::After("d"), Reader::Private)
+                .events
+                .is_empty()
+        );
     }
 
     /// The count bound trims the oldest events; a trimmed id is reported as not found.
@@ -410,7 +418,10 @@ mod tests {
         assert!(!replay.found);
         assert_eq!(ids(&replay), ["c", "d", "e"]);
         assert!(!history.contains("b"));
-        assert_eq!(ids(&history.replay(ReplayFrom::After("c"), Reader::Private)), ["d", "e"]);
+        assert_eq!(
+            ids(&history.replay(ReplayFrom::After("c"), Reader::Private)),
+            ["d", "e"]
+        );
     }
 
     /// The byte bound holds after every append.
@@ -442,7 +453,10 @@ mod tests {
             ids(&history.replay(ReplayFrom::Earliest, Reader::Private)),
             ["b", "dup", "c", "d"]
         );
-        assert_eq!(ids(&history.replay(ReplayFrom::After("dup"), Reader::Private)), ["c", "d"]);
+        assert_eq!(
+            ids(&history.replay(ReplayFrom::After("dup"), Reader::Private)),
+            ["c", "d"]
+        );
         history.append(event("e", "x"));
         history.append(event("f", "x"));
         assert!(!history.contains("dup"));
@@ -455,7 +469,10 @@ mod tests {
             ["h", "dup", "i"]
         );
         history.append(event("j", "x"));
-        assert_eq!(ids(&history.replay(ReplayFrom::After("dup"), Reader::Private)), ["i", "j"]);
+        assert_eq!(
+            ids(&history.replay(ReplayFrom::After("dup"), Reader::Private)),
+            ["i", "j"]
+        );
     }
 
     /// An event larger than the whole byte budget empties the history, so nobody replays
@@ -466,7 +483,11 @@ mod tests {
         history.append(event("a", "x"));
         history.append(event("b", &"y".repeat(500)));
         assert!(history.is_empty());
-        assert!(!history.replay(ReplayFrom::After("a"), Reader::Private).found);
+        assert!(
+            !history
+                .replay(ReplayFrom::After("a"), Reader::Private)
+                .found
+        );
     }
 
     /// Subscription events beyond their own bound evict only subscription events: an
@@ -545,8 +566,92 @@ mod tests {
             history.append(event(id, "x"));
         }
         // b was let go after s2 and s3: no one resumes from them completely any more.
-        assert!(!history.replay(ReplayFrom::After("s3"), Reader::Public).found);
+        assert!(
+            !history
+                .replay(ReplayFrom::After("s3"), Reader::Public)
+                .found
+        );
         assert_eq!(history.oldest_id().as_deref(), Some("c"));
         assert!(history.replay(ReplayFrom::After("c"), Reader::Public).found);
+    }
+}
+
+/// Replay and live delivery must agree: whatever a replay after an id yields is what was
+/// appended after it, in that order, with nothing its reader could receive left out.
+#[cfg(test)]
+mod replay_properties {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::event::EventDraft;
+
+    fn event(n: usize, subscription: bool) -> Arc<Event> {
+        Arc::new(Event::new(
+            format!("e{n}").into(),
+            EventDraft {
+                topics: vec!["t".into()],
+                data: "x".repeat(n % 7),
+                event_type: subscription.then(|| "mercure".to_owned()),
+                private: subscription,
+                ..EventDraft::default()
+            },
+        ))
+    }
+
+    proptest! {
+        /// On random sequences of application and subscription events and random bounds: a
+        /// complete private replay after any id is exactly what followed it; a complete public
+        /// one holds exactly the application events that followed, and only later events, in
+        /// order; `earliest` yields the retained events in append order.
+        #[test]
+        fn a_complete_replay_is_what_followed_the_id(
+            kinds in prop::collection::vec(any::<bool>(), 0..60),
+            size in 0usize..12,
+            subscription_size in 0usize..12,
+            bytes in 60usize..2000,
+        ) {
+            let mut history = History::new(size, bytes).with_subscription_history(subscription_size);
+            let appended: Vec<Arc<Event>> = kinds
+                .iter()
+                .enumerate()
+                .map(|(n, &subscription)| event(n, subscription))
+                .collect();
+            appended.iter().for_each(|e| history.append(e.clone()));
+            let position = |id: &str| appended.iter().position(|e| &*e.id == id).expect("appended");
+
+            let earliest: Vec<usize> = history
+                .replay(ReplayFrom::Earliest, Reader::Private)
+                .events
+                .iter()
+                .map(|e| position(&e.id))
+                .collect();
+            prop_assert!(earliest.windows(2).all(|w| w[0] < w[1]), "{:?}", earliest);
+
+            for (at, resumed) in appended.iter().enumerate() {
+                let private = history.replay(ReplayFrom::After(&resumed.id), Reader::Private);
+                if private.found {
+                    let expected: Vec<&str> = appended[at + 1..].iter().map(|e| &*e.id).collect();
+                    let got: Vec<&str> = private.events.iter().map(|e| &*e.id).collect();
+                    prop_assert_eq!(got, expected);
+                }
+                let public = history.replay(ReplayFrom::After(&resumed.id), Reader::Public);
+                if public.found {
+                    let later: Vec<usize> = public.events.iter().map(|e| position(&e.id)).collect();
+                    prop_assert!(later.iter().all(|&p| p > at));
+                    prop_assert!(later.windows(2).all(|w| w[0] < w[1]));
+                    let application = |events: &mut dyn Iterator<Item = &Arc<Event>>| -> Vec<Arc<str>> {
+                        events.filter(|e| e.kind == Kind::Application).map(|e| e.id.clone()).collect()
+                    };
+                    prop_assert_eq!(
+                        application(&mut public.events.iter()),
+                        application(&mut appended[at + 1..].iter())
+                    );
+                }
+                prop_assert!(!private.found || public.found, "private complete implies public");
+            }
+            if let Some(oldest) = history.oldest_id() {
+                prop_assert!(history.replay(ReplayFrom::After(&oldest), Reader::Public).found);
+            }
+        }
     }
 }

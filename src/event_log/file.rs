@@ -539,6 +539,38 @@ mod tests {
         assert_eq!(ids(&recovered), ["c"]);
     }
 
+    /// Subscription events are committed with their batch but not written: after a reopen
+    /// only the application events come back, and they alone count against the window.
+    #[test]
+    fn subscription_events_are_not_stored() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("h.redb");
+        let (mut log, _) =
+            FileLog::open(&path, Window::new(2, 1 << 20), Metrics::new()).expect("opens");
+        let announcement = |id: &str| {
+            Arc::new(Event::new(
+                id.into(),
+                EventDraft {
+                    topics: vec!["/.well-known/mercure/subscriptions/exact/t/s".into()],
+                    data: "{}".into(),
+                    event_type: Some("mercure".into()),
+                    private: true,
+                    ..EventDraft::default()
+                },
+            ))
+        };
+        append(
+            &mut log,
+            &[event("a", "x"), announcement("s1"), announcement("s2")],
+            0,
+        );
+        append(&mut log, &[announcement("s3"), event("b", "x")], 0);
+        drop(log);
+        let (_log, recovered) =
+            FileLog::open(&path, Window::new(2, 1 << 20), Metrics::new()).expect("reopens");
+        assert_eq!(ids(&recovered), ["a", "b"]);
+    }
+
     /// A redb file that some other program made is not taken for a store.
     #[test]
     fn a_foreign_redb_file_is_not_a_store() {

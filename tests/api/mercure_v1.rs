@@ -2018,7 +2018,11 @@ async fn a_subscription_watcher_resumes_within_the_subscription_history() {
     let watched = subscribe(&app, &[("match", matcher)], None).await;
     let joined = loop {
         let event = watcher.next_event().await;
-        if event.data.as_deref().is_some_and(|data| data.contains(matcher)) {
+        if event
+            .data
+            .as_deref()
+            .is_some_and(|data| data.contains(matcher))
+        {
             break event.id.expect("a subscription event has an id");
         }
     };
@@ -2052,7 +2056,10 @@ async fn a_subscription_watcher_resumes_within_the_subscription_history() {
         }
         let document: Value =
             serde_json::from_str(event.data.as_deref().unwrap_or_default()).expect("JSON");
-        assert!(!watched_left, "events after the leave come in publish order");
+        assert!(
+            !watched_left,
+            "events after the leave come in publish order"
+        );
         if document["match"] == matcher {
             assert_eq!(document["active"], false, "{document}");
             watched_left = true;
