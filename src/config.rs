@@ -22,6 +22,11 @@ pub const DEFAULT_MAX_SUBSCRIBERS: usize = 100_000;
 pub const DEFAULT_TOPIC: &str = "default";
 pub const DEFAULT_HISTORY_SIZE: usize = 10_000;
 pub const DEFAULT_HISTORY_BYTES: usize = 16 * 1024 * 1024;
+/// Subscription events (`--subscriptions`) kept for replay, apart from the application events:
+/// minutes of ordinary joins and leaves for a presence watcher that reconnects, in well under
+/// a megabyte (an event is a few hundred bytes), while a reconnect storm churns through them
+/// without touching the application history. Older state comes from the subscription API.
+pub const DEFAULT_SUBSCRIPTION_HISTORY: usize = 1_000;
 pub const DEFAULT_MAX_TOPICS: usize = 32;
 pub const DEFAULT_MAX_TOPIC_BYTES: usize = 1024;
 pub use crate::topic::{DEFAULT_MAX_SELECTOR_BYTES, DEFAULT_MAX_TEMPLATE_BYTES};
@@ -148,6 +153,11 @@ pub struct Settings {
     /// Bytes the history may hold; the oldest events are trimmed first.
     #[arg(long, env = "SSE_HUB_HISTORY_BYTES", default_value_t = DEFAULT_HISTORY_BYTES)]
     pub history_bytes: usize,
+
+    /// Subscription events (`--subscriptions`) kept for replay, bounded apart from the
+    /// application events so that subscribers joining and leaving never push those out.
+    #[arg(long, env = "SSE_HUB_SUBSCRIPTION_HISTORY", default_value_t = DEFAULT_SUBSCRIPTION_HISTORY)]
+    pub subscription_history: usize,
 
     /// Topics per publish and selectors per subscribe.
     #[arg(long, env = "SSE_HUB_MAX_TOPICS", default_value_t = DEFAULT_MAX_TOPICS)]
@@ -382,6 +392,7 @@ mod tests {
         assert_eq!(settings.cors_origin, "*");
         assert_eq!(settings.jwt_leeway, Duration::from_secs(5));
         assert_eq!(settings.stats_selectors, DEFAULT_STATS_SELECTORS);
+        assert_eq!(settings.subscription_history, DEFAULT_SUBSCRIPTION_HISTORY);
     }
 
     /// Durations take human units, so tests can run a 50 ms heartbeat.

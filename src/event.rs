@@ -31,12 +31,51 @@ pub struct EventDraft {
     pub private: bool,
 }
 
+/// The SSE type of the hub's own subscription events (Mercure's `mercure`); publishers may not
+/// use it, so it tells them apart.
+pub const SUBSCRIPTION_EVENT_TYPE: &str = "mercure";
+
+/// Whose event it is: the history bounds each kind on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Published by a publisher.
+    Application,
+    /// Made by the hub when a subscription starts or ends (type [`SUBSCRIPTION_EVENT_TYPE`]).
+    Subscription,
+}
+
+impl Kind {
+    fn of_type(event_type: Option<&str>) -> Self {
+        match event_type {
+            Some(SUBSCRIPTION_EVENT_TYPE) => Self::Subscription,
+            _ => Self::Application,
+        }
+    }
+
+    /// The kind of an encoded frame: its `event:` line, if any, follows the `id:` line.
+    pub fn of_frame(frame: &[u8]) -> Self {
+        let second_line = frame
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(&[][..], |at| &frame[at + 1..]);
+        let event_type = second_line
+            .strip_prefix(b"event: ")
+            .and_then(|rest| rest.strip_prefix(SUBSCRIPTION_EVENT_TYPE.as_bytes()));
+        if event_type.is_some_and(|rest| rest.starts_with(b"\n")) {
+            Self::Subscription
+        } else {
+            Self::Application
+        }
+    }
+}
+
 /// A published event: its id, routing facts, and its frame encoded once for all subscribers.
 #[derive(Debug)]
 pub struct Event {
     pub id: Arc<str>,
     pub topics: Vec<String>,
     pub private: bool,
+    pub kind: Kind,
     /// The complete wire frame, blank line included; cloning it is a refcount bump.
     pub frame: Bytes,
 }
@@ -54,6 +93,7 @@ impl Event {
             id,
             topics: draft.topics,
             private: draft.private,
+            kind: Kind::of_type(draft.event_type.as_deref()),
             frame,
         }
     }
@@ -241,6 +281,29 @@ mod tests {
             encode("id-1", Some("update"), Some(2500), "x"),
             "id: id-1\nevent: update\nretry: 2500\ndata: x\n\n"
         );
+    }
+
+    /// Only events of type `mercure` are subscription events, told from the draft and,
+    /// the same, from the encoded frame.
+    #[test]
+    fn the_mercure_type_marks_a_subscription_event() {
+        for (event_type, kind) in [
+            (Some("mercure"), Kind::Subscription),
+            (Some("mercurey"), Kind::Application),
+            (Some("update"), Kind::Application),
+            (None, Kind::Application),
+        ] {
+            let event = Event::new(
+                "7".into(),
+                EventDraft {
+                    event_type: event_type.map(str::to_owned),
+                    data: "event: mercure".into(),
+                    ..EventDraft::default()
+                },
+            );
+            assert_eq!(event.kind, kind, "{event_type:?}");
+            assert_eq!(Kind::of_frame(&event.frame), kind, "{event_type:?}");
+        }
     }
 
     /// Comments are `: ` lines ending with a blank line.

@@ -83,6 +83,7 @@ impl Application {
         let opened = event_log::open(
             &settings.store,
             Window::new(settings.history_size, settings.history_bytes),
+            settings.subscription_history,
             &settings.redis_prefix,
             metrics.clone(),
         )?;

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use crate::{event::EventDraft, topic::MatcherType, url_pattern::NOT_UNRESERVED};
 
 /// The SSE type of the hub's own events; publishers may not use it.
-pub const EVENT_TYPE: &str = "mercure";
+pub use crate::event::SUBSCRIPTION_EVENT_TYPE as EVENT_TYPE;
 
 /// Everything but RFC 3986's unreserved characters is encoded, so a matcher or subscriber id
 /// is one path segment, encoded once (RFC 6570 simple expansion).

@@ -6,7 +6,8 @@ use std::{
     sync::Arc,
 };
 
-use crate::event::Event;
+use crate::config::DEFAULT_SUBSCRIPTION_HISTORY;
+use crate::event::{Event, Kind};
 
 /// Where a replay starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,16 +102,47 @@ impl Window {
     }
 }
 
-/// The retained events, bounded by a [`Window`], with an id index for O(1) lookup. Calls
+/// The retained events: two lanes, each bounded by its own [`Window`] and evicting only its own
+/// kind, so a storm of subscription events (hub-made, one per subscriber joining or leaving)
+/// cannot push application events out. Each retained event carries its stamp (the order it
+/// was applied in), and a replay merges the lanes by stamp: replay equals live delivery. Calls
 /// happen inside the actor and never wait.
 #[derive(Debug)]
 pub struct History {
-    events: VecDeque<Arc<Event>>,
+    application: Lane,
+    subscription: Lane,
+    /// The stamp the next appended event gets; stamps start at 1.
+    next_stamp: u64,
+}
+
+/// Who a replay is for. Subscription events are always private, so only a subscriber
+/// authorised for private events can miss one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reader {
+    /// Receives public events only: lost subscription events do not concern it.
+    Public,
+    /// May receive private events, subscription events among them.
+    Private,
+}
+
+/// One kind of event, bounded by its window, with an id index for O(1) lookup.
+#[derive(Debug)]
+struct Lane {
+    events: VecDeque<Retained>,
     /// id → where it first occurs among the retained events; the front event has sequence
     /// `front_seq`.
     index: HashMap<Arc<str>, Occurrences>,
     front_seq: u64,
     window: Window,
+    /// The stamp of the newest event this lane let go (evicted, or too large to keep); 0 while
+    /// none was. A replay after an older stamp would miss it.
+    dropped_through: u64,
+}
+
+#[derive(Debug)]
+struct Retained {
+    stamp: u64,
+    event: Arc<Event>,
 }
 
 /// The retained events with one id: a Mercure publisher may reuse an id, and a resume from it
@@ -122,13 +154,14 @@ struct Occurrences {
     count: u32,
 }
 
-impl History {
-    pub fn new(max_events: usize, max_bytes: usize) -> Self {
+impl Lane {
+    fn new(window: Window) -> Self {
         Self {
             events: VecDeque::new(),
             index: HashMap::new(),
             front_seq: 0,
-            window: Window::new(max_events, max_bytes),
+            window,
+            dropped_through: 0,
         }
     }
 
@@ -136,11 +169,13 @@ impl History {
         let Some(old) = self.events.pop_front() else {
             return;
         };
-        if let Some(occurrences) = self.index.get_mut(&old.id) {
+        self.dropped_through = old.stamp;
+        let id = &old.event.id;
+        if let Some(occurrences) = self.index.get_mut(id) {
             occurrences.count -= 1;
             if occurrences.count == 0 {
-                self.index.remove(&old.id);
-            } else if let Some(at) = self.events.iter().position(|e| e.id == old.id) {
+                self.index.remove(id);
+            } else if let Some(at) = self.events.iter().position(|r| r.event.id == *id) {
                 // A repeated id (rare): its index moves to the next occurrence.
                 occurrences.first = self.front_seq + 1 + at as u64;
             }
@@ -148,8 +183,7 @@ impl History {
         self.front_seq += 1;
     }
 
-    /// Appends an event, trimming the oldest ones to stay within the bounds.
-    pub fn append(&mut self, event: Arc<Event>) {
+    fn append(&mut self, stamp: u64, event: Arc<Event>) {
         let admission = self.window.push(event.size_bytes());
         for _ in 0..admission.evicted {
             self.pop_front();
@@ -157,6 +191,7 @@ impl History {
         if !admission.kept {
             // The gap it leaves moves the sequence on, as a retained event would.
             self.front_seq += 1;
+            self.dropped_through = stamp;
             return;
         }
         let seq = self.front_seq + self.events.len() as u64;
@@ -167,48 +202,149 @@ impl History {
                 first: seq,
                 count: 1,
             });
-        self.events.push_back(event);
+        self.events.push_back(Retained { stamp, event });
+    }
+
+    /// The stamp of the earliest retained event with this id.
+    fn first_stamp(&self, id: &str) -> Option<u64> {
+        let occurrences = self.index.get(id)?;
+        let at = (occurrences.first - self.front_seq) as usize;
+        self.events.get(at).map(|r| r.stamp)
+    }
+
+    /// The retained events applied after `stamp`, oldest first.
+    fn after(&self, stamp: u64) -> std::collections::vec_deque::Iter<'_, Retained> {
+        let at = self.events.partition_point(|r| r.stamp <= stamp);
+        self.events.range(at..)
+    }
+}
+
+impl History {
+    /// A history of at most `max_events` application events and `max_bytes` bytes, and
+    /// [`DEFAULT_SUBSCRIPTION_HISTORY`] subscription events within the same number of bytes.
+    pub fn new(max_events: usize, max_bytes: usize) -> Self {
+        Self {
+            application: Lane::new(Window::new(max_events, max_bytes)),
+            subscription: Lane::new(Window::new(DEFAULT_SUBSCRIPTION_HISTORY, max_bytes)),
+            next_stamp: 1,
+        }
+    }
+
+    /// The same history keeping at most `max_events` subscription events
+    /// (`--subscription-history`).
+    pub fn with_subscription_history(mut self, max_events: usize) -> Self {
+        let max_bytes = self.subscription.window.max_bytes;
+        self.subscription = Lane::new(Window::new(max_events, max_bytes));
+        self
+    }
+
+    /// Appends an event to its lane, trimming that lane's oldest events to stay within its
+    /// bounds.
+    pub fn append(&mut self, event: Arc<Event>) {
+        let stamp = self.next_stamp;
+        self.next_stamp += 1;
+        match event.kind {
+            Kind::Application => self.application.append(stamp, event),
+            Kind::Subscription => self.subscription.append(stamp, event),
+        }
     }
 
     /// Whether an event with this id is retained.
     pub fn contains(&self, id: &str) -> bool {
-        self.index.contains_key(id)
+        self.application.index.contains_key(id) || self.subscription.index.contains_key(id)
     }
 
-    /// The retained events after `from`, in publish order.
-    pub fn replay(&self, from: ReplayFrom<'_>) -> Replay {
-        let (skip, found) = match from {
-            ReplayFrom::Earliest => (0, true),
-            ReplayFrom::After(id) => match self.index.get(id) {
-                Some(occurrences) => ((occurrences.first - self.front_seq + 1) as usize, true),
-                None => (0, false),
-            },
+    /// The retained events after `from`, in the order they were applied. A resume is complete
+    /// (`found`) when the id is held and neither lane has let go of an event after it that
+    /// `reader` could receive; otherwise `events` is the whole history.
+    pub fn replay(&self, from: ReplayFrom<'_>, reader: Reader) -> Replay {
+        let after = match from {
+            ReplayFrom::Earliest => Some(0),
+            ReplayFrom::After(id) => {
+                let held = match (
+                    self.application.first_stamp(id),
+                    self.subscription.first_stamp(id),
+                ) {
+                    (Some(a), Some(s)) => Some(a.min(s)),
+                    (a, s) => a.or(s),
+                };
+                held.filter(|&stamp| self.is_complete_after(stamp, reader))
+            }
         };
         Replay {
-            events: self.events.iter().skip(skip).cloned().collect(),
-            found,
+            events: self.merged_after(after.unwrap_or(0)),
+            found: after.is_some(),
         }
     }
 
-    pub fn oldest_id(&self) -> Option<Arc<str>> {
-        self.events.front().map(|e| e.id.clone())
+    /// Whether every event after `stamp` that `reader` could receive is still retained.
+    fn is_complete_after(&self, stamp: u64, reader: Reader) -> bool {
+        self.application.dropped_through < stamp
+            && (reader == Reader::Public || self.subscription.dropped_through < stamp)
     }
 
+    /// Both lanes' events after `stamp`, merged in stamp order.
+    fn merged_after(&self, stamp: u64) -> Vec<Arc<Event>> {
+        let mut application = self.application.after(stamp).peekable();
+        let mut subscription = self.subscription.after(stamp).peekable();
+        let mut events = Vec::with_capacity(application.len() + subscription.len());
+        loop {
+            let application_first = match (application.peek(), subscription.peek()) {
+                (Some(a), Some(s)) => a.stamp < s.stamp,
+                (a, s) => a.is_some() || s.is_none(),
+            };
+            let next = if application_first {
+                application.next()
+            } else {
+                subscription.next()
+            };
+            let Some(next) = next else { break };
+            events.push(next.event.clone());
+        }
+        events
+    }
+
+    /// The oldest id a resume is complete from, for every reader: the oldest application
+    /// event, or an older subscription event when no application event after it was let go.
+    pub fn oldest_id(&self) -> Option<Arc<str>> {
+        let application = self.application.events.front();
+        let subscription = self
+            .subscription
+            .events
+            .front()
+            .filter(|r| self.application.dropped_through < r.stamp);
+        match (application, subscription) {
+            (Some(a), Some(s)) if s.stamp < a.stamp => Some(s),
+            (Some(a), _) => Some(a),
+            (None, s) => s,
+        }
+        .map(|r| r.event.id.clone())
+    }
+
+    /// The id of the event applied last.
     pub fn newest_id(&self) -> Option<Arc<str>> {
-        self.events.back().map(|e| e.id.clone())
+        match (
+            self.application.events.back(),
+            self.subscription.events.back(),
+        ) {
+            (Some(a), Some(s)) if s.stamp > a.stamp => Some(s),
+            (Some(a), _) => Some(a),
+            (None, s) => s,
+        }
+        .map(|r| r.event.id.clone())
     }
 
     pub fn len(&self) -> usize {
-        self.events.len()
+        self.application.events.len() + self.subscription.events.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.events.is_empty()
+        self.len() == 0
     }
 
     /// Bytes held by the retained events.
     pub fn size_bytes(&self) -> usize {
-        self.window.size_bytes()
+        self.application.window.size_bytes() + self.subscription.window.size_bytes()
     }
 }
 
@@ -228,6 +364,20 @@ mod tests {
         ))
     }
 
+    /// A subscription event, as the hub makes them (type `mercure`, private).
+    fn announcement(id: &str) -> Arc<Event> {
+        Arc::new(Event::new(
+            id.into(),
+            EventDraft {
+                topics: vec!["/.well-known/mercure/subscriptions/exact/t/s".into()],
+                data: "{}".into(),
+                event_type: Some("mercure".into()),
+                private: true,
+                ..EventDraft::default()
+            },
+        ))
+    }
+
     fn ids(replay: &Replay) -> Vec<&str> {
         replay.events.iter().map(|e| &*e.id).collect()
     }
@@ -239,14 +389,19 @@ mod tests {
         for id in ["a", "b", "c", "d"] {
             history.append(event(id, "x"));
         }
-        let replay = history.replay(ReplayFrom::After("b"));
+        let replay = history.replay(ReplayFrom::After("b"), Reader::Private);
         assert!(replay.found);
         assert_eq!(ids(&replay), ["c", "d"]);
         assert_eq!(
-            ids(&history.replay(ReplayFrom::Earliest)),
+            ids(&history.replay(ReplayFrom::Earliest, Reader::Private)),
             ["a", "b", "c", "d"]
         );
-        assert!(history.replay(ReplayFrom::After("d")).events.is_empty());
+        assert!(
+            history
+                .replay(ReplayFrom::After("d"), Reader::Private)
+                .events
+                .is_empty()
+        );
     }
 
     /// The count bound trims the oldest events; a trimmed id is reported as not found.
@@ -259,11 +414,14 @@ mod tests {
         assert_eq!(history.len(), 3);
         assert_eq!(history.oldest_id().as_deref(), Some("c"));
         assert_eq!(history.newest_id().as_deref(), Some("e"));
-        let replay = history.replay(ReplayFrom::After("a"));
+        let replay = history.replay(ReplayFrom::After("a"), Reader::Private);
         assert!(!replay.found);
         assert_eq!(ids(&replay), ["c", "d", "e"]);
         assert!(!history.contains("b"));
-        assert_eq!(ids(&history.replay(ReplayFrom::After("c"))), ["d", "e"]);
+        assert_eq!(
+            ids(&history.replay(ReplayFrom::After("c"), Reader::Private)),
+            ["d", "e"]
+        );
     }
 
     /// The byte bound holds after every append.
@@ -286,16 +444,19 @@ mod tests {
         for id in ["a", "dup", "b", "dup"] {
             history.append(event(id, "x"));
         }
-        let replay = history.replay(ReplayFrom::After("dup"));
+        let replay = history.replay(ReplayFrom::After("dup"), Reader::Private);
         assert!(replay.found);
         assert_eq!(ids(&replay), ["b", "dup"]);
         history.append(event("c", "x"));
         history.append(event("d", "x"));
         assert_eq!(
-            ids(&history.replay(ReplayFrom::Earliest)),
+            ids(&history.replay(ReplayFrom::Earliest, Reader::Private)),
             ["b", "dup", "c", "d"]
         );
-        assert_eq!(ids(&history.replay(ReplayFrom::After("dup"))), ["c", "d"]);
+        assert_eq!(
+            ids(&history.replay(ReplayFrom::After("dup"), Reader::Private)),
+            ["c", "d"]
+        );
         history.append(event("e", "x"));
         history.append(event("f", "x"));
         assert!(!history.contains("dup"));
@@ -304,11 +465,14 @@ mod tests {
             history.append(event(id, "x"));
         }
         assert_eq!(
-            ids(&history.replay(ReplayFrom::After("dup"))),
+            ids(&history.replay(ReplayFrom::After("dup"), Reader::Private)),
             ["h", "dup", "i"]
         );
         history.append(event("j", "x"));
-        assert_eq!(ids(&history.replay(ReplayFrom::After("dup"))), ["i", "j"]);
+        assert_eq!(
+            ids(&history.replay(ReplayFrom::After("dup"), Reader::Private)),
+            ["i", "j"]
+        );
     }
 
     /// An event larger than the whole byte budget empties the history, so nobody replays
@@ -319,6 +483,175 @@ mod tests {
         history.append(event("a", "x"));
         history.append(event("b", &"y".repeat(500)));
         assert!(history.is_empty());
-        assert!(!history.replay(ReplayFrom::After("a")).found);
+        assert!(
+            !history
+                .replay(ReplayFrom::After("a"), Reader::Private)
+                .found
+        );
+    }
+
+    /// Subscription events beyond their own bound evict only subscription events: an
+    /// application event published before a storm of them is still resumed from, by public
+    /// and private readers alike, and the replay is in publish order.
+    #[test]
+    fn subscription_events_do_not_push_application_events_out() {
+        let mut history = History::new(4, 1 << 20).with_subscription_history(3);
+        history.append(event("a", "x"));
+        for n in 0..50 {
+            history.append(announcement(&format!("s{n}")));
+        }
+        history.append(event("b", "x"));
+
+        assert_eq!(
+            ids(&history.replay(ReplayFrom::Earliest, Reader::Public)),
+            ["a", "s47", "s48", "s49", "b"]
+        );
+        let public = history.replay(ReplayFrom::After("a"), Reader::Public);
+        assert!(public.found);
+        assert_eq!(ids(&public), ["s47", "s48", "s49", "b"]);
+        assert_eq!(history.oldest_id().as_deref(), Some("a"));
+        assert_eq!(history.newest_id().as_deref(), Some("b"));
+        assert_eq!(history.len(), 5);
+    }
+
+    /// Replay merges the lanes in the order events were appended, from any retained id of
+    /// either kind.
+    #[test]
+    fn replay_merges_lanes_in_publish_order() {
+        let mut history = History::new(10, 1 << 20).with_subscription_history(10);
+        let order = ["a", "s1", "s2", "b", "s3", "c", "d", "s4"];
+        for id in order {
+            history.append(if id.starts_with('s') {
+                announcement(id)
+            } else {
+                event(id, "x")
+            });
+        }
+        for (at, id) in order.iter().enumerate() {
+            let replay = history.replay(ReplayFrom::After(id), Reader::Private);
+            assert!(replay.found, "{id}");
+            assert_eq!(ids(&replay), order[at + 1..], "after {id}");
+        }
+        assert_eq!(
+            ids(&history.replay(ReplayFrom::Earliest, Reader::Private)),
+            order
+        );
+        assert_eq!(history.newest_id().as_deref(), Some("s4"));
+    }
+
+    /// A resume is complete only when nothing its reader could receive was let go after it:
+    /// subscription events lost after the id concern private readers only; application
+    /// events lost after a subscription event's id concern everyone.
+    #[test]
+    fn a_resume_across_a_lane_gap_is_incomplete_for_whoever_could_miss_something() {
+        let mut history = History::new(3, 1 << 20).with_subscription_history(2);
+        for id in ["a", "s1", "s2", "s3"] {
+            history.append(if id.starts_with('s') {
+                announcement(id)
+            } else {
+                event(id, "x")
+            });
+        }
+        // s1 was let go after a.
+        assert!(history.replay(ReplayFrom::After("a"), Reader::Public).found);
+        let private = history.replay(ReplayFrom::After("a"), Reader::Private);
+        assert!(!private.found);
+        assert_eq!(ids(&private), ["a", "s2", "s3"], "the whole history");
+        // A watcher resuming within the subscription bound gets what followed.
+        let watcher = history.replay(ReplayFrom::After("s2"), Reader::Private);
+        assert!(watcher.found);
+        assert_eq!(ids(&watcher), ["s3"]);
+
+        for id in ["b", "c", "d", "e"] {
+            history.append(event(id, "x"));
+        }
+        // b was let go after s2 and s3: no one resumes from them completely any more.
+        assert!(
+            !history
+                .replay(ReplayFrom::After("s3"), Reader::Public)
+                .found
+        );
+        assert_eq!(history.oldest_id().as_deref(), Some("c"));
+        assert!(history.replay(ReplayFrom::After("c"), Reader::Public).found);
+    }
+}
+
+/// Replay and live delivery must agree: whatever a replay after an id yields is what was
+/// appended after it, in that order, with nothing its reader could receive left out.
+#[cfg(test)]
+mod replay_properties {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::event::EventDraft;
+
+    fn event(n: usize, subscription: bool) -> Arc<Event> {
+        Arc::new(Event::new(
+            format!("e{n}").into(),
+            EventDraft {
+                topics: vec!["t".into()],
+                data: "x".repeat(n % 7),
+                event_type: subscription.then(|| "mercure".to_owned()),
+                private: subscription,
+                ..EventDraft::default()
+            },
+        ))
+    }
+
+    proptest! {
+        /// On random sequences of application and subscription events and random bounds: a
+        /// complete private replay after any id is exactly what followed it; a complete public
+        /// one holds exactly the application events that followed, and only later events, in
+        /// order; `earliest` yields the retained events in append order.
+        #[test]
+        fn a_complete_replay_is_what_followed_the_id(
+            kinds in prop::collection::vec(any::<bool>(), 0..60),
+            size in 0usize..12,
+            subscription_size in 0usize..12,
+            bytes in 60usize..2000,
+        ) {
+            let mut history = History::new(size, bytes).with_subscription_history(subscription_size);
+            let appended: Vec<Arc<Event>> = kinds
+                .iter()
+                .enumerate()
+                .map(|(n, &subscription)| event(n, subscription))
+                .collect();
+            appended.iter().for_each(|e| history.append(e.clone()));
+            let position = |id: &str| appended.iter().position(|e| &*e.id == id).expect("appended");
+
+            let earliest: Vec<usize> = history
+                .replay(ReplayFrom::Earliest, Reader::Private)
+                .events
+                .iter()
+                .map(|e| position(&e.id))
+                .collect();
+            prop_assert!(earliest.windows(2).all(|w| w[0] < w[1]), "{:?}", earliest);
+
+            for (at, resumed) in appended.iter().enumerate() {
+                let private = history.replay(ReplayFrom::After(&resumed.id), Reader::Private);
+                if private.found {
+                    let expected: Vec<&str> = appended[at + 1..].iter().map(|e| &*e.id).collect();
+                    let got: Vec<&str> = private.events.iter().map(|e| &*e.id).collect();
+                    prop_assert_eq!(got, expected);
+                }
+                let public = history.replay(ReplayFrom::After(&resumed.id), Reader::Public);
+                if public.found {
+                    let later: Vec<usize> = public.events.iter().map(|e| position(&e.id)).collect();
+                    prop_assert!(later.iter().all(|&p| p > at));
+                    prop_assert!(later.windows(2).all(|w| w[0] < w[1]));
+                    let application = |events: &mut dyn Iterator<Item = &Arc<Event>>| -> Vec<Arc<str>> {
+                        events.filter(|e| e.kind == Kind::Application).map(|e| e.id.clone()).collect()
+                    };
+                    prop_assert_eq!(
+                        application(&mut public.events.iter()),
+                        application(&mut appended[at + 1..].iter())
+                    );
+                }
+                prop_assert!(!private.found || public.found, "private complete implies public");
+            }
+            if let Some(oldest) = history.oldest_id() {
+                prop_assert!(history.replay(ReplayFrom::After(&oldest), Reader::Public).found);
+            }
+        }
     }
 }

@@ -29,7 +29,7 @@ use serde::Serialize;
 use slab::Slab;
 use tokio::sync::oneshot;
 
-pub use self::history::{Admission, History, Replay, ReplayFrom, Window};
+pub use self::history::{Admission, History, Reader, Replay, ReplayFrom, Window};
 use crate::{
     config::Settings,
     error::HubError,
@@ -49,6 +49,7 @@ pub struct BroadcasterConfig {
     pub max_subscribers: usize,
     pub history_size: usize,
     pub history_bytes: usize,
+    pub subscription_history: usize,
 }
 
 impl From<&Settings> for BroadcasterConfig {
@@ -59,6 +60,7 @@ impl From<&Settings> for BroadcasterConfig {
             max_subscribers: settings.max_subscribers,
             history_size: settings.history_size,
             history_bytes: settings.history_bytes,
+            subscription_history: settings.subscription_history,
         }
     }
 }
@@ -396,7 +398,8 @@ impl Broadcaster {
         log: Box<dyn EventLog>,
         recovered: Recovered,
     ) -> Self {
-        let mut history = History::new(config.history_size, config.history_bytes);
+        let mut history = History::new(config.history_size, config.history_bytes)
+            .with_subscription_history(config.subscription_history);
         recovered
             .events
             .into_iter()
@@ -747,7 +750,14 @@ impl Broadcaster {
             } else {
                 ReplayFrom::After(last_event_id)
             };
-            let replay = self.history.replay(from);
+            // Subscription events are private: only a subscriber authorised for private
+            // events can miss one the history let go.
+            let reader = if subscriber.private_selectors.is_empty() {
+                Reader::Public
+            } else {
+                Reader::Private
+            };
+            let replay = self.history.replay(from, reader);
             preceding_id = match from {
                 ReplayFrom::After(id) if replay.found => Some(id.into()),
                 _ => None,
@@ -986,6 +996,7 @@ mod tests {
             max_subscribers: 16,
             history_size: 16,
             history_bytes: 1 << 20,
+            subscription_history: 16,
         }
     }
 

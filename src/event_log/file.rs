@@ -26,7 +26,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use super::{Batch, Commit, CommitError, EventLog, Readiness, Recovered, StoreError};
-use crate::{broadcaster::Window, event::Event, metrics::Metrics};
+use crate::{
+    broadcaster::Window,
+    event::{Event, Kind},
+    metrics::Metrics,
+};
 
 /// The layout this hub reads and writes.
 pub const VERSION: u64 = 1;
@@ -68,6 +72,7 @@ impl Stored<'_> {
             id: stored.id.as_ref().into(),
             topics: stored.topics,
             private: stored.private,
+            kind: Kind::of_frame(stored.frame.as_bytes()),
             frame: Bytes::copy_from_slice(stored.frame.as_bytes()),
         })
     }
@@ -697,7 +702,9 @@ impl Writer {
         let txn = self.db()?.begin_write()?;
         {
             let mut table = txn.open_table(EVENTS)?;
-            for event in &batch.events {
+            // Subscription events are not stored: their subscribers are gone after a restart,
+            // and the file's window then stays the history's application lane.
+            for event in batch.events.iter().filter(|e| e.kind == Kind::Application) {
                 let seq = self.next_seq;
                 self.next_seq += 1;
                 let from = evicted.len();
@@ -1053,6 +1060,38 @@ mod tests {
             commit.blocking_recv().expect("answered").is_err(),
             "for good"
         );
+    }
+
+    /// Subscription events are committed with their batch but not written: after a reopen
+    /// only the application events come back, and they alone count against the window.
+    #[test]
+    fn subscription_events_are_not_stored() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("h.redb");
+        let (mut log, _) =
+            FileLog::open(&path, Window::new(2, 1 << 20), Metrics::new()).expect("opens");
+        let announcement = |id: &str| {
+            Arc::new(Event::new(
+                id.into(),
+                EventDraft {
+                    topics: vec!["/.well-known/mercure/subscriptions/exact/t/s".into()],
+                    data: "{}".into(),
+                    event_type: Some("mercure".into()),
+                    private: true,
+                    ..EventDraft::default()
+                },
+            ))
+        };
+        append(
+            &mut log,
+            &[event("a", "x"), announcement("s1"), announcement("s2")],
+            0,
+        );
+        append(&mut log, &[announcement("s3"), event("b", "x")], 0);
+        drop(log);
+        let (_log, recovered) =
+            FileLog::open(&path, Window::new(2, 1 << 20), Metrics::new()).expect("reopens");
+        assert_eq!(ids(&recovered), ["a", "b"]);
     }
 
     /// A redb file that some other program made is not taken for a store.

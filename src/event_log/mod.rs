@@ -177,10 +177,13 @@ impl Opened {
 }
 
 /// Opens the backend `store` names, with the history's retention rule, and what it holds.
-/// `redis_prefix` names the keys of a Redis store.
+/// `redis_prefix` names the keys of a Redis store, whose stream carries the subscription
+/// events too (other nodes' subscribers receive them): it keeps the history's events plus
+/// `subscription_history`.
 pub fn open(
     store: &Store,
     window: Window,
+    subscription_history: usize,
     redis_prefix: &str,
     metrics: Arc<Metrics>,
 ) -> Result<Opened, StoreError> {
@@ -193,7 +196,7 @@ pub fn open(
         Store::Redis(url) => Ok(Opened::Shared(redis::RedisLog::open(
             url,
             redis_prefix,
-            window.max_events(),
+            window.max_events().saturating_add(subscription_history),
         )?)),
     }
 }

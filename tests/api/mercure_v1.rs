@@ -1960,3 +1960,113 @@ async fn updates_over_a_field_limit_are_content_too_large() {
         .expect("answered");
     assert_eq!(quick_start.status(), StatusCode::BAD_REQUEST);
 }
+
+/// Anonymous subscribers on `match=CHURN` that connect and leave `count` times, one at a time;
+/// returns once the hub has published the `2 * count` subscription events that announce it
+/// (`published_before` events were published before).
+async fn churn_subscribers(app: &TestApp, count: u64, published_before: u64) {
+    for _ in 0..count {
+        drop(subscribe(app, &[("match", "https://example.com/churn")], None).await);
+    }
+    let published = published_before + 2 * count;
+    app.wait_for_stats(POLL_DEADLINE, |stats| {
+        stats["events_published_total"].as_u64() >= Some(published)
+    })
+    .await;
+}
+
+/// With `--subscriptions` and a 20-event history, 60 subscription events from anonymous
+/// subscribers joining and leaving leave the application event published before them in the
+/// history: a subscriber resuming from it gets the next application event, not `reset`.
+#[actix_web::test]
+async fn subscriber_churn_keeps_application_events_in_the_history() {
+    // Arrange
+    let app = v1_app_with(|s| {
+        s.subscriptions = true;
+        s.history_size = 20;
+    })
+    .await;
+    let publisher = v1_publisher();
+    let first = publish(&app, &publisher, &[("topic", TOPIC), ("data", "first")]).await;
+
+    // Act
+    churn_subscribers(&app, 30, 1).await;
+    let second = publish(&app, &publisher, &[("topic", TOPIC), ("data", "second")]).await;
+    let mut resumed = subscribe(&app, &[("match", TOPIC), ("lastEventID", &first)], None).await;
+
+    // Assert
+    assert_next_event(&mut resumed, &second, "second", "resumed after the churn").await;
+    let stats = app.stats().await;
+    assert_eq!(stats["history_oldest_id"], first.as_str(), "{stats}");
+}
+
+/// A watcher of subscription events resuming from a subscription event's id, within
+/// `--subscription-history` though far beyond `--history-size`, gets every event that
+/// followed (the churn's, the watched subscriber's leave, then an application event), in
+/// publish order and without `reset`.
+#[actix_web::test]
+async fn a_subscription_watcher_resumes_within_the_subscription_history() {
+    // Arrange
+    let app = v1_app_with(|s| {
+        s.subscriptions = true;
+        s.history_size = 20;
+    })
+    .await;
+    let matcher = "https://example.com/watched";
+    let watcher_token = v1_subscriber(json!([{ "match": "*" }]));
+    let mut watcher = subscribe(&app, &[("match", "*")], Some(&watcher_token)).await;
+    let watched = subscribe(&app, &[("match", matcher)], None).await;
+    let joined = loop {
+        let event = watcher.next_event().await;
+        if event
+            .data
+            .as_deref()
+            .is_some_and(|data| data.contains(matcher))
+        {
+            break event.id.expect("a subscription event has an id");
+        }
+    };
+    drop(watcher);
+    // The watcher's join and leave, the watched one's join.
+    let published = 3;
+
+    // Act
+    churn_subscribers(&app, 30, published).await;
+    drop(watched);
+    app.wait_for_stats(POLL_DEADLINE, |stats| {
+        stats["events_published_total"].as_u64() >= Some(published + 61)
+    })
+    .await;
+    let marker = publish(&app, &v1_publisher(), &[("topic", TOPIC), ("data", "m")]).await;
+    let mut resumed = subscribe(
+        &app,
+        &[("match", "*"), ("lastEventID", &joined)],
+        Some(&watcher_token),
+    )
+    .await;
+
+    // Assert
+    let mut churn_events = 0;
+    let mut watched_left = false;
+    loop {
+        let event = resumed.next_event().await;
+        assert_ne!(event.event.as_deref(), Some("reset"), "{event:?}");
+        if event.id.as_deref() == Some(marker.as_str()) {
+            break;
+        }
+        let document: Value =
+            serde_json::from_str(event.data.as_deref().unwrap_or_default()).expect("JSON");
+        assert!(
+            !watched_left,
+            "events after the leave come in publish order"
+        );
+        if document["match"] == matcher {
+            assert_eq!(document["active"], false, "{document}");
+            watched_left = true;
+        } else if document["match"] == "https://example.com/churn" {
+            churn_events += 1;
+        }
+    }
+    assert!(watched_left, "the watched subscriber's leave was replayed");
+    assert_eq!(churn_events, 60, "every churn event was replayed");
+}
