@@ -63,6 +63,7 @@ impl Application {
             &settings.store,
             Window::new(settings.history_size, settings.history_bytes),
             &settings.redis_prefix,
+            settings.limits(),
             metrics.clone(),
         )?;
         let ready = opened.readiness();

@@ -21,7 +21,12 @@ use std::{
 
 use tokio::sync::oneshot;
 
-use crate::{broadcaster::Window, config::Store, event::Event, metrics::Metrics};
+use crate::{
+    broadcaster::Window,
+    config::Store,
+    event::{Event, Limits},
+    metrics::Metrics,
+};
 
 /// Events the broadcaster numbered and wants committed, in their log order.
 #[derive(Debug)]
@@ -172,11 +177,13 @@ impl Opened {
 }
 
 /// Opens the backend `store` names, with the history's retention rule, and what it holds.
-/// `redis_prefix` names the keys of a Redis store.
+/// `redis_prefix` names the keys of a Redis store; `limits` are the publication rules entries
+/// read back from it are held to.
 pub fn open(
     store: &Store,
     window: Window,
     redis_prefix: &str,
+    limits: Limits,
     metrics: Arc<Metrics>,
 ) -> Result<Opened, StoreError> {
     match store {
@@ -189,6 +196,8 @@ pub fn open(
             url,
             redis_prefix,
             window.max_events(),
+            limits,
+            metrics,
         )?)),
     }
 }
