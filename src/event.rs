@@ -438,4 +438,85 @@ mod tests {
         assert!(validate_id(&"x".repeat(1024), "id").is_ok());
         assert!(validate_draft(&EventDraft::default()).is_ok());
     }
+
+    fn limits() -> Limits {
+        Limits {
+            max_topics: 2,
+            max_topic_bytes: 8,
+            max_data_bytes: 16,
+        }
+    }
+
+    fn topics(topics: &[&str]) -> EventDraft {
+        EventDraft {
+            topics: topics.iter().map(|t| (*t).to_owned()).collect(),
+            ..EventDraft::default()
+        }
+    }
+
+    /// The one rule set refuses each broken rule with its own refusal and metric label, and
+    /// takes what is within every limit.
+    #[test]
+    fn the_publication_rule_set_refuses_each_broken_rule() {
+        let cases = [
+            (topics(&["a", "b", "c"]), Refusal::TooManyTopics { limit: 2 }, "topics"),
+            (topics(&[""]), Refusal::EmptyTopic, "topics"),
+            (topics(&["123456789"]), Refusal::TopicTooLong { limit: 8 }, "topics"),
+            (
+                EventDraft {
+                    id: Some("1\nevent: reset".into()),
+                    ..topics(&["a"])
+                },
+                Refusal::LineBreak { field: "id" },
+                "id",
+            ),
+            (
+                EventDraft {
+                    event_type: Some("a\rb".into()),
+                    ..topics(&["a"])
+                },
+                Refusal::LineBreak { field: "event type" },
+                "type",
+            ),
+            (
+                EventDraft {
+                    event_type: Some("t".repeat(1025)),
+                    ..topics(&["a"])
+                },
+                Refusal::FieldTooLong { field: "event type" },
+                "type",
+            ),
+            (
+                EventDraft {
+                    id: Some("earliest".into()),
+                    ..topics(&["a"])
+                },
+                Refusal::Earliest,
+                "id",
+            ),
+            (
+                EventDraft {
+                    data: "x".repeat(17),
+                    ..topics(&["a"])
+                },
+                Refusal::DataTooLarge { limit: 16 },
+                "too_large",
+            ),
+        ];
+        for (draft, refusal, label) in cases {
+            assert_eq!(Publication::parse(draft, &limits()), Err(refusal.clone()));
+            assert_eq!(refusal.label(), label, "{refusal:?}");
+        }
+        let fine = EventDraft {
+            id: Some("i".repeat(1024)),
+            data: "x".repeat(16),
+            ..topics(&["12345678", "b"])
+        };
+        assert!(Publication::parse(fine, &limits()).is_ok());
+        let checked = Publication::parse(topics(&["a"]), &limits()).expect("passes");
+        assert_eq!(
+            checked.with_data("x".repeat(17), &limits()),
+            Err(Refusal::DataTooLarge { limit: 16 })
+        );
+    }
 }

@@ -1070,4 +1070,81 @@ mod tests {
             assert_eq!(EntryId::parse(bad), None, "{bad:?}");
         }
     }
+
+    fn entry(id: &str, fields: &[(&str, &[u8])]) -> StreamId {
+        StreamId {
+            id: id.to_owned(),
+            map: fields
+                .iter()
+                .map(|(name, value)| ((*name).to_owned(), Value::BulkString(value.to_vec())))
+                .collect(),
+            ..StreamId::default()
+        }
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            max_topics: 4,
+            max_topic_bytes: 64,
+            max_data_bytes: 1024,
+        }
+    }
+
+    /// An entry without both `e` and `p` is foreign (no place in the log's order); one with
+    /// them is a hub's, whatever its payload.
+    #[test]
+    fn entries_without_the_hubs_order_fields_are_foreign() {
+        assert!(Order::of(&entry("1-1", &[("foo", b"bar")])).is_none());
+        assert!(Order::of(&entry("1-1", &[("e", b"ab")])).is_none());
+        assert!(Order::of(&entry("1-1", &[("e", b"\xff"), ("p", b"")])).is_none());
+        let order = Order::of(&entry("1-1", &[("e", b"ab"), ("p", b"")])).expect("a hub entry");
+        assert_eq!((order.epoch.as_str(), order.predecessor.as_str()), ("ab", ""));
+    }
+
+    /// A hub entry is decoded with the publication rule set: a forged line break in its id,
+    /// a non-UTF-8 field, a payload that is not an event, or one over a limit is refused with
+    /// its reason; a good one is encoded under its own id or its entry id.
+    #[test]
+    fn entries_are_decoded_with_the_publication_rule_set() {
+        let good: &[u8] = br#"{"t":["t"],"d":"x"}"#;
+        let reason = |fields: &[(&str, &[u8])]| {
+            decode(&entry("1-1", fields), &limits())
+                .err()
+                .map(|(reason, _)| reason)
+        };
+        assert_eq!(reason(&[("i", b"1\nevent: reset"), ("d", good)]), Some("id"));
+        assert_eq!(reason(&[("i", b"\xff"), ("d", good)]), Some("not_utf8"));
+        assert_eq!(reason(&[("d", b"{")]), Some("not_json"));
+        assert_eq!(reason(&[("d", br#"{"x":1}"#)]), Some("not_json"));
+        assert_eq!(reason(&[]), Some("not_json"));
+        let big = format!(r#"{{"t":["t"],"d":"{}"}}"#, "x".repeat(1025));
+        assert_eq!(reason(&[("d", big.as_bytes())]), Some("too_large"));
+        assert_eq!(
+            decode(&entry("1-x", &[("d", good)]), &limits()).err().map(|(r, _)| r),
+            Some("entry_id")
+        );
+        let own = decode(&entry("5-0", &[("i", b"mine"), ("d", good)]), &limits()).expect("ok");
+        assert_eq!(&own.event.frame[..], b"id: mine\ndata: x\n\n");
+        let generated = decode(&entry("5-1", &[("i", b""), ("d", good)]), &limits()).expect("ok");
+        assert_eq!(&*generated.event.id, "5-1");
+    }
+
+    /// The entry that made the tail declare a loss is refused when met again on the re-read
+    /// (it is the entry that is wrong, not the log), and forgotten once the tail is past it.
+    #[test]
+    fn a_loss_at_one_entry_is_declared_once() {
+        let mut position = Position {
+            lost_at: Some("5-0".to_owned()),
+            ..Position::default()
+        };
+        let order = |epoch: &str, p: &str| Order {
+            epoch: epoch.to_owned(),
+            predecessor: p.to_owned(),
+        };
+        position.advance("4-0", order("a", ""));
+        assert_eq!(position.lost_at.as_deref(), Some("5-0"), "not yet past it");
+        assert!(position.gap("5-0", &order("b", "4-0")).is_some());
+        position.advance("6-0", order("a", "4-0"));
+        assert_eq!(position.lost_at, None, "past it");
+    }
 }
