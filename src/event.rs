@@ -459,9 +459,17 @@ mod tests {
     #[test]
     fn the_publication_rule_set_refuses_each_broken_rule() {
         let cases = [
-            (topics(&["a", "b", "c"]), Refusal::TooManyTopics { limit: 2 }, "topics"),
+            (
+                topics(&["a", "b", "c"]),
+                Refusal::TooManyTopics { limit: 2 },
+                "topics",
+            ),
             (topics(&[""]), Refusal::EmptyTopic, "topics"),
-            (topics(&["123456789"]), Refusal::TopicTooLong { limit: 8 }, "topics"),
+            (
+                topics(&["123456789"]),
+                Refusal::TopicTooLong { limit: 8 },
+                "topics",
+            ),
             (
                 EventDraft {
                     id: Some("1\nevent: reset".into()),
@@ -475,7 +483,9 @@ mod tests {
                     event_type: Some("a\rb".into()),
                     ..topics(&["a"])
                 },
-                Refusal::LineBreak { field: "event type" },
+                Refusal::LineBreak {
+                    field: "event type",
+                },
                 "type",
             ),
             (
@@ -483,7 +493,9 @@ mod tests {
                     event_type: Some("t".repeat(1025)),
                     ..topics(&["a"])
                 },
-                Refusal::FieldTooLong { field: "event type" },
+                Refusal::FieldTooLong {
+                    field: "event type",
+                },
                 "type",
             ),
             (

@@ -633,7 +633,9 @@ fn appended(
                 return Err(AppendError::Refusing(reason));
             }
             broken.store(true, Ordering::Relaxed);
-            return Err(AppendError::Unavailable(format!("the append failed: {err}")));
+            return Err(AppendError::Unavailable(format!(
+                "the append failed: {err}"
+            )));
         }
         Err(_) => {
             broken.store(true, Ordering::Relaxed);
@@ -992,8 +994,12 @@ fn decode(entry: &StreamId, limits: &Limits) -> Result<TailEntry, Refused> {
     let stored = text(entry, "d")
         .ok_or_else(|| ("not_json", "no `d` field".to_owned()))?
         .map_err(|()| not_utf8("d"))?;
-    let stored: Stored = serde_json::from_str(&stored)
-        .map_err(|err| ("not_json", format!("field `d` is not an sse-hub event: {err}")))?;
+    let stored: Stored = serde_json::from_str(&stored).map_err(|err| {
+        (
+            "not_json",
+            format!("field `d` is not an sse-hub event: {err}"),
+        )
+    })?;
     let draft = EventDraft {
         topics: stored.topics,
         data: stored.data,
@@ -1098,7 +1104,10 @@ mod tests {
         assert!(Order::of(&entry("1-1", &[("e", b"ab")])).is_none());
         assert!(Order::of(&entry("1-1", &[("e", b"\xff"), ("p", b"")])).is_none());
         let order = Order::of(&entry("1-1", &[("e", b"ab"), ("p", b"")])).expect("a hub entry");
-        assert_eq!((order.epoch.as_str(), order.predecessor.as_str()), ("ab", ""));
+        assert_eq!(
+            (order.epoch.as_str(), order.predecessor.as_str()),
+            ("ab", "")
+        );
     }
 
     /// A hub entry is decoded with the publication rule set: a forged line break in its id,
@@ -1112,7 +1121,10 @@ mod tests {
                 .err()
                 .map(|(reason, _)| reason)
         };
-        assert_eq!(reason(&[("i", b"1\nevent: reset"), ("d", good)]), Some("id"));
+        assert_eq!(
+            reason(&[("i", b"1\nevent: reset"), ("d", good)]),
+            Some("id")
+        );
         assert_eq!(reason(&[("i", b"\xff"), ("d", good)]), Some("not_utf8"));
         assert_eq!(reason(&[("d", b"{")]), Some("not_json"));
         assert_eq!(reason(&[("d", br#"{"x":1}"#)]), Some("not_json"));
@@ -1120,7 +1132,9 @@ mod tests {
         let big = format!(r#"{{"t":["t"],"d":"{}"}}"#, "x".repeat(1025));
         assert_eq!(reason(&[("d", big.as_bytes())]), Some("too_large"));
         assert_eq!(
-            decode(&entry("1-x", &[("d", good)]), &limits()).err().map(|(r, _)| r),
+            decode(&entry("1-x", &[("d", good)]), &limits())
+                .err()
+                .map(|(r, _)| r),
             Some("entry_id")
         );
         let own = decode(&entry("5-0", &[("i", b"mine"), ("d", good)]), &limits()).expect("ok");

@@ -74,7 +74,12 @@ async fn publish_body(
     let limits = settings.limits();
     let publication = Publication::parse(draft, &limits)?;
     if let Some(grant) = &grant {
-        let topics: Vec<&str> = publication.draft().topics.iter().map(String::as_str).collect();
+        let topics: Vec<&str> = publication
+            .draft()
+            .topics
+            .iter()
+            .map(String::as_str)
+            .collect();
         authorize_topics(grant, &topics)?;
     }
     let body = read_body(payload, settings.body_limit_bytes).await?;

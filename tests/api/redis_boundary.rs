@@ -15,6 +15,9 @@ use crate::{
     helpers::{Persistence, Resp},
 };
 
+/// An entry's fields (names and raw values), as [`forge`] appends them.
+type Fields<'a> = &'a [(&'a str, &'a [u8])];
+
 /// How long a node may take to notice Redis accepts writes again (a probe each second).
 const WRITES_BACK: Duration = Duration::from_secs(5);
 
@@ -50,7 +53,7 @@ async fn redis(cluster: &Cluster) -> redis::aio::MultiplexedConnection {
 
 /// Appends an entry that carries the hub's `e` and `p` fields (the log's epoch and its newest
 /// entry, so it takes its place in the log's order, as a hub's would) and `fields`.
-async fn forge(cluster: &Cluster, fields: &[(&str, &[u8])]) -> String {
+async fn forge(cluster: &Cluster, fields: Fields<'_>) -> String {
     let mut connection = redis(cluster).await;
     let meta = format!("{}:meta", cluster.prefix);
     let (epoch, last): (String, Option<String>) = redis::cmd("HMGET")
@@ -147,15 +150,24 @@ async fn malformed_entries_are_refused_and_never_delivered() {
     let good = br#"{"t":["t"],"d":"forged"}"#;
     let long_topic = format!(r#"{{"t":["t","{}"],"d":"x"}}"#, "a".repeat(65));
     let big_data = format!(r#"{{"t":["t"],"d":"{}"}}"#, "x".repeat(2048));
-    let cases: [(&str, &[(&str, &[u8])]); 10] = [
+    let cases: [(&str, Fields<'_>); 10] = [
         ("not_json", &[("i", b""), ("d", b"not json")]),
         ("not_json", &[("i", b""), ("d", br#"{"x":1}"#)]),
         ("id", &[("i", b"1\nevent: reset"), ("d", good)]),
         ("id", &[("i", b"2\rdata: x"), ("d", good)]),
-        ("type", &[("i", b""), ("d", br#"{"t":["t"],"d":"x","y":"a\nb"}"#)]),
-        ("not_utf8", &[("i", b""), ("d", b"{\"t\":[\"t\"],\"d\":\"\xff\xfe\"}")]),
+        (
+            "type",
+            &[("i", b""), ("d", br#"{"t":["t"],"d":"x","y":"a\nb"}"#)],
+        ),
+        (
+            "not_utf8",
+            &[("i", b""), ("d", b"{\"t\":[\"t\"],\"d\":\"\xff\xfe\"}")],
+        ),
         ("not_utf8", &[("i", b"\xff"), ("d", good)]),
-        ("topics", &[("i", b""), ("d", br#"{"t":["t","a","b"],"d":"x"}"#)]),
+        (
+            "topics",
+            &[("i", b""), ("d", br#"{"t":["t","a","b"],"d":"x"}"#)],
+        ),
         ("topics", &[("i", b""), ("d", long_topic.as_bytes())]),
         ("too_large", &[("i", b""), ("d", big_data.as_bytes())]),
     ];
@@ -174,7 +186,10 @@ async fn malformed_entries_are_refused_and_never_delivered() {
         assert_refused(node, reason, count as u64).await;
     }
     assert_keeps_alive(&mut stream, 2, "the stream after malformed entries").await;
-    assert_ready(&node.get("/readyz").await, "/readyz after malformed entries");
+    assert_ready(
+        &node.get("/readyz").await,
+        "/readyz after malformed entries",
+    );
 }
 
 /// Redis out of memory (`maxmemory` with `noeviction`): a publish is 503 with `Retry-After`
@@ -191,7 +206,10 @@ async fn redis_out_of_memory_is_said_and_recovered_from() {
     let config = |args: &[&str]| {
         let mut command = vec!["CONFIG", "SET"];
         command.extend_from_slice(args);
-        assert_eq!(cluster.redis.command(&command), Resp::Simple("OK".to_owned()));
+        assert_eq!(
+            cluster.redis.command(&command),
+            Resp::Simple("OK".to_owned())
+        );
     };
 
     // Act
@@ -212,7 +230,10 @@ async fn redis_out_of_memory_is_said_and_recovered_from() {
     );
     let unready = wait_for_readyz(node, StatusCode::SERVICE_UNAVAILABLE, WRITES_BACK).await;
     let reason = json_error(&unready.body);
-    assert!(reason.contains("out of memory"), "/readyz names it: {reason}");
+    assert!(
+        reason.contains("out of memory"),
+        "/readyz names it: {reason}"
+    );
     assert_keeps_alive(&mut stream, 2, "the stream while Redis refuses writes").await;
 
     // Act: Redis takes writes again.
