@@ -23,7 +23,7 @@ pub struct ErrorKind {
 /// The `reason` label of a log entry refused at the boundary: `foreign` (not written by a hub),
 /// `entry_id`, `not_utf8`, `not_json` (not an event, or the wrong shape), `topics`, `id`,
 /// `type`, `too_large` (data over the body limit), `order` (an entry that claims a place the
-/// log's order cannot have: a second loss at one entry).
+/// log's order cannot have: an epoch the log does not have, or a second loss at one entry).
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RefusedReason {
     pub reason: &'static str,

@@ -803,9 +803,13 @@ async fn follow(
                 continue;
             };
             if let Some(reason) = position.gap(&entry.id, &order) {
-                if position.lost_at.as_deref() == Some(entry.id.as_str()) {
-                    // The same entry again, right after the re-read it caused: it is the entry
-                    // that is wrong, not the log.
+                let forged = match position.forged_epoch(shared, &mut connection, &order).await {
+                    Ok(forged) => forged,
+                    Err(err) => return Stop::Failed(err),
+                };
+                if forged || position.lost_at.as_deref() == Some(entry.id.as_str()) {
+                    // An epoch the log does not have, or the same entry again right after the
+                    // re-read it caused: it is the entry that is wrong, not the log.
                     position.cursor = Some(entry.id.clone());
                     refusals.refuse(&entry.id, "order", &reason);
                     continue;
@@ -901,6 +905,29 @@ impl Position {
             ));
         }
         None
+    }
+
+    /// Whether `order` claims an epoch that is neither the one applied nor the log's own:
+    /// a log that was flushed or replaced has a new epoch in `PREFIX:meta` too, while an entry
+    /// written by hand does not change it.
+    async fn forged_epoch(
+        &self,
+        shared: &Shared,
+        connection: &mut MultiplexedConnection,
+        order: &Order,
+    ) -> redis::RedisResult<bool> {
+        let Some(known) = &self.epoch else {
+            return Ok(false);
+        };
+        if *known == order.epoch {
+            return Ok(false);
+        }
+        let epoch: Option<String> = redis::cmd("HGET")
+            .arg(&shared.keys.meta)
+            .arg("epoch")
+            .query_async(connection)
+            .await?;
+        Ok(epoch.as_ref() == Some(known))
     }
 
     /// A hub entry was read: the next one follows it (whether its event is delivered or not).

@@ -129,7 +129,8 @@ async fn a_foreign_entry_is_skipped_by_every_node() {
 /// Malformed entries with the hub's fields are refused at the boundary, each counted by
 /// reason and none delivered: `d` not JSON, `d` JSON of the wrong shape, an `i` with LF or CR
 /// (a forged `event: reset`), a type with LF, a field that is not UTF-8, too many topics, a
-/// topic too long, data over the body limit. The next good event is delivered, nothing ends.
+/// topic too long, data over the body limit, an epoch the log does not have (no loss is
+/// declared for it). The next good event is delivered, nothing ends.
 #[actix_web::test]
 async fn malformed_entries_are_refused_and_never_delivered() {
     let _serial = SERIAL.lock().await;
@@ -176,6 +177,24 @@ async fn malformed_entries_are_refused_and_never_delivered() {
     for (_, fields) in &cases {
         forge(&cluster, fields).await;
     }
+    // One more with the hub's fields but an epoch the log does not have (Redis was not
+    // flushed: its epoch did not change).
+    let Resp::Bulk(Some(last)) =
+        cluster
+            .redis
+            .command(&["HGET", &format!("{}:meta", cluster.prefix), "last"])
+    else {
+        panic!("the log's newest entry");
+    };
+    let good_text = std::str::from_utf8(good).expect("text");
+    let log = cluster.log_key();
+    let forged = [
+        "XADD", &log, "*", "e", "forged", "p", &last, "i", "", "d", good_text,
+    ];
+    assert!(matches!(
+        cluster.redis.command(&forged),
+        Resp::Bulk(Some(_))
+    ));
     let next = node.publish("t", "next").await;
 
     // Assert
@@ -185,6 +204,7 @@ async fn malformed_entries_are_refused_and_never_delivered() {
         let count = cases.iter().filter(|(r, _)| *r == reason).count();
         assert_refused(node, reason, count as u64).await;
     }
+    assert_refused(node, "order", 1).await;
     assert_keeps_alive(&mut stream, 2, "the stream after malformed entries").await;
     assert_ready(
         &node.get("/readyz").await,
