@@ -139,10 +139,18 @@ impl Broadcaster {
         shared.appending = false;
         match result {
             Err(err) => {
-                log::error!(
-                    "publish failed: Redis did not append events={} error={err}",
-                    answers.len()
-                );
+                if let AppendError::Refusing(_) = err {
+                    // Said once by the Redis thread when it starts refusing, not per batch.
+                    log::debug!(
+                        "publish refused: Redis refuses writes events={}",
+                        answers.len()
+                    );
+                } else {
+                    log::error!(
+                        "publish failed: Redis did not append events={} error={err}",
+                        answers.len()
+                    );
+                }
                 let refused = || match &err {
                     AppendError::Unavailable(_) => HubError::LogUnavailable,
                     AppendError::Refusing(reason) => HubError::LogRefusing((*reason).to_owned()),
