@@ -50,6 +50,9 @@ pub struct Metrics {
     pub selector_bytes: Gauge,
     pub store_commits: Counter,
     pub store_commit_duration: Histogram,
+    /// Batches the file store failed to commit or refused (disk full, I/O error, the file
+    /// changed under the hub): their publishes were answered 503.
+    pub store_commit_failures: Counter,
     /// Times a shared (Redis) log was found to have lost entries this node had not applied.
     pub log_losses: Counter,
     /// Entries read from a shared log that were refused at the boundary (never delivered).
@@ -79,6 +82,7 @@ impl Metrics {
             store_commits: Counter::default(),
             // 100 µs .. ~1.6 s: one transaction, fsync included.
             store_commit_duration: Histogram::new(exponential_buckets(0.000_1, 2.0, 15)),
+            store_commit_failures: Counter::default(),
             log_losses: Counter::default(),
             log_entries_refused: Family::default(),
             log_ready: Gauge::default(),
@@ -151,6 +155,12 @@ impl Metrics {
             "store_commit_duration_seconds",
             "Time the file store took to commit one batch, fsync included",
             metrics.store_commit_duration.clone(),
+        );
+        registry.register(
+            "store_commit_failures",
+            "Batches the file store failed to commit or refused (disk full, I/O error, its file \
+             changed under the hub); their publishes were answered 503 and not published",
+            metrics.store_commit_failures.clone(),
         );
         registry.register(
             "log_losses",

@@ -39,6 +39,19 @@ pub enum StartupError {
     Bind { addr: SocketAddr, source: io::Error },
 }
 
+/// Connections a listener queues before the hub accepts them: a reconnect storm arrives at once.
+const BACKLOG: i32 = 4096;
+
+/// A listening socket on `addr`, as actix's own `bind` makes it (address reuse, a deep backlog).
+fn listen(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(socket.into())
+}
+
 /// A bound, not yet running hub.
 #[allow(missing_debug_implementations)] // actix's `Server` has no Debug
 pub struct Application {
@@ -58,6 +71,14 @@ impl Application {
         {
             return Err(StartupError::CorsWildcard);
         }
+        // Bound before anything starts: an address in use is a one-line error, with no store
+        // opened and no broadcaster to stop.
+        let bind_error = |source| StartupError::Bind {
+            addr: settings.bind,
+            source,
+        };
+        let listener = listen(settings.bind).map_err(bind_error)?;
+        let addr = listener.local_addr().map_err(bind_error)?;
         let metrics = Metrics::new();
         let opened = event_log::open(
             &settings.store,
@@ -123,22 +144,11 @@ impl Application {
         // Signals are ours: streams must be ended before the server can stop gracefully.
         .disable_signals()
         .shutdown_timeout(whole_secs_rounded_up(settings.shutdown_timeout))
-        .max_connections(settings.max_subscribers.saturating_add(1024))
-        .backlog(4096);
+        .max_connections(settings.max_subscribers.saturating_add(1024));
         if settings.workers > 0 {
             server = server.workers(settings.workers);
         }
-        let bind_error = |source| StartupError::Bind {
-            addr: settings.bind,
-            source,
-        };
-        let server = server.bind(settings.bind).map_err(bind_error)?;
-        let addr = server.addrs().first().copied().ok_or_else(|| {
-            bind_error(io::Error::new(
-                io::ErrorKind::AddrNotAvailable,
-                "no address bound",
-            ))
-        })?;
+        let server = server.listen(listener).map_err(bind_error)?;
         log::info!("listening addr=http://{addr}");
         Ok(Self {
             addr,

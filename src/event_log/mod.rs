@@ -62,6 +62,11 @@ pub trait EventLog: Send + fmt::Debug {
     /// Commits `batch` after everything appended before it, trimming the log with the same
     /// [`Window`] rule the history applies.
     fn append(&mut self, batch: Batch) -> Commit;
+
+    /// Whether appends can succeed now, and why not (`/readyz`). The memory log always can.
+    fn readiness(&self) -> Readiness {
+        Readiness::ready()
+    }
 }
 
 /// The `memory` backend: the broadcaster's history is all there is.
@@ -170,7 +175,7 @@ pub enum Opened {
 impl Opened {
     pub fn readiness(&self) -> Readiness {
         match self {
-            Self::Local(..) => Readiness::ready(),
+            Self::Local(log, _) => log.readiness(),
             Self::Shared(log) => log.readiness(),
         }
     }

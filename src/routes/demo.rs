@@ -1,4 +1,4 @@
-//! The newcomer's surfaces: the demo page at `/`, and the quick-start triggers of the original
+//! The newcomer's surfaces: the demo page at `/` (and its icon), and the quick-start triggers of the original
 //! Go program (`/send`, `/left`, `/right` each publish a fixed message to the default topic).
 
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -21,6 +21,17 @@ pub const TRIGGERS: [(&str, &str); 3] = [
 
 /// The demo page, built into the binary.
 const PAGE: &str = include_str!("demo.html");
+
+/// The demo page's icon (16×16), which browsers also ask for on their own.
+const FAVICON: &[u8] = include_bytes!("favicon.ico");
+
+/// `GET /favicon.ico`: the icon, cacheable for a day.
+pub async fn favicon() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("image/x-icon")
+        .insert_header(("cache-control", "public, max-age=86400"))
+        .body(FAVICON)
+}
 
 /// `GET /`: connection state, a live event log, the trigger buttons, a publish form and a
 /// topic filter (`/?topic=a&topic=b` preselects one).

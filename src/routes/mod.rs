@@ -124,6 +124,11 @@ fn quick_start(cfg: &mut web::ServiceConfig) {
             .default_service(web::to(method_not_allowed)),
     )
     .service(
+        web::resource("/favicon.ico")
+            .get(demo::favicon)
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
         web::resource("/stream")
             .get(stream::subscribe)
             .default_service(web::to(method_not_allowed)),

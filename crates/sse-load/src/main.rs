@@ -56,7 +56,7 @@ const WORKER_GRACE: Duration = Duration::from_secs(10);
         With -P 0 (the default) it only connects, holds the subscribers for --hold and measures \
         memory. Only loopback targets (127.0.0.0/8, ::1) are accepted.\n\n\
         Examples:\n  \
-        sse-load http://127.0.0.1:8080/stream -n 10000 -P 1000 --publish-url http://127.0.0.1:8080/publish --server-pid $(pidof sse-hub)\n  \
+        sse-load http://127.0.0.1:8080/stream -n 10000 -P 1000 --publish-url http://127.0.0.1:8080/publish --server-pid $hub   (hub=$! after starting it)\n  \
         sse-load http://127.0.0.1:8090/sub/bench -n 10000 -P 100 --rate 5 --publish-url http://127.0.0.1:8090/pub/bench --server-pid $(cat nginx.pid) --server-children --json\n  \
         sse-load http://127.0.0.1:8081/stream http://127.0.0.1:8082/stream -n 10000 -P 1000 --publish-url http://127.0.0.1:8081/publish",
     args_conflicts_with_subcommands = true,
