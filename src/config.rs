@@ -312,6 +312,16 @@ impl fmt::Display for Store {
 }
 
 impl Settings {
+    /// The limits of the one publication rule set, for publishes and for entries read back
+    /// from a shared log.
+    pub fn limits(&self) -> crate::event::Limits {
+        crate::event::Limits {
+            max_topics: self.max_topics,
+            max_topic_bytes: self.max_topic_bytes,
+            max_data_bytes: self.body_limit_bytes,
+        }
+    }
+
     /// The verification keys for both roles, from the key settings.
     pub fn keys(&self, hub: &HubUrl) -> Result<Keys, String> {
         let key = |role: Role| {

@@ -48,6 +48,10 @@ pub enum HubError {
     NotStored,
     #[error("the event log (Redis) is unreachable, so the event was not published; try again")]
     LogUnavailable,
+    /// Redis is reachable but refuses writes (out of memory, a read-only replica, ...): the
+    /// message says which, so the event was not published.
+    #[error("{0}, so the event was not published; try again")]
+    LogRefusing(String),
     #[error("no route for {method} {path}")]
     NotFound { method: String, path: String },
     #[error("method {method} is not allowed on {path}")]
@@ -73,6 +77,7 @@ impl HubError {
             Self::ShuttingDown => "shutting_down",
             Self::NotStored => "not_stored",
             Self::LogUnavailable => "log_unavailable",
+            Self::LogRefusing(_) => "log_refusing",
             Self::NotFound { .. } => "not_found",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::Internal => "internal",
@@ -96,7 +101,8 @@ impl ResponseError for HubError {
             | Self::SelectorLimit { .. }
             | Self::ShuttingDown
             | Self::NotStored
-            | Self::LogUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            | Self::LogUnavailable
+            | Self::LogRefusing(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,

@@ -45,7 +45,8 @@ pub enum Kind {
 }
 
 impl Kind {
-    fn of_type(event_type: Option<&str>) -> Self {
+    /// The kind of an event of this type.
+    pub fn of_type(event_type: Option<&str>) -> Self {
         match event_type {
             Some(SUBSCRIPTION_EVENT_TYPE) => Self::Subscription,
             _ => Self::Application,
@@ -81,7 +82,8 @@ pub struct Event {
 }
 
 impl Event {
-    /// Encodes `draft` under `id`. The draft must have passed [`validate_draft`].
+    /// Encodes `draft` under `id`. The draft must have passed the rule set
+    /// ([`Publication::parse`]), or be the hub's own.
     pub fn new(id: Arc<str>, draft: EventDraft) -> Self {
         let frame = encode(
             &id,
@@ -104,48 +106,223 @@ impl Event {
     }
 }
 
-/// Checks the fields that would break the framing. Topics are checked by the caller, which
-/// knows the configured limits.
-pub fn validate_draft(draft: &EventDraft) -> Result<(), HubError> {
-    if let Some(id) = &draft.id {
-        validate_id(id, "id")?;
-        if id == "earliest" {
-            // A browser holding this id would resume with `earliest` and replay everything.
-            return Err(HubError::InvalidField {
+/// The limits of the one publication rule set (from `Settings`): what every publish and every
+/// entry read back from a shared log is held to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Topics per event (`--max-topics`).
+    pub max_topics: usize,
+    /// Bytes per topic (`--max-topic-bytes`).
+    pub max_topic_bytes: usize,
+    /// Bytes of `data` (`--body-limit-bytes`: a publish's body bounds its data).
+    pub max_data_bytes: usize,
+}
+
+impl Limits {
+    /// The limits of the hub's own subscription events, read back from a shared log: their
+    /// topic percent-encodes a matcher of up to `max_topic_bytes` (at most three bytes for one)
+    /// and a subscriber id under the hub's path, so it may be longer than a publisher's.
+    pub fn for_subscription_events(self) -> Self {
+        Self {
+            max_topic_bytes: self.max_topic_bytes.saturating_mul(3).saturating_add(1024),
+            ..self
+        }
+    }
+}
+
+/// Which rule of the publication rule set an event breaks.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("more than {limit} topics")]
+    TooManyTopics { limit: usize },
+    #[error("an empty topic")]
+    EmptyTopic,
+    #[error("a topic longer than {limit} bytes")]
+    TopicTooLong { limit: usize },
+    /// `field` is `id` or `event type`.
+    #[error("{field} is longer than 1024 bytes")]
+    FieldTooLong { field: &'static str },
+    #[error("{field} must not contain CR, LF or NUL")]
+    LineBreak { field: &'static str },
+    #[error("id must not be empty")]
+    EmptyId,
+    #[error("id must not be `earliest`, which means \"the whole history\" on resume")]
+    Earliest,
+    #[error("data larger than {limit} bytes")]
+    DataTooLarge { limit: usize },
+}
+
+impl Refusal {
+    /// A short stable name for the metric of refused log entries: `topics`, `id`, `type` or
+    /// `too_large`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::TooManyTopics { .. } | Self::EmptyTopic | Self::TopicTooLong { .. } => "topics",
+            Self::FieldTooLong { field } | Self::LineBreak { field } if *field == EVENT_TYPE => {
+                "type"
+            }
+            Self::FieldTooLong { .. } | Self::LineBreak { .. } | Self::EmptyId | Self::Earliest => {
+                "id"
+            }
+            Self::DataTooLarge { .. } => "too_large",
+        }
+    }
+
+    /// The error a request gets for this refusal, `what` naming its topics (`topics`, `topic
+    /// selectors`): the statuses and messages of the quick-start routes.
+    pub fn into_error(self, what: &'static str) -> HubError {
+        match self {
+            Self::TooManyTopics { limit } => HubError::TooMany { what, limit },
+            Self::EmptyTopic => HubError::Invalid {
+                what,
+                reason: "empty topic".to_owned(),
+            },
+            Self::TopicTooLong { limit } => HubError::Invalid {
+                what,
+                reason: format!("longer than {limit} bytes"),
+            },
+            Self::FieldTooLong { field } => HubError::InvalidField {
+                field,
+                reason: "is longer than 1024 bytes",
+            },
+            Self::LineBreak { field } => HubError::InvalidField {
+                field,
+                reason: "must not contain CR, LF or NUL",
+            },
+            Self::EmptyId => HubError::InvalidField {
+                field: "id",
+                reason: "must not be empty",
+            },
+            Self::Earliest => HubError::InvalidField {
                 field: "id",
                 reason: "must not be `earliest`, which means \"the whole history\" on resume",
+            },
+            Self::DataTooLarge { limit } => HubError::BodyTooLarge { limit },
+        }
+    }
+}
+
+impl From<Refusal> for HubError {
+    fn from(refusal: Refusal) -> Self {
+        refusal.into_error("topics")
+    }
+}
+
+/// The field name an event type's refusals carry.
+const EVENT_TYPE: &str = "event type";
+
+/// An event that passed the one publication rule set: topics within the count and length
+/// limits, an id and type that cannot break the framing, data within the body limit. Publishes
+/// on every route and entries read back from a shared log are parsed into one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publication(EventDraft);
+
+impl Publication {
+    /// Checks `draft` against every rule, topics first, then id, type and data.
+    pub fn parse(draft: EventDraft, limits: &Limits) -> Result<Self, Refusal> {
+        check_topics(draft.topics.iter().map(String::as_str), limits)?;
+        if let Some(id) = &draft.id {
+            check_id(id, "id")?;
+            if id == "earliest" {
+                // A browser holding this id would resume with `earliest` and replay everything.
+                return Err(Refusal::Earliest);
+            }
+        }
+        if let Some(event_type) = &draft.event_type {
+            check_field(event_type, EVENT_TYPE)?;
+        }
+        check_data(&draft.data, limits)?;
+        Ok(Self(draft))
+    }
+
+    /// The same publication with `data` (a body read after the other fields were checked).
+    pub fn with_data(self, data: String, limits: &Limits) -> Result<Self, Refusal> {
+        check_data(&data, limits)?;
+        Ok(Self(EventDraft { data, ..self.0 }))
+    }
+
+    pub fn draft(&self) -> &EventDraft {
+        &self.0
+    }
+
+    pub fn into_draft(self) -> EventDraft {
+        self.0
+    }
+}
+
+/// The count and length limits on the topics (or selectors) of one event or request.
+pub fn check_topics<'a>(
+    topics: impl ExactSizeIterator<Item = &'a str>,
+    limits: &Limits,
+) -> Result<(), Refusal> {
+    if topics.len() > limits.max_topics {
+        return Err(Refusal::TooManyTopics {
+            limit: limits.max_topics,
+        });
+    }
+    for topic in topics {
+        if topic.is_empty() {
+            return Err(Refusal::EmptyTopic);
+        }
+        if topic.len() > limits.max_topic_bytes {
+            return Err(Refusal::TopicTooLong {
+                limit: limits.max_topic_bytes,
             });
         }
     }
-    if let Some(event_type) = &draft.event_type {
-        validate_field(event_type, "event type")?;
+    Ok(())
+}
+
+fn check_data(data: &str, limits: &Limits) -> Result<(), Refusal> {
+    if data.len() > limits.max_data_bytes {
+        return Err(Refusal::DataTooLarge {
+            limit: limits.max_data_bytes,
+        });
     }
+    Ok(())
+}
+
+/// Checks the fields that would break the framing (id and type); topics and data are checked
+/// with the limits, by [`Publication::parse`].
+pub fn validate_draft(draft: &EventDraft) -> Result<(), HubError> {
+    let unlimited = Limits {
+        max_topics: usize::MAX,
+        max_topic_bytes: usize::MAX,
+        max_data_bytes: usize::MAX,
+    };
+    let fields = EventDraft {
+        id: draft.id.clone(),
+        event_type: draft.event_type.clone(),
+        ..EventDraft::default()
+    };
+    Publication::parse(fields, &unlimited)?;
     Ok(())
 }
 
 /// An id (published or `Last-Event-ID`) must be a non-empty single line of at most 1 KiB.
 pub fn validate_id(id: &str, what: &'static str) -> Result<(), HubError> {
-    if id.is_empty() {
-        return Err(HubError::InvalidField {
+    check_id(id, what).map_err(|refusal| match refusal {
+        Refusal::EmptyId => HubError::InvalidField {
             field: what,
             reason: "must not be empty",
-        });
-    }
-    validate_field(id, what)
+        },
+        other => other.into_error(what),
+    })
 }
 
-fn validate_field(value: &str, what: &'static str) -> Result<(), HubError> {
+fn check_id(id: &str, what: &'static str) -> Result<(), Refusal> {
+    if id.is_empty() {
+        return Err(Refusal::EmptyId);
+    }
+    check_field(id, what)
+}
+
+fn check_field(value: &str, what: &'static str) -> Result<(), Refusal> {
     if value.len() > MAX_ID_BYTES {
-        return Err(HubError::InvalidField {
-            field: what,
-            reason: "is longer than 1024 bytes",
-        });
+        return Err(Refusal::FieldTooLong { field: what });
     }
     if value.contains(['\r', '\n', '\0']) {
-        return Err(HubError::InvalidField {
-            field: what,
-            reason: "must not contain CR, LF or NUL",
-        });
+        return Err(Refusal::LineBreak { field: what });
     }
     Ok(())
 }
@@ -336,5 +513,98 @@ mod tests {
         assert!(validate_id(&"x".repeat(1025), "id").is_err());
         assert!(validate_id(&"x".repeat(1024), "id").is_ok());
         assert!(validate_draft(&EventDraft::default()).is_ok());
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            max_topics: 2,
+            max_topic_bytes: 8,
+            max_data_bytes: 16,
+        }
+    }
+
+    fn topics(topics: &[&str]) -> EventDraft {
+        EventDraft {
+            topics: topics.iter().map(|t| (*t).to_owned()).collect(),
+            ..EventDraft::default()
+        }
+    }
+
+    /// The one rule set refuses each broken rule with its own refusal and metric label, and
+    /// takes what is within every limit.
+    #[test]
+    fn the_publication_rule_set_refuses_each_broken_rule() {
+        let cases = [
+            (
+                topics(&["a", "b", "c"]),
+                Refusal::TooManyTopics { limit: 2 },
+                "topics",
+            ),
+            (topics(&[""]), Refusal::EmptyTopic, "topics"),
+            (
+                topics(&["123456789"]),
+                Refusal::TopicTooLong { limit: 8 },
+                "topics",
+            ),
+            (
+                EventDraft {
+                    id: Some("1\nevent: reset".into()),
+                    ..topics(&["a"])
+                },
+                Refusal::LineBreak { field: "id" },
+                "id",
+            ),
+            (
+                EventDraft {
+                    event_type: Some("a\rb".into()),
+                    ..topics(&["a"])
+                },
+                Refusal::LineBreak {
+                    field: "event type",
+                },
+                "type",
+            ),
+            (
+                EventDraft {
+                    event_type: Some("t".repeat(1025)),
+                    ..topics(&["a"])
+                },
+                Refusal::FieldTooLong {
+                    field: "event type",
+                },
+                "type",
+            ),
+            (
+                EventDraft {
+                    id: Some("earliest".into()),
+                    ..topics(&["a"])
+                },
+                Refusal::Earliest,
+                "id",
+            ),
+            (
+                EventDraft {
+                    data: "x".repeat(17),
+                    ..topics(&["a"])
+                },
+                Refusal::DataTooLarge { limit: 16 },
+                "too_large",
+            ),
+        ];
+        for (draft, refusal, label) in cases {
+            assert_eq!(Publication::parse(draft, &limits()), Err(refusal.clone()));
+            assert_eq!(refusal.label(), label, "{refusal:?}");
+        }
+        let fine = EventDraft {
+            id: Some("i".repeat(1024)),
+            data: "x".repeat(16),
+            ..topics(&["12345678", "b"])
+        };
+        assert!(Publication::parse(fine, &limits()).is_ok());
+        let checked = Publication::parse(topics(&["a"]), &limits()).expect("passes");
+        assert_eq!(
+            checked.with_data("x".repeat(17), &limits()),
+            Err(Refusal::DataTooLarge { limit: 16 })
+        );
     }
 }

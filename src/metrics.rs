@@ -20,6 +20,15 @@ pub struct ErrorKind {
     pub kind: &'static str,
 }
 
+/// The `reason` label of a log entry refused at the boundary: `foreign` (not written by a hub),
+/// `entry_id`, `not_utf8`, `not_json` (not an event, or the wrong shape), `topics`, `id`,
+/// `type`, `too_large` (data over the body limit), `order` (an entry that claims a place the
+/// log's order cannot have: an epoch the log does not have, or a second loss at one entry).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedReason {
+    pub reason: &'static str,
+}
+
 /// Every metric of the hub. Updates are atomic adds; the broadcaster adds once per publish,
 /// never once per subscriber.
 #[derive(Debug)]
@@ -46,6 +55,8 @@ pub struct Metrics {
     pub store_commit_failures: Counter,
     /// Times a shared (Redis) log was found to have lost entries this node had not applied.
     pub log_losses: Counter,
+    /// Entries read from a shared log that were refused at the boundary (never delivered).
+    pub log_entries_refused: Family<RefusedReason, Counter>,
     /// 1 while the event log can take publishes (`/readyz`), set when `/metrics` is rendered.
     pub log_ready: Gauge,
 }
@@ -73,6 +84,7 @@ impl Metrics {
             store_commit_duration: Histogram::new(exponential_buckets(0.000_1, 2.0, 15)),
             store_commit_failures: Counter::default(),
             log_losses: Counter::default(),
+            log_entries_refused: Family::default(),
             log_ready: Gauge::default(),
             // Filled below, once every metric exists to be registered.
             registry: Registry::default(),
@@ -156,6 +168,12 @@ impl Metrics {
              restarted empty, or trimmed past this node): its streams were ended and resuming \
              subscribers told `reset`",
             metrics.log_losses.clone(),
+        );
+        registry.register(
+            "log_entries_refused",
+            "Entries read from the shared Redis log that were skipped, never delivered: not written \
+             by a hub, or breaking the publication rules, by reason",
+            metrics.log_entries_refused.clone(),
         );
         registry.register(
             "log_ready",

@@ -85,6 +85,7 @@ impl Application {
             Window::new(settings.history_size, settings.history_bytes),
             settings.subscription_history,
             &settings.redis_prefix,
+            settings.limits(),
             metrics.clone(),
         )?;
         let ready = opened.readiness();

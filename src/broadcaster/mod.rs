@@ -52,6 +52,14 @@ pub struct BroadcasterConfig {
     pub subscription_history: usize,
 }
 
+impl BroadcasterConfig {
+    /// An empty history with these bounds.
+    fn history(&self) -> History {
+        History::new(self.history_size, self.history_bytes)
+            .with_subscription_history(self.subscription_history)
+    }
+}
+
 impl From<&Settings> for BroadcasterConfig {
     fn from(settings: &Settings) -> Self {
         Self {
@@ -398,8 +406,7 @@ impl Broadcaster {
         log: Box<dyn EventLog>,
         recovered: Recovered,
     ) -> Self {
-        let mut history = History::new(config.history_size, config.history_bytes)
-            .with_subscription_history(config.subscription_history);
+        let mut history = config.history();
         recovered
             .events
             .into_iter()

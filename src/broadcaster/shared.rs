@@ -8,11 +8,11 @@ use actix::prelude::*;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use super::{Broadcaster, History, Subscribe, Subscription};
+use super::{Broadcaster, Subscribe, Subscription};
 use crate::{
     error::HubError,
     event::EventDraft,
-    event_log::redis::{Appended, EntryId, RedisLog, TailEntry, Tailed},
+    event_log::redis::{AppendError, Appended, EntryId, RedisLog, TailEntry, Tailed},
     metrics,
 };
 
@@ -52,8 +52,9 @@ pub(super) struct SharedLog {
     appending: bool,
     /// Appended and not yet read back, by entry.
     awaiting: BTreeMap<EntryId, Waiter>,
-    /// Appended before the log lost entries: answered when their entry is read back, refused
-    /// once the tail has caught up without finding it.
+    /// Appended before the log lost entries: answered when their entry is read back, or once
+    /// the tail has caught up without finding it (Redis acknowledged them, so they count as
+    /// published; subscribers learn of the loss through `reset`).
     uncertain: BTreeMap<EntryId, Waiter>,
     /// The last entry applied.
     applied: Option<EntryId>,
@@ -117,7 +118,7 @@ impl Broadcaster {
         ctx.spawn(
             fut::wrap_future(appended).map(move |result, this: &mut Self, ctx| {
                 let result = result.unwrap_or_else(|_| {
-                    Err(crate::event_log::CommitError(
+                    Err(AppendError::Unavailable(
                         "the Redis client has stopped".to_owned(),
                     ))
                 });
@@ -138,12 +139,27 @@ impl Broadcaster {
         shared.appending = false;
         match result {
             Err(err) => {
-                log::error!(
-                    "publish failed: Redis did not append events={} error={err}",
-                    answers.len()
-                );
+                if let AppendError::Refusing(_) = err {
+                    // Said once by the Redis thread when it starts refusing, not per batch.
+                    log::debug!(
+                        "publish refused: Redis refuses writes events={}",
+                        answers.len()
+                    );
+                } else {
+                    log::error!(
+                        "publish failed: Redis did not append events={} error={err}",
+                        answers.len()
+                    );
+                }
+                let refused = || match &err {
+                    AppendError::Unavailable(_) => HubError::LogUnavailable,
+                    AppendError::Refusing(reason) => HubError::LogRefusing((*reason).to_owned()),
+                    // Redis ran the append, so a retry could publish twice: not a 503 (which
+                    // says "try again"), but a 500; the log says what Redis answered.
+                    AppendError::Unreadable(_) => HubError::Internal,
+                };
                 for (_, done) in answers {
-                    let _ = done.send(Err(HubError::LogUnavailable));
+                    let _ = done.send(Err(refused()));
                 }
             }
             Ok(entries) => {
@@ -225,7 +241,7 @@ impl Broadcaster {
 
     /// Replaces the history with `entries` (oldest first), without fanning them out.
     fn replace_history(&mut self, entries: Vec<TailEntry>) {
-        self.history = History::new(self.config.history_size, self.config.history_bytes);
+        self.history = self.config.history();
         for TailEntry { event, .. } in entries {
             self.history.append(event);
         }
@@ -234,10 +250,14 @@ impl Broadcaster {
     }
 
     /// The tail has read everything there was: publishers appended before a loss whose entries
-    /// were not found are told their event may not have been published.
+    /// were not found are answered with their id all the same. Redis acknowledged the append,
+    /// so the event was published and then lost with the log; a publisher told to retry would
+    /// publish it twice if it was not lost after all. Subscribers learn of the loss through
+    /// `reset`.
     fn caught_up(&mut self) {
-        for (_, waiter) in std::mem::take(&mut self.shared().uncertain) {
-            let _ = waiter.done.send(Err(HubError::LogUnavailable));
+        for (entry, Waiter { id, done }) in std::mem::take(&mut self.shared().uncertain) {
+            log::warn!("answered a publish whose entry the log lost entry={entry} id={id}");
+            let _ = done.send(Ok(id));
         }
     }
 

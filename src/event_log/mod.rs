@@ -21,7 +21,12 @@ use std::{
 
 use tokio::sync::oneshot;
 
-use crate::{broadcaster::Window, config::Store, event::Event, metrics::Metrics};
+use crate::{
+    broadcaster::Window,
+    config::Store,
+    event::{Event, Limits},
+    metrics::Metrics,
+};
 
 /// Events the broadcaster numbered and wants committed, in their log order.
 #[derive(Debug)]
@@ -179,12 +184,14 @@ impl Opened {
 /// Opens the backend `store` names, with the history's retention rule, and what it holds.
 /// `redis_prefix` names the keys of a Redis store, whose stream carries the subscription
 /// events too (other nodes' subscribers receive them): it keeps the history's events plus
-/// `subscription_history`.
+/// `subscription_history`. `limits` are the publication rules entries read back from it are
+/// held to.
 pub fn open(
     store: &Store,
     window: Window,
     subscription_history: usize,
     redis_prefix: &str,
+    limits: Limits,
     metrics: Arc<Metrics>,
 ) -> Result<Opened, StoreError> {
     match store {
@@ -197,6 +204,8 @@ pub fn open(
             url,
             redis_prefix,
             window.max_events().saturating_add(subscription_history),
+            limits,
+            metrics,
         )?)),
     }
 }

@@ -28,15 +28,28 @@
 //! means entries this node never read are gone (Redis flushed or restarted empty, or this node
 //! fell behind the trim). It then says so ([`Tailed::Lost`]) and reads the log again from its
 //! oldest entry.
+//!
+//! What the tail reads is untrusted input, parsed once here ([`decode`]) with the publication
+//! rule set a publish gets ([`Publication::parse`]). An entry without the hub's `e` and `p`
+//! fields is foreign: skipped, and no part of the log's order. An entry with them whose event
+//! breaks the rules takes its place in the order but is not delivered. Either is counted
+//! (`sse_hub_log_entries_refused_total{reason}`) and logged at most once per
+//! [`REFUSAL_LOG_INTERVAL`]; neither is a reason to say the log lost entries.
+//!
+//! Reachable (the tail reads) and accepting writes are two facts. A write Redis refuses (`OOM`
+//! under `maxmemory` with `noeviction`, `READONLY` on a replica, ...) makes the node unready
+//! with that reason; a cheap probe write every [`PROBE_INTERVAL`], or any append that
+//! succeeds, makes it ready again. Publishes are never short-circuited for it: each still asks
+//! Redis.
 
 use std::{
     fmt,
     sync::{
-        Arc, LazyLock,
+        Arc, LazyLock, Mutex, MutexGuard,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use actix::{Message, Recipient};
@@ -48,12 +61,22 @@ use redis::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{CommitError, Readiness, StoreError};
-use crate::event::{Event, EventDraft};
+use super::{Readiness, StoreError};
+use crate::{
+    event::{Event, EventDraft, Kind, Limits, Publication},
+    metrics::{Metrics, RefusedReason},
+};
 
 /// What `/readyz` says while the tail cannot reach Redis.
 const UNREACHABLE: &str =
     "the event log (Redis) is unreachable; publishes are refused until it is back";
+/// At most one log line per this long about refused entries (with the count and the last one).
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// While Redis refuses writes, a probe write this often tells when it accepts them again.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a probe's key lives (it is only there to be written).
+const PROBE_TTL_MS: u64 = 1000;
+
 /// How long `XREAD` blocks before the tail checks the log's epoch and reads again.
 const BLOCK: Duration = Duration::from_secs(1);
 /// Entries read at once; also what the broadcaster applies in one message.
@@ -196,7 +219,23 @@ pub enum Tailed {
 }
 
 /// How an append went, per event: its entry id, or `None` if its publisher id was taken.
-pub type Appended = Result<Vec<Option<EntryId>>, CommitError>;
+pub type Appended = Result<Vec<Option<EntryId>>, AppendError>;
+
+/// Why an append has no entry ids to give.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AppendError {
+    /// Redis could not be asked, or did not answer in time.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Redis answered that it refuses writes; the message says why (for the publisher and
+    /// `/readyz`). Nothing was appended.
+    #[error("{0}")]
+    Refusing(&'static str),
+    /// Redis ran the append but its answer is not one the script gives: what was appended
+    /// cannot be told.
+    #[error("{0}")]
+    Unreadable(String),
+}
 
 #[derive(Debug)]
 enum Job {
@@ -226,6 +265,11 @@ struct Shared {
     keys: Keys,
     max_len: usize,
     ready: Readiness,
+    /// The rule set entries read back are held to.
+    limits: Limits,
+    metrics: Arc<Metrics>,
+    /// Whether Redis is reachable and whether it takes writes: `/readyz` is both.
+    health: Arc<Mutex<Health>>,
     /// Bumped by the tail on each (re)connection: the command connection is made again then.
     connections: Arc<AtomicU64>,
 }
@@ -236,12 +280,141 @@ struct Keys {
     meta: String,
     ids: String,
     idq: String,
+    /// Written by the probe while Redis refuses writes.
+    probe: String,
+}
+
+/// The two facts `/readyz` adds up; only the Redis thread changes them.
+#[derive(Debug, Default)]
+struct Health {
+    /// The tail reads the log.
+    reachable: bool,
+    /// Why Redis refuses writes, while it does.
+    refusing: Option<&'static str>,
+    /// A probe is running.
+    probing: bool,
+}
+
+impl Shared {
+    fn health(&self) -> MutexGuard<'_, Health> {
+        self.health
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Tells `/readyz` what the two facts add up to.
+    fn show_health(&self, health: &Health) {
+        match (health.reachable, health.refusing) {
+            (false, _) => {
+                self.ready.set_unready(UNREACHABLE);
+            }
+            (true, Some(reason)) => {
+                self.ready.set_unready(reason);
+            }
+            (true, None) => {
+                self.ready.set_ready();
+            }
+        }
+    }
+
+    fn set_reachable(&self, reachable: bool) -> bool {
+        let mut health = self.health();
+        let changed = health.reachable != reachable;
+        health.reachable = reachable;
+        self.show_health(&health);
+        changed
+    }
+
+    /// Redis refused a write for `reason`: unready, and a probe watches for its end.
+    fn refusing(&self, reason: &'static str) {
+        let mut health = self.health();
+        if health.refusing.is_none() {
+            log::error!("Redis refuses writes; publishes are refused reason={reason}");
+        }
+        health.refusing = Some(reason);
+        self.show_health(&health);
+        if !health.probing {
+            health.probing = true;
+            tokio::spawn(probe(self.clone()));
+        }
+    }
+
+    /// A write succeeded: Redis takes writes again.
+    fn accepting(&self) {
+        let mut health = self.health();
+        if health.refusing.take().is_some() {
+            log::info!("Redis accepts writes again");
+            self.show_health(&health);
+        }
+    }
+}
+
+/// Why Redis refuses a write, if `err` says it does; `None` for every other failure.
+fn refusal(err: &redis::RedisError) -> Option<&'static str> {
+    match err.code()? {
+        "OOM" => Some("Redis refuses writes: out of memory (maxmemory)"),
+        "READONLY" => Some("Redis refuses writes: read-only replica"),
+        "MISCONF" => Some("Redis refuses writes: it cannot save to disk (MISCONF)"),
+        "NOREPLICAS" => Some("Redis refuses writes: not enough replicas (min-replicas-to-write)"),
+        _ => None,
+    }
+}
+
+/// While Redis refuses writes: a cheap write every [`PROBE_INTERVAL`] until one succeeds (or
+/// an append did meanwhile).
+async fn probe(shared: Shared) {
+    let mut connection = None;
+    loop {
+        tokio::time::sleep(PROBE_INTERVAL).await;
+        if shared.health().refusing.is_none() {
+            break;
+        }
+        if connection.is_none() {
+            connection = connect(&shared.client, COMMAND_TIMEOUT).await.ok();
+        }
+        let Some(probing) = connection.as_mut() else {
+            continue;
+        };
+        let written = tokio::time::timeout(
+            COMMAND_TIMEOUT,
+            redis::cmd("SET")
+                .arg(&shared.keys.probe)
+                .arg("1")
+                .arg("PX")
+                .arg(PROBE_TTL_MS)
+                .query_async::<()>(probing),
+        )
+        .await;
+        match written {
+            Ok(Ok(())) => {
+                shared.accepting();
+                break;
+            }
+            Ok(Err(err)) => match refusal(&err) {
+                Some(reason) => {
+                    let mut health = shared.health();
+                    health.refusing = Some(reason);
+                    shared.show_health(&health);
+                }
+                None => connection = None,
+            },
+            Err(_) => connection = None,
+        }
+    }
+    shared.health().probing = false;
 }
 
 impl RedisLog {
     /// Checks the URL and starts the Redis thread. Does not wait for Redis: a node starts
     /// unready and becomes ready once its tail has read the log.
-    pub fn open(url: &str, prefix: &str, max_len: usize) -> Result<Self, StoreError> {
+    /// Entries read back are held to `limits`; those refused are counted in `metrics`.
+    pub fn open(
+        url: &str,
+        prefix: &str,
+        max_len: usize,
+        limits: Limits,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, StoreError> {
         let unusable = |detail: String| StoreError::Unreadable {
             path: crate::config::Store::Redis(url.to_owned()).to_string(),
             detail,
@@ -255,9 +428,13 @@ impl RedisLog {
                 meta: format!("{prefix}:meta"),
                 ids: format!("{prefix}:ids"),
                 idq: format!("{prefix}:idq"),
+                probe: format!("{prefix}:probe"),
             },
             max_len: max_len.max(1),
             ready: ready.clone(),
+            limits,
+            metrics,
+            health: Arc::new(Mutex::new(Health::default())),
             connections: Arc::new(AtomicU64::new(0)),
         };
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -283,7 +460,9 @@ impl RedisLog {
         if let Err(mpsc::error::SendError(Job::Append { done, .. })) =
             self.jobs.send(Job::Append { drafts, done })
         {
-            let _ = done.send(Err(CommitError("the Redis client has stopped".to_owned())));
+            let _ = done.send(Err(AppendError::Unavailable(
+                "the Redis client has stopped".to_owned(),
+            )));
         }
         appended
     }
@@ -316,17 +495,20 @@ async fn serve(shared: Shared, mut jobs: mpsc::UnboundedReceiver<Job>) {
         match job {
             Job::Append { drafts, done } => {
                 let Some(mut connection) = connection else {
-                    let _ = done.send(Err(CommitError("Redis is unreachable".to_owned())));
+                    let _ = done.send(Err(AppendError::Unavailable(
+                        "Redis is unreachable".to_owned(),
+                    )));
                     continue;
                 };
                 let invocation = append_invocation(&shared, &drafts);
+                let shared = shared.clone();
                 tokio::spawn(async move {
                     let reply = tokio::time::timeout(
                         COMMAND_TIMEOUT,
                         invocation.invoke_async::<Vec<String>>(&mut connection),
                     )
                     .await;
-                    let _ = done.send(appended(reply, drafts.len(), &broken));
+                    let _ = done.send(appended(reply, drafts.len(), &broken, &shared));
                 });
             }
             Job::Locate { id, done } => {
@@ -375,9 +557,9 @@ struct Commands {
 
 impl Commands {
     /// A connection to use now, made if needed; `None` while the tail cannot reach Redis, or
-    /// if connecting failed.
+    /// if connecting failed. (Not while Redis refuses writes: each append still asks it.)
     async fn connection(&mut self, shared: &Shared) -> Option<MultiplexedConnection> {
-        if !shared.ready.is_ready() {
+        if !shared.health().reachable {
             return None;
         }
         let generation = shared.connections.load(Ordering::Relaxed);
@@ -440,27 +622,44 @@ fn appended(
     reply: Result<redis::RedisResult<Vec<String>>, tokio::time::error::Elapsed>,
     expected: usize,
     broken: &AtomicBool,
+    shared: &Shared,
 ) -> Appended {
     let ids = match reply {
         Ok(Ok(ids)) => ids,
         Ok(Err(err)) => {
+            if let Some(reason) = refusal(&err) {
+                // The connection is fine; Redis said no.
+                shared.refusing(reason);
+                return Err(AppendError::Refusing(reason));
+            }
             broken.store(true, Ordering::Relaxed);
-            return Err(CommitError(format!("the append failed: {err}")));
+            return Err(AppendError::Unavailable(format!(
+                "the append failed: {err}"
+            )));
         }
         Err(_) => {
             broken.store(true, Ordering::Relaxed);
-            return Err(CommitError(format!(
+            return Err(AppendError::Unavailable(format!(
                 "Redis did not answer within {COMMAND_TIMEOUT:?}"
             )));
         }
     };
+    shared.accepting();
     if ids.len() != expected {
-        return Err(CommitError(format!(
+        return Err(AppendError::Unreadable(format!(
             "Redis answered {} ids for {expected} events",
             ids.len()
         )));
     }
-    Ok(ids.iter().map(|id| EntryId::parse(id)).collect())
+    // The script answers an entry id, or an empty string for a publisher id that is taken.
+    ids.iter()
+        .map(|id| match id.as_str() {
+            "" => Ok(None),
+            id => EntryId::parse(id).map(Some).ok_or_else(|| {
+                AppendError::Unreadable(format!("Redis answered {id:?} for an entry id"))
+            }),
+        })
+        .collect()
 }
 
 /// A fresh random epoch for a log that has none yet (only the first append to an empty log
@@ -476,8 +675,12 @@ struct Position {
     cursor: Option<String>,
     /// The epoch of the entries applied, once known.
     epoch: Option<String>,
-    /// The last entry applied: the next entry's predecessor.
+    /// The last hub entry read: the next one's predecessor.
     last: Option<String>,
+    /// The entry that made the tail say the log lost entries, until another is read: met
+    /// again on the re-read, it is refused instead, so one forged entry cannot make the
+    /// tail re-read the log forever.
+    lost_at: Option<String>,
 }
 
 /// Why the tail stopped following the log.
@@ -497,12 +700,15 @@ impl From<redis::RedisError> for Stop {
 /// Follows the log for the life of the node, reconnecting with jittered backoff.
 async fn tail(shared: Shared, sink: Recipient<Tailed>) {
     let mut position = Position::default();
+    let mut refusals = Refusals::new(shared.metrics.clone());
     let mut delay = BACKOFF_MIN;
+    // A node that cannot reach Redis from the start says why once, too.
+    let mut first_failure = true;
     loop {
-        match follow(&shared, &sink, &mut position, &mut delay).await {
+        match follow(&shared, &sink, &mut position, &mut refusals, &mut delay).await {
             Stop::Gone => return,
             Stop::Failed(err) => {
-                if shared.ready.set_unready(UNREACHABLE) {
+                if shared.set_reachable(false) | std::mem::take(&mut first_failure) {
                     log::error!("the Redis log is unreachable; publishes are refused error={err}");
                 }
                 // Full jitter: anywhere up to the current step, at least the minimum.
@@ -520,6 +726,7 @@ async fn follow(
     shared: &Shared,
     sink: &Recipient<Tailed>,
     position: &mut Position,
+    refusals: &mut Refusals,
     delay: &mut Duration,
 ) -> Stop {
     let mut connection = match connect(&shared.client, BLOCK + COMMAND_TIMEOUT).await {
@@ -528,7 +735,7 @@ async fn follow(
     };
     shared.connections.fetch_add(1, Ordering::Relaxed);
     if position.cursor.is_none() {
-        match snapshot(shared, &mut connection, position).await {
+        match snapshot(shared, &mut connection, position, refusals).await {
             Ok(entries) => {
                 if sink.send(Tailed::Snapshot(entries)).await.is_err() {
                     return Stop::Gone;
@@ -537,7 +744,7 @@ async fn follow(
             Err(err) => return err,
         }
     }
-    if shared.ready.set_ready() {
+    if shared.set_reachable(true) {
         log::info!(
             "the Redis log is reachable; reading after {}",
             position.cursor.as_deref().unwrap_or("0-0")
@@ -582,7 +789,7 @@ async fn follow(
                     "the log's epoch changed from {known} to {} (Redis flushed or restarted empty)",
                     epoch.as_deref().unwrap_or("none")
                 );
-                if lost(sink, position, reason).await.is_err() {
+                if lost(sink, position, None, reason).await.is_err() {
                     return Stop::Gone;
                 }
             }
@@ -591,7 +798,24 @@ async fn follow(
         let caught_up = read.len() < READ_COUNT;
         let mut entries = Vec::with_capacity(read.len());
         for entry in read {
-            if let Some(reason) = position.gap(&entry) {
+            let Some(order) = Order::of(&entry) else {
+                // Not a hub's entry: no part of the log's order.
+                position.cursor = Some(entry.id.clone());
+                refusals.refuse(&entry.id, "foreign", "no `e` and `p` fields");
+                continue;
+            };
+            if let Some(reason) = position.gap(&entry.id, &order) {
+                let forged = match position.forged_epoch(shared, &mut connection, &order).await {
+                    Ok(forged) => forged,
+                    Err(err) => return Stop::Failed(err),
+                };
+                if forged || position.lost_at.as_deref() == Some(entry.id.as_str()) {
+                    // An epoch the log does not have, or the same entry again right after the
+                    // re-read it caused: it is the entry that is wrong, not the log.
+                    position.cursor = Some(entry.id.clone());
+                    refusals.refuse(&entry.id, "order", &reason);
+                    continue;
+                }
                 let before = std::mem::take(&mut entries);
                 if !before.is_empty()
                     && sink
@@ -604,15 +828,19 @@ async fn follow(
                 {
                     return Stop::Gone;
                 }
-                if lost(sink, position, reason).await.is_err() {
+                if lost(sink, position, Some(entry.id.clone()), reason)
+                    .await
+                    .is_err()
+                {
                     return Stop::Gone;
                 }
                 // Read again from the log's oldest entry.
                 break;
             }
-            position.advance(&entry);
-            if let Some(decoded) = decode(&entry) {
-                entries.push(decoded);
+            position.advance(&entry.id, order);
+            match decode(&entry, &shared.limits) {
+                Ok(decoded) => entries.push(decoded),
+                Err((reason, detail)) => refusals.refuse(&entry.id, reason, &detail),
             }
         }
         if (!entries.is_empty() || caught_up)
@@ -630,6 +858,7 @@ async fn follow(
 async fn lost(
     sink: &Recipient<Tailed>,
     position: &mut Position,
+    at: Option<String>,
     reason: String,
 ) -> Result<(), actix::MailboxError> {
     log::error!("the Redis log lost entries this node had not applied: {reason}");
@@ -637,38 +866,82 @@ async fn lost(
         cursor: Some("0-0".to_owned()),
         epoch: None,
         last: None,
+        lost_at: at,
     };
     sink.send(Tailed::Lost { reason }).await
 }
 
+/// An entry's place in the log's order: the hub's `e` (epoch) and `p` (predecessor) fields.
+#[derive(Debug)]
+struct Order {
+    epoch: String,
+    predecessor: String,
+}
+
+impl Order {
+    /// `None` for an entry that has not both fields as text: not a hub's entry.
+    fn of(entry: &StreamId) -> Option<Self> {
+        Some(Self {
+            epoch: text(entry, "e")?.ok()?,
+            predecessor: text(entry, "p")?.ok()?,
+        })
+    }
+}
+
 impl Position {
-    /// Why `entry` cannot follow what was applied, if it cannot.
-    fn gap(&self, entry: &StreamId) -> Option<String> {
-        let epoch = field(entry, "e").unwrap_or_default();
-        let predecessor = field(entry, "p").unwrap_or_default();
+    /// Why the entry `id` at `order` cannot follow what was applied, if it cannot.
+    fn gap(&self, id: &str, order: &Order) -> Option<String> {
+        let Order { epoch, predecessor } = order;
         if let Some(known) = &self.epoch
-            && *known != epoch
+            && known != epoch
         {
             return Some(format!(
-                "entry {} has epoch {epoch}, the log had {known} (Redis flushed or restarted empty)",
-                entry.id
+                "entry {id} has epoch {epoch}, the log had {known} (Redis flushed or restarted empty)"
             ));
         }
         if let Some(last) = &self.last
-            && *last != predecessor
+            && last != predecessor
         {
             return Some(format!(
-                "entry {} follows {predecessor}, the last entry applied here is {last} (this node fell behind the trim, or Redis lost entries)",
-                entry.id
+                "entry {id} follows {predecessor}, the last entry applied here is {last} (this node fell behind the trim, or Redis lost entries)"
             ));
         }
         None
     }
 
-    fn advance(&mut self, entry: &StreamId) {
-        self.epoch = field(entry, "e");
-        self.last = Some(entry.id.clone());
-        self.cursor = Some(entry.id.clone());
+    /// Whether `order` claims an epoch that is neither the one applied nor the log's own:
+    /// a log that was flushed or replaced has a new epoch in `PREFIX:meta` too, while an entry
+    /// written by hand does not change it.
+    async fn forged_epoch(
+        &self,
+        shared: &Shared,
+        connection: &mut MultiplexedConnection,
+        order: &Order,
+    ) -> redis::RedisResult<bool> {
+        let Some(known) = &self.epoch else {
+            return Ok(false);
+        };
+        if *known == order.epoch {
+            return Ok(false);
+        }
+        let epoch: Option<String> = redis::cmd("HGET")
+            .arg(&shared.keys.meta)
+            .arg("epoch")
+            .query_async(connection)
+            .await?;
+        Ok(epoch.as_ref() == Some(known))
+    }
+
+    /// A hub entry was read: the next one follows it (whether its event is delivered or not).
+    fn advance(&mut self, id: &str, order: Order) {
+        self.epoch = Some(order.epoch);
+        self.last = Some(id.to_owned());
+        self.cursor = Some(id.to_owned());
+        // Past the entry that caused the loss, the re-read is over.
+        let past = |at: &String| EntryId::parse(id) > EntryId::parse(at);
+        if self.lost_at.as_ref().is_some_and(past) {
+            self.lost_at = None;
+        }
     }
 }
 
@@ -677,6 +950,7 @@ async fn snapshot(
     shared: &Shared,
     connection: &mut MultiplexedConnection,
     position: &mut Position,
+    refusals: &mut Refusals,
 ) -> Result<Vec<TailEntry>, Stop> {
     let (newest_first, epoch): (StreamRangeReply, Option<String>) = redis::pipe()
         .atomic()
@@ -693,50 +967,132 @@ async fn snapshot(
         .await?;
     let mut ids = newest_first.ids;
     ids.reverse();
+    // The order goes on from the newest hub entry; foreign ones only move the cursor.
+    let newest_hub = ids
+        .iter()
+        .rev()
+        .find_map(|entry| Order::of(entry).map(|order| (entry.id.clone(), order)));
     *position = Position {
         cursor: Some(
             ids.last()
                 .map_or_else(|| "0-0".to_owned(), |e| e.id.clone()),
         ),
-        epoch: ids.last().and_then(|e| field(e, "e")).or(epoch),
-        last: ids.last().map(|e| e.id.clone()),
+        epoch: newest_hub
+            .as_ref()
+            .map(|(_, order)| order.epoch.clone())
+            .or(epoch),
+        last: newest_hub.map(|(id, _)| id),
+        lost_at: None,
     };
-    Ok(ids.iter().filter_map(decode).collect())
+    let mut entries = Vec::with_capacity(ids.len());
+    for entry in &ids {
+        if Order::of(entry).is_none() {
+            refusals.refuse(&entry.id, "foreign", "no `e` and `p` fields");
+            continue;
+        }
+        match decode(entry, &shared.limits) {
+            Ok(decoded) => entries.push(decoded),
+            Err((reason, detail)) => refusals.refuse(&entry.id, reason, &detail),
+        }
+    }
+    Ok(entries)
 }
 
-fn field(entry: &StreamId, name: &str) -> Option<String> {
+/// A field's bytes as text: `None` if absent, `Some(Err)` if not UTF-8.
+fn text(entry: &StreamId, name: &str) -> Option<Result<String, ()>> {
     match entry.map.get(name)? {
-        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
-        Value::SimpleString(text) => Some(text.clone()),
-        _ => None,
+        Value::BulkString(bytes) => Some(String::from_utf8(bytes.clone()).map_err(|_| ())),
+        Value::SimpleString(text) => Some(Ok(text.clone())),
+        _ => Some(Err(())),
     }
 }
 
-/// The event an entry holds, encoded for the wire. An entry that is not an sse-hub event is
-/// skipped (and logged): something else wrote to the stream.
-fn decode(entry: &StreamId) -> Option<TailEntry> {
-    let parsed = EntryId::parse(&entry.id)?;
-    let stored = field(entry, "d").and_then(|d| serde_json::from_str::<Stored>(&d).ok());
-    let Some(stored) = stored else {
-        log::error!("skipping stream entry {}: not an sse-hub event", entry.id);
-        return None;
+/// Why an entry was refused: the metric's `reason`, and a detail for the log.
+type Refused = (&'static str, String);
+
+/// The event a hub entry holds, parsed with the publication rule set and encoded for the
+/// wire; or why it is refused.
+fn decode(entry: &StreamId, limits: &Limits) -> Result<TailEntry, Refused> {
+    let parsed = EntryId::parse(&entry.id)
+        .ok_or_else(|| ("entry_id", format!("entry id {:?} is not ms-seq", entry.id)))?;
+    let not_utf8 = |name: &str| ("not_utf8", format!("field `{name}` is not UTF-8"));
+    let own_id = match text(entry, "i") {
+        None => String::new(),
+        Some(id) => id.map_err(|()| not_utf8("i"))?,
     };
-    let id = field(entry, "i")
-        .filter(|id| !id.is_empty())
-        .unwrap_or_else(|| entry.id.clone());
+    let stored = text(entry, "d")
+        .ok_or_else(|| ("not_json", "no `d` field".to_owned()))?
+        .map_err(|()| not_utf8("d"))?;
+    let stored: Stored = serde_json::from_str(&stored).map_err(|err| {
+        (
+            "not_json",
+            format!("field `d` is not an sse-hub event: {err}"),
+        )
+    })?;
     let draft = EventDraft {
         topics: stored.topics,
         data: stored.data,
-        id: None,
+        // The SSE id: the publisher's own, else the entry id.
+        id: Some(if own_id.is_empty() {
+            entry.id.clone()
+        } else {
+            own_id
+        }),
         event_type: stored.event_type,
         retry_ms: stored.retry_ms,
         private: stored.private,
         repeatable_id: false,
     };
-    Some(TailEntry {
+    let limits = match Kind::of_type(draft.event_type.as_deref()) {
+        Kind::Application => *limits,
+        Kind::Subscription => limits.for_subscription_events(),
+    };
+    let mut draft = Publication::parse(draft, &limits)
+        .map_err(|refusal| (refusal.label(), refusal.to_string()))?
+        .into_draft();
+    let id = draft.id.take().unwrap_or_default();
+    Ok(TailEntry {
         entry: parsed,
         event: Arc::new(Event::new(id.into(), draft)),
     })
+}
+
+/// Counts refused entries and logs them at a bounded rate: the first at once, then at most one
+/// line per [`REFUSAL_LOG_INTERVAL`] with how many were refused since the last line.
+struct Refusals {
+    metrics: Arc<Metrics>,
+    logged: Option<Instant>,
+    unlogged: u64,
+}
+
+impl Refusals {
+    fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            metrics,
+            logged: None,
+            unlogged: 0,
+        }
+    }
+
+    fn refuse(&mut self, entry: &str, reason: &'static str, detail: &str) {
+        self.metrics
+            .log_entries_refused
+            .get_or_create(&RefusedReason { reason })
+            .inc();
+        self.unlogged += 1;
+        let now = Instant::now();
+        if self
+            .logged
+            .is_none_or(|at| now.duration_since(at) >= REFUSAL_LOG_INTERVAL)
+        {
+            log::warn!(
+                "stream entries refused, not delivered count={} last_entry={entry} reason={reason} detail={detail}",
+                self.unlogged
+            );
+            self.logged = Some(now);
+            self.unlogged = 0;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -752,5 +1108,90 @@ mod tests {
         for bad in ["", "1", "1-", "-1", "a-1", "1-2-3", "1.5-2", " 1-2"] {
             assert_eq!(EntryId::parse(bad), None, "{bad:?}");
         }
+    }
+
+    fn entry(id: &str, fields: &[(&str, &[u8])]) -> StreamId {
+        StreamId {
+            id: id.to_owned(),
+            map: fields
+                .iter()
+                .map(|(name, value)| ((*name).to_owned(), Value::BulkString(value.to_vec())))
+                .collect(),
+            ..StreamId::default()
+        }
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            max_topics: 4,
+            max_topic_bytes: 64,
+            max_data_bytes: 1024,
+        }
+    }
+
+    /// An entry without both `e` and `p` is foreign (no place in the log's order); one with
+    /// them is a hub's, whatever its payload.
+    #[test]
+    fn entries_without_the_hubs_order_fields_are_foreign() {
+        assert!(Order::of(&entry("1-1", &[("foo", b"bar")])).is_none());
+        assert!(Order::of(&entry("1-1", &[("e", b"ab")])).is_none());
+        assert!(Order::of(&entry("1-1", &[("e", b"\xff"), ("p", b"")])).is_none());
+        let order = Order::of(&entry("1-1", &[("e", b"ab"), ("p", b"")])).expect("a hub entry");
+        assert_eq!(
+            (order.epoch.as_str(), order.predecessor.as_str()),
+            ("ab", "")
+        );
+    }
+
+    /// A hub entry is decoded with the publication rule set: a forged line break in its id,
+    /// a non-UTF-8 field, a payload that is not an event, or one over a limit is refused with
+    /// its reason; a good one is encoded under its own id or its entry id.
+    #[test]
+    fn entries_are_decoded_with_the_publication_rule_set() {
+        let good: &[u8] = br#"{"t":["t"],"d":"x"}"#;
+        let reason = |fields: &[(&str, &[u8])]| {
+            decode(&entry("1-1", fields), &limits())
+                .err()
+                .map(|(reason, _)| reason)
+        };
+        assert_eq!(
+            reason(&[("i", b"1\nevent: reset"), ("d", good)]),
+            Some("id")
+        );
+        assert_eq!(reason(&[("i", b"\xff"), ("d", good)]), Some("not_utf8"));
+        assert_eq!(reason(&[("d", b"{")]), Some("not_json"));
+        assert_eq!(reason(&[("d", br#"{"x":1}"#)]), Some("not_json"));
+        assert_eq!(reason(&[]), Some("not_json"));
+        let big = format!(r#"{{"t":["t"],"d":"{}"}}"#, "x".repeat(1025));
+        assert_eq!(reason(&[("d", big.as_bytes())]), Some("too_large"));
+        assert_eq!(
+            decode(&entry("1-x", &[("d", good)]), &limits())
+                .err()
+                .map(|(r, _)| r),
+            Some("entry_id")
+        );
+        let own = decode(&entry("5-0", &[("i", b"mine"), ("d", good)]), &limits()).expect("ok");
+        assert_eq!(&own.event.frame[..], b"id: mine\ndata: x\n\n");
+        let generated = decode(&entry("5-1", &[("i", b""), ("d", good)]), &limits()).expect("ok");
+        assert_eq!(&*generated.event.id, "5-1");
+    }
+
+    /// The entry that made the tail declare a loss is refused when met again on the re-read
+    /// (it is the entry that is wrong, not the log), and forgotten once the tail is past it.
+    #[test]
+    fn a_loss_at_one_entry_is_declared_once() {
+        let mut position = Position {
+            lost_at: Some("5-0".to_owned()),
+            ..Position::default()
+        };
+        let order = |epoch: &str, p: &str| Order {
+            epoch: epoch.to_owned(),
+            predecessor: p.to_owned(),
+        };
+        position.advance("4-0", order("a", ""));
+        assert_eq!(position.lost_at.as_deref(), Some("5-0"), "not yet past it");
+        assert!(position.gap("5-0", &order("b", "4-0")).is_some());
+        position.advance("6-0", order("a", "4-0"));
+        assert_eq!(position.lost_at, None, "past it");
     }
 }

@@ -7,7 +7,10 @@ use super::{
     AppState,
     publish::{published, timed},
 };
-use crate::{error::HubError, event::EventDraft};
+use crate::{
+    error::HubError,
+    event::{EventDraft, Publication},
+};
 
 /// Route and the data it publishes, byte for byte as the original program sent them.
 pub const TRIGGERS: [(&str, &str); 3] = [
@@ -62,6 +65,8 @@ async fn trigger_body(req: HttpRequest, state: &AppState) -> Result<HttpResponse
         data: (*data).to_owned(),
         ..EventDraft::default()
     };
-    let id = state.publish(draft).await?;
+    let id = state
+        .publish(Publication::parse(draft, &state.settings.limits())?)
+        .await?;
     Ok(published(&id))
 }

@@ -5,7 +5,7 @@
 use actix_web::{HttpRequest, HttpResponse, http::header, web};
 
 use super::{
-    AppState, check_topics, decode_form,
+    AppState, decode_form,
     publish::{authorize_topics, parse_retry, published, timed},
     read_body, stream,
 };
@@ -13,7 +13,7 @@ use crate::{
     auth,
     broadcaster::ListSubscriptions,
     error::HubError,
-    event::{self, EventDraft},
+    event::{self, EventDraft, Publication, Refusal},
     subscriptions::{self, Filter},
     url_pattern::{HubUrl, check_value},
 };
@@ -62,45 +62,12 @@ async fn publish_form(
     }
     let body = read_body(payload, state.settings.body_limit_bytes).await?;
     let form = Form::parse(&body)?;
-    let topics: Vec<&str> = form.topics.iter().map(String::as_str).collect();
-    if topics.is_empty() {
+    if form.topics.is_empty() {
         return Err(HubError::Invalid {
             what: "update",
             reason: "at least one `topic` field is required".to_owned(),
         });
     }
-    // Mercure refuses an update over a limit on its fields with 413, where /publish says 400.
-    let settings = &state.settings;
-    if topics.len() > settings.max_topics {
-        return Err(HubError::UpdateTooLarge(format!(
-            "more than {} topics",
-            settings.max_topics
-        )));
-    }
-    if topics
-        .iter()
-        .any(|topic| topic.len() > settings.max_topic_bytes)
-    {
-        return Err(HubError::UpdateTooLarge(format!(
-            "a topic is longer than {} bytes",
-            settings.max_topic_bytes
-        )));
-    }
-    check_topics(&topics, settings, "topics")?;
-    for (field, value) in [("id", &form.id), ("type", &form.event_type)] {
-        if value
-            .as_ref()
-            .is_some_and(|v| v.len() > event::MAX_ID_BYTES)
-        {
-            return Err(HubError::UpdateTooLarge(format!(
-                "the {field} is longer than {} bytes",
-                event::MAX_ID_BYTES
-            )));
-        }
-    }
-    // Whatever the token allows: these would forge the hub's own events.
-    form.check_reserved(state.selectors.hub())?;
-    authorize_topics(&grant, &topics)?;
     let draft = EventDraft {
         topics: form.topics,
         data: form.data,
@@ -112,9 +79,37 @@ async fn publish_form(
         // Mercure accepts a repeated id; a resume from it starts after its first occurrence.
         repeatable_id: true,
     };
-    event::validate_draft(&draft)?;
-    let id = state.publish(draft).await?;
+    let publication = Publication::parse(draft, &state.settings.limits()).map_err(over_limit)?;
+    // Whatever the token allows: these would forge the hub's own events.
+    check_reserved(publication.draft(), state.selectors.hub())?;
+    let topics: Vec<&str> = publication
+        .draft()
+        .topics
+        .iter()
+        .map(String::as_str)
+        .collect();
+    authorize_topics(&grant, &topics)?;
+    let id = state.publish(publication).await?;
     Ok(published(&id))
+}
+
+/// Mercure refuses an update over a limit on its fields with 413 (the quick-start `/publish`
+/// says 400); the other rules keep their 400.
+fn over_limit(refusal: Refusal) -> HubError {
+    match refusal {
+        Refusal::TooManyTopics { limit } => {
+            HubError::UpdateTooLarge(format!("more than {limit} topics"))
+        }
+        Refusal::TopicTooLong { limit } => {
+            HubError::UpdateTooLarge(format!("a topic is longer than {limit} bytes"))
+        }
+        Refusal::FieldTooLong { field } => HubError::UpdateTooLarge(format!(
+            "the {} is longer than {} bytes",
+            if field == "id" { "id" } else { "type" },
+            event::MAX_ID_BYTES
+        )),
+        other => other.into(),
+    }
 }
 
 /// `GET /.well-known/mercure/subscriptions[/{match_type}/{match}[/{subscriber}]]`: the active
@@ -207,46 +202,46 @@ struct Form {
     private: bool,
 }
 
-impl Form {
-    /// Mercure's reserved values, refused (400) whatever the token: a topic `*` (the wildcard
-    /// could not address it) or in the hub's namespace, the type `mercure`, an id starting with
-    /// `#` (the hub's fragment ids); and control or format characters in topics, id and type.
-    fn check_reserved(&self, hub: &HubUrl) -> Result<(), HubError> {
-        let invalid = |reason: String| HubError::Invalid {
-            what: "update",
-            reason,
-        };
-        for topic in &self.topics {
-            if topic == "*" {
-                return Err(invalid(
-                    "the topic `*` is reserved for the wildcard matcher".to_owned(),
-                ));
-            }
-            if hub.addresses_namespace(topic) {
-                return Err(invalid(format!(
-                    "the topic `{topic}` is in the hub's reserved namespace `{}`",
-                    hub.path()
-                )));
-            }
-            check_value(topic).map_err(|why| invalid(format!("the topic `{topic}` {why}")))?;
+/// Mercure's reserved values, refused (400) whatever the token: a topic `*` (the wildcard
+/// could not address it) or in the hub's namespace, the type `mercure`, an id starting with
+/// `#` (the hub's fragment ids); and control or format characters in topics, id and type.
+fn check_reserved(update: &EventDraft, hub: &HubUrl) -> Result<(), HubError> {
+    let invalid = |reason: String| HubError::Invalid {
+        what: "update",
+        reason,
+    };
+    for topic in &update.topics {
+        if topic == "*" {
+            return Err(invalid(
+                "the topic `*` is reserved for the wildcard matcher".to_owned(),
+            ));
         }
-        if let Some(event_type) = &self.event_type {
-            if event_type == subscriptions::EVENT_TYPE {
-                return Err(invalid(
-                    "the type `mercure` is reserved for the hub's own events".to_owned(),
-                ));
-            }
-            check_value(event_type).map_err(|why| invalid(format!("the type {why}")))?;
+        if hub.addresses_namespace(topic) {
+            return Err(invalid(format!(
+                "the topic `{topic}` is in the hub's reserved namespace `{}`",
+                hub.path()
+            )));
         }
-        if let Some(id) = &self.id {
-            if id.starts_with('#') {
-                return Err(invalid("an id must not start with `#`".to_owned()));
-            }
-            check_value(id).map_err(|why| invalid(format!("the id {why}")))?;
-        }
-        Ok(())
+        check_value(topic).map_err(|why| invalid(format!("the topic `{topic}` {why}")))?;
     }
+    if let Some(event_type) = &update.event_type {
+        if event_type == subscriptions::EVENT_TYPE {
+            return Err(invalid(
+                "the type `mercure` is reserved for the hub's own events".to_owned(),
+            ));
+        }
+        check_value(event_type).map_err(|why| invalid(format!("the type {why}")))?;
+    }
+    if let Some(id) = &update.id {
+        if id.starts_with('#') {
+            return Err(invalid("an id must not start with `#`".to_owned()));
+        }
+        check_value(id).map_err(|why| invalid(format!("the id {why}")))?;
+    }
+    Ok(())
+}
 
+impl Form {
     fn parse(body: &[u8]) -> Result<Self, HubError> {
         std::str::from_utf8(body).map_err(|_| HubError::InvalidUtf8)?;
         let mut form = Self::default();

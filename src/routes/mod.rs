@@ -19,7 +19,7 @@ use crate::{
     broadcaster::{Broadcaster, Publish, Published, Subscribe, Subscribed, Subscription},
     config::Settings,
     error::HubError,
-    event::EventDraft,
+    event::Publication,
     event_log::Readiness,
     metrics::Metrics,
     reply,
@@ -53,10 +53,10 @@ impl AppState {
         reply::on_worker(std::pin::pin!(self.broadcaster.send(msg))).await
     }
 
-    /// Publishes `draft` and returns its id once the event is in the log (committed, for a
-    /// durable one) and applied: a publisher that resumes from this id finds it.
-    pub async fn publish(&self, draft: EventDraft) -> Result<Arc<str>, HubError> {
-        match self.ask(Publish(draft)).await?? {
+    /// Publishes `publication` and returns its id once the event is in the log (committed,
+    /// for a durable one) and applied: a publisher that resumes from this id finds it.
+    pub async fn publish(&self, publication: Publication) -> Result<Arc<str>, HubError> {
+        match self.ask(Publish(publication.into_draft())).await?? {
             Published::Applied(id) => Ok(id),
             // The sender only drops unanswered if the broadcaster itself is gone.
             Published::Pending(answer) => reply::on_worker(answer)
@@ -278,29 +278,11 @@ fn query_value<'a>(
     }
 }
 
-/// Checks the count and length limits on the topics or selectors of one request.
+/// Checks the count and length limits on the topics or selectors of one request: the rule
+/// set's ([`crate::event::check_topics`]), `what` naming them in the error.
 fn check_topics(topics: &[&str], settings: &Settings, what: &'static str) -> Result<(), HubError> {
-    if topics.len() > settings.max_topics {
-        return Err(HubError::TooMany {
-            what,
-            limit: settings.max_topics,
-        });
-    }
-    for topic in topics {
-        if topic.is_empty() {
-            return Err(HubError::Invalid {
-                what,
-                reason: "empty topic".to_owned(),
-            });
-        }
-        if topic.len() > settings.max_topic_bytes {
-            return Err(HubError::Invalid {
-                what,
-                reason: format!("longer than {} bytes", settings.max_topic_bytes),
-            });
-        }
-    }
-    Ok(())
+    crate::event::check_topics(topics.iter().copied(), &settings.limits())
+        .map_err(|refusal| refusal.into_error(what))
 }
 
 /// Reads a request body, refusing it with 413 as soon as it passes `limit`.

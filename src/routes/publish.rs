@@ -4,11 +4,11 @@ use std::time::Instant;
 
 use actix_web::{HttpRequest, HttpResponse, web};
 
-use super::{AppState, check_topics, query_pairs, query_value, query_values, read_body};
+use super::{AppState, query_pairs, query_value, query_values, read_body};
 use crate::{
     auth::{self, Grant},
     error::HubError,
-    event::{self, EventDraft},
+    event::{EventDraft, Publication},
 };
 
 /// Publishes the body to `?topic=` (repeatable; the default topic when absent), with optional
@@ -57,12 +57,8 @@ async fn publish_body(
     }
     let pairs = query_pairs(&req)?;
     let mut topics = query_values(&pairs, "topic");
-    check_topics(&topics, settings, "topics")?;
     if topics.is_empty() {
         topics.push(&settings.default_topic);
-    }
-    if let Some(grant) = &grant {
-        authorize_topics(grant, &topics)?;
     }
     let retry_ms = query_value(&pairs, "retry")?.map(parse_retry).transpose()?;
     let draft = EventDraft {
@@ -74,10 +70,21 @@ async fn publish_body(
         data: String::new(),
         repeatable_id: false,
     };
-    event::validate_draft(&draft)?;
+    // The rule set before the body is read, so a bad query is refused without reading it.
+    let limits = settings.limits();
+    let publication = Publication::parse(draft, &limits)?;
+    if let Some(grant) = &grant {
+        let topics: Vec<&str> = publication
+            .draft()
+            .topics
+            .iter()
+            .map(String::as_str)
+            .collect();
+        authorize_topics(grant, &topics)?;
+    }
     let body = read_body(payload, settings.body_limit_bytes).await?;
     let data = String::from_utf8(body.into()).map_err(|_| HubError::InvalidUtf8)?;
-    let id = state.publish(EventDraft { data, ..draft }).await?;
+    let id = state.publish(publication.with_data(data, &limits)?).await?;
     Ok(published(&id))
 }
 

@@ -56,34 +56,34 @@ impl Node {
 
 /// Tests here start several processes each and some time their steps against a heartbeat:
 /// they run one at a time, so that on a small machine they do not starve one another.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(crate) static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// How long a node may take to notice Redis going away or coming back (its reconnect backoff
 /// tops out at 5 s, jittered), or to end its streams after losing its place in the log.
-const RECOVERY_TIMEOUT: Duration = Duration::from_secs(15);
+pub(crate) const RECOVERY_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long an unwanted event is waited for before concluding it does not come.
-const QUIET: Duration = Duration::from_millis(500);
+pub(crate) const QUIET: Duration = Duration::from_millis(500);
 /// Between two probes of a condition polled with a deadline.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
 /// One hub process on the shared Redis.
-struct Node {
-    name: &'static str,
+pub(crate) struct Node {
+    pub(crate) name: &'static str,
     hub: ChildHub,
     log: HubLog,
     client: Client,
 }
 
 /// An HTTP reply, read whole.
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: String,
+pub(crate) struct Reply {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: String,
 }
 
 impl Reply {
     /// Asserts a JSON error reply with `status` and a non-empty `error` message.
-    fn assert_json_error(&self, status: StatusCode, what: &str) {
+    pub(crate) fn assert_json_error(&self, status: StatusCode, what: &str) {
         assert_eq!(self.status, status, "{what}: {}", self.body);
         let json: Value = serde_json::from_str(&self.body)
             .unwrap_or_else(|_| panic!("{what}: the body is JSON: {:?}", self.body));
@@ -123,12 +123,12 @@ impl Node {
         self.hub.child.id()
     }
 
-    async fn get(&self, path: &str) -> Reply {
+    pub(crate) async fn get(&self, path: &str) -> Reply {
         let response = self.client.get(self.url(path)).send().await;
         read_reply(response, &format!("GET {path} on {}", self.name)).await
     }
 
-    async fn post(&self, path: &str, body: &str) -> Reply {
+    pub(crate) async fn post(&self, path: &str, body: &str) -> Reply {
         let response = self
             .client
             .post(self.url(path))
@@ -138,7 +138,7 @@ impl Node {
     }
 
     /// Publishes `data` on `topic` and returns the id, asserting a 200 and an entry id.
-    async fn publish(&self, topic: &str, data: &str) -> String {
+    pub(crate) async fn publish(&self, topic: &str, data: &str) -> String {
         let reply = self
             .post(&format!("/publish?{}", query(&[("topic", topic)])), data)
             .await;
@@ -155,7 +155,7 @@ impl Node {
 
     /// Opens `GET /stream?topic=…` (resuming after `last_event_id` if given) and reads its
     /// opening comment, so the subscriber is registered when this returns.
-    async fn subscribe(&self, topic: &str, last_event_id: Option<&str>) -> SseStream {
+    pub(crate) async fn subscribe(&self, topic: &str, last_event_id: Option<&str>) -> SseStream {
         open_stream(
             &self.client,
             &self.url(&format!("/stream?{}", query(&[("topic", topic)]))),
@@ -210,18 +210,18 @@ async fn open_stream(client: &Client, url: &str, last_event_id: Option<&str>) ->
 }
 
 /// A Redis server and hubs on it, under one key prefix of their own.
-struct Cluster {
+pub(crate) struct Cluster {
     // Declared first, so the hubs are dropped (killed) before their Redis.
-    nodes: Vec<Node>,
-    redis: RedisServer,
-    prefix: String,
+    pub(crate) nodes: Vec<Node>,
+    pub(crate) redis: RedisServer,
+    pub(crate) prefix: String,
 }
 
 impl Cluster {
     /// Starts redis-server, then one hub per name in `names`, each with `args`, and waits
     /// until every hub is ready: a hub listens before it has reached Redis, and answers
     /// `/readyz` 503 until it has.
-    async fn start(
+    pub(crate) async fn start(
         test: &str,
         persistence: Persistence,
         names: &[&'static str],
@@ -244,12 +244,12 @@ impl Cluster {
         }
     }
 
-    fn node(&self, index: usize) -> &Node {
+    pub(crate) fn node(&self, index: usize) -> &Node {
         &self.nodes[index]
     }
 
     /// The key of the shared event stream.
-    fn log_key(&self) -> String {
+    pub(crate) fn log_key(&self) -> String {
         format!("{}:log", self.prefix)
     }
 }
@@ -272,7 +272,7 @@ fn assert_increasing(ids: &[String], what: &str) {
 }
 
 /// `(id, data)` of each event, asserting none is a control event (`reset`).
-fn id_and_data(events: &[Frame]) -> Vec<(String, String)> {
+pub(crate) fn id_and_data(events: &[Frame]) -> Vec<(String, String)> {
     events
         .iter()
         .map(|frame| {
@@ -285,7 +285,7 @@ fn id_and_data(events: &[Frame]) -> Vec<(String, String)> {
         .collect()
 }
 
-async fn next_events(stream: &mut SseStream, n: usize) -> Vec<Frame> {
+pub(crate) async fn next_events(stream: &mut SseStream, n: usize) -> Vec<Frame> {
     let mut events = Vec::with_capacity(n);
     for _ in 0..n {
         events.push(stream.next_event().await);
@@ -347,7 +347,7 @@ async fn assert_ends_with_retry(
 }
 
 /// Asserts that `stream` gets `beats` keep-alive comments and nothing else: open, idle.
-async fn assert_keeps_alive(stream: &mut SseStream, beats: usize, what: &str) {
+pub(crate) async fn assert_keeps_alive(stream: &mut SseStream, beats: usize, what: &str) {
     let until = Instant::now() + Duration::from_secs(5);
     let mut seen = 0;
     while seen < beats {
@@ -379,7 +379,7 @@ fn assert_reset(frame: &Frame, last_event_id: &str) -> Value {
 }
 
 /// Polls `probe` until it yields a value, failing with `what` after `deadline`.
-async fn eventually<T>(
+pub(crate) async fn eventually<T>(
     what: &str,
     deadline: Duration,
     mut probe: impl AsyncFnMut() -> Option<T>,
@@ -398,7 +398,7 @@ async fn eventually<T>(
 }
 
 /// Polls `GET /readyz` on `node` until it answers `status`; returns that reply.
-async fn wait_for_readyz(node: &Node, status: StatusCode, deadline: Duration) -> Reply {
+pub(crate) async fn wait_for_readyz(node: &Node, status: StatusCode, deadline: Duration) -> Reply {
     let what = format!("/readyz {status} on {}", node.name);
     eventually(&what, deadline, async || {
         let reply = node.get("/readyz").await;
@@ -407,7 +407,7 @@ async fn wait_for_readyz(node: &Node, status: StatusCode, deadline: Duration) ->
     .await
 }
 
-fn assert_ready(reply: &Reply, what: &str) {
+pub(crate) fn assert_ready(reply: &Reply, what: &str) {
     assert_eq!(reply.status, StatusCode::OK, "{what}: {}", reply.body);
     let json: Value = serde_json::from_str(&reply.body).expect("/readyz answers JSON");
     assert_eq!(json, serde_json::json!({"status": "ready"}), "{what}");

@@ -13,6 +13,7 @@ mod mercure_v1;
 mod ops;
 mod properties;
 mod quickstart;
+mod redis_boundary;
 mod replay;
 mod shutdown;
 mod slow_subscriber;
