@@ -182,11 +182,25 @@ impl Receiver {
         let Some(chunk) = take_chunk(&mut state.frames, max_bytes) else {
             return (!state.sender_alive).then_some(None);
         };
-        // An idle subscriber should not keep the buffer a burst made it grow.
-        if state.frames.is_empty() && state.frames.capacity() > 64 {
-            state.frames = VecDeque::new();
-        }
+        release_burst_room(&mut state.frames);
         Some(Some(chunk))
+    }
+}
+
+/// Most frame slots a drained queue keeps (32 bytes each): a subscriber that gets up to this
+/// many frames per round reuses its buffer and allocates nothing per event.
+///
+/// A burst grows the buffer to hold everything queued in one round (up to the subscriber
+/// buffer, 1,024 frames by default: 32 KiB); once drained, a buffer above this is shrunk back,
+/// so a subscriber that goes quiet after a burst holds what a steady one does. A queue that
+/// keeps getting more than this per round pays one reallocation per round, next to a socket
+/// write of that many frames.
+pub const RETAINED_FRAMES: usize = 8;
+
+/// Gives back what a burst made the (drained) queue grow past [`RETAINED_FRAMES`].
+fn release_burst_room(frames: &mut VecDeque<Bytes>) {
+    if frames.is_empty() && frames.capacity() > RETAINED_FRAMES {
+        frames.shrink_to(RETAINED_FRAMES);
     }
 }
 
@@ -346,6 +360,58 @@ mod tests {
         );
         assert_eq!(receiver.poll_drain(&mut cx, 1024), Poll::Pending);
         assert_eq!(sender.push_quietly(Bytes::from_static(b"c")), Ok(true));
+    }
+
+    fn capacity(receiver: &Receiver) -> usize {
+        receiver.shared.lock().frames.capacity()
+    }
+
+    /// Once a burst is drained, the queue keeps no more room than a steady subscriber uses,
+    /// whatever the size of the burst (40 frames used to keep 64 slots).
+    #[test]
+    fn drained_queue_gives_back_what_a_burst_grew() {
+        for burst in [9, 40, 64, 1000] {
+            let (sender, mut receiver) = queue(1024);
+            for _ in 0..burst {
+                sender
+                    .try_push(Bytes::from_static(b"data: x\n\n"))
+                    .expect("room");
+            }
+            assert!(capacity(&receiver) >= burst);
+            // Several chunks, as a burst larger than one write leaves.
+            while let Poll::Ready(Some(_)) = drain(&mut receiver, 64) {}
+            assert!(
+                capacity(&receiver) <= RETAINED_FRAMES,
+                "after a burst of {burst} the queue keeps {} slots",
+                capacity(&receiver)
+            );
+        }
+    }
+
+    /// A subscriber that gets up to `RETAINED_FRAMES` frames per round never reallocates its
+    /// queue (a `VecDeque` reallocates only when its capacity changes).
+    #[test]
+    fn steady_rounds_reuse_the_queue() {
+        let (sender, mut receiver) = queue(1024);
+        for _ in 0..1000 {
+            sender
+                .try_push(Bytes::from_static(b"data: x\n\n"))
+                .expect("room");
+        }
+        while let Poll::Ready(Some(_)) = drain(&mut receiver, 64 * 1024) {}
+        let kept = capacity(&receiver);
+        for round in 0..100 {
+            for _ in 0..=round % RETAINED_FRAMES {
+                sender
+                    .try_push(Bytes::from_static(b"data: x\n\n"))
+                    .expect("room");
+            }
+            assert!(matches!(
+                drain(&mut receiver, 64 * 1024),
+                Poll::Ready(Some(_))
+            ));
+            assert_eq!(capacity(&receiver), kept, "round {round} reallocated");
+        }
     }
 
     /// After the sender is dropped, queued frames are still drained, then the end.

@@ -89,6 +89,11 @@ impl SubscriberBody {
             return Poll::Ready(Some(Bytes::from_static(EXPIRED)));
         }
         if let Some(chunk) = queue::take_chunk(&mut self.opening, MAX_CHUNK_BYTES) {
+            if self.opening.is_empty() {
+                // A replay is written once: its slots (one per event replayed, up to the
+                // whole history) are not needed for the rest of the stream.
+                self.opening = VecDeque::new();
+            }
             return Poll::Ready(Some(chunk));
         }
         match &mut self.receiver {
@@ -114,5 +119,28 @@ impl MessageBody for SubscriberBody {
             self.metrics.add_stream_chunk(bytes.len());
         }
         chunk.map(|chunk| chunk.map(Ok))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::task::noop_waker;
+
+    use super::*;
+
+    /// Once a long replay is written, the body keeps no room for it.
+    #[test]
+    fn written_replay_leaves_no_room_behind() {
+        let (_sender, receiver) = queue::queue(8);
+        let replay = vec![Bytes::from(vec![b'x'; 1024]); 500];
+        let mut body = SubscriberBody::new(replay, receiver, Metrics::new(), None);
+        let waker = noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut written = 0;
+        while let Poll::Ready(Some(Ok(chunk))) = Pin::new(&mut body).poll_next(&mut cx) {
+            written += chunk.len();
+        }
+        assert_eq!(written, 500 * 1024);
+        assert_eq!(body.opening.capacity(), 0);
     }
 }
