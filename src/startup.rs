@@ -83,7 +83,12 @@ impl Application {
         let opened = event_log::open(
             &settings.store,
             Window::new(settings.history_size, settings.history_bytes),
-            settings.subscription_history,
+            // Only subscription events need the room (a Redis stream's length).
+            if settings.subscriptions {
+                settings.subscription_history
+            } else {
+                0
+            },
             &settings.redis_prefix,
             settings.limits(),
             metrics.clone(),
