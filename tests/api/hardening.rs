@@ -226,3 +226,76 @@ fn readme_curl_examples_with_braces_use_globoff() {
         "the README has no curl example with a template to check"
     );
 }
+
+/// A 0.x token carrying more selectors than `--max-token-selectors` (its `mercure.publish` and
+/// `mercure.subscribe` lists together) is refused 401 `invalid_token` naming the limit, on
+/// publish and on subscribe; one at the limit is accepted.
+#[actix_web::test]
+async fn tokens_with_more_selectors_than_the_limit_are_refused() {
+    let app = spawn_app_with(|s| {
+        s.jwt_key = Some(crate::mercure::KEY.to_owned());
+        s.max_token_selectors = 4;
+    })
+    .await;
+    let templates: Vec<String> = (0..5)
+        .map(|i| format!("https://example.com/{i}/{{id}}"))
+        .collect();
+    let five: Vec<&str> = templates.iter().map(String::as_str).collect();
+    let four = &five[..3];
+    let send = |path: &'static str, token: String| {
+        let request = if path.starts_with("/publish") {
+            app.client.post(app.url(path))
+        } else {
+            app.client.get(app.url(path))
+        };
+        async move {
+            let mut response = request
+                .insert_header(("authorization", format!("Bearer {token}")))
+                .send_body("x")
+                .await
+                .expect("answered");
+            let status = response.status();
+            let challenge = response
+                .headers()
+                .get("www-authenticate")
+                .map(|v| v.to_str().unwrap_or_default().to_owned());
+            let body = if status == StatusCode::OK && path.starts_with("/stream") {
+                String::new()
+            } else {
+                let body = response.body().await.expect("a body");
+                String::from_utf8_lossy(&body).into_owned()
+            };
+            (status, challenge, body)
+        }
+    };
+
+    for (path, token) in [
+        ("/publish?topic=https://example.com/0/1", token(&five, &[])),
+        ("/stream?topic=x", token(&[], &five)),
+        ("/stream?topic=x", token(&[&five[0], &five[1]], &five[2..])),
+    ] {
+        let (status, challenge, body) = send(path, token).await;
+        assert_json_error(
+            status,
+            &body,
+            StatusCode::UNAUTHORIZED,
+            "more than 4 selectors (--max-token-selectors)",
+        );
+        assert_eq!(
+            challenge.as_deref(),
+            Some("Bearer error=\"invalid_token\""),
+            "{path}"
+        );
+    }
+    let at_the_limit = [
+        (
+            "/publish?topic=https://example.com/0/1",
+            token(&five[..4], &[]),
+        ),
+        ("/stream?topic=x", token(&[four[0]], four)),
+    ];
+    for (path, token) in at_the_limit {
+        let (status, _, body) = send(path, token).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+    }
+}
