@@ -24,16 +24,13 @@ pub const DEFAULT_HISTORY_SIZE: usize = 10_000;
 pub const DEFAULT_HISTORY_BYTES: usize = 16 * 1024 * 1024;
 pub const DEFAULT_MAX_TOPICS: usize = 32;
 pub const DEFAULT_MAX_TOPIC_BYTES: usize = 1024;
-pub use crate::topic::{DEFAULT_MAX_SELECTOR_BYTES, DEFAULT_MAX_TEMPLATE_BYTES};
+pub use crate::topic::{
+    DEFAULT_COMPILE_THREADS, DEFAULT_MAX_SELECTOR_BYTES, DEFAULT_MAX_TEMPLATE_BYTES,
+};
 /// Selectors one token may carry (0.x `mercure.publish` and `mercure.subscribe` together, or
 /// every matcher of a 1.0 token's Mercure details): a user's own topics and a few shared lists
 /// fit, and a publish checked against them all stays within about 64 one-pass matches.
 pub const DEFAULT_MAX_TOKEN_SELECTORS: usize = 64;
-/// Threads compiling subscribers' new URI templates and URL patterns: one per core of a small
-/// host. A compile takes at most a few tens of milliseconds of one core, so two keep up with
-/// hundreds of new selectors a second, while a storm of distinct ones queues instead of
-/// starting a thread (and an allocator cache) per request.
-pub const DEFAULT_COMPILE_THREADS: usize = 2;
 /// Long enough for a slow mobile link, short enough that a peer that stopped reading or
 /// vanished without a FIN does not hold its connection for the kernel's ~15 minutes.
 pub const DEFAULT_WRITE_TIMEOUT: &str = "60s";
