@@ -1512,3 +1512,43 @@ mod tests {
         assert_ne!(selector("urn:{id}"), selector("urn:{+id}"));
     }
 }
+#[cfg(test)]
+mod pattern_cost_tests {
+    use super::*;
+
+    /// A URL pattern is charged within a small factor (4x) of what the equivalent URI template
+    /// is: each component a small automaton, only where a literal or a single capture will not
+    /// do (it was charged ~48 KB, 35 times a template).
+    #[test]
+    fn url_pattern_costs_about_what_an_equivalent_template_costs() {
+        let cache = SelectorCache::new(SelectorLimits::default());
+        for (pattern, template) in [
+            ("https://example.com/books/:id", "https://example.com/books/{id}"),
+            (
+                "/.well-known/mercure/subscriptions/:type/:match/:sub",
+                "/.well-known/mercure/subscriptions/{type}/{match}/{sub}",
+            ),
+            (
+                "https://example.com/books/:id/reviews/:r?",
+                "https://example.com/books/{id}/reviews{/r}",
+            ),
+            (
+                "https://example.com/users/(\\d+)/*",
+                "https://example.com/users/{id}/{+rest}",
+            ),
+        ] {
+            let before = cache.used_bytes();
+            let kept = cache
+                .get_typed(MatcherType::UrlPattern, pattern)
+                .expect("a valid pattern");
+            let charged = cache.used_bytes() - before;
+            let template = Template::parse(template).expect("a valid template").bytes();
+
+            assert!(
+                charged <= 4 * template,
+                "{pattern}: charged {charged} bytes, its template {template}"
+            );
+            drop(kept);
+        }
+    }
+}
