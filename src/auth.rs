@@ -1150,7 +1150,10 @@ mod tests {
         assert!(parse_details(Some(&at_the_limit), &keys, &cache).is_ok());
         match parse_details(Some(&over), &keys, &cache) {
             Err(DetailError::Invalid(why)) => {
-                assert!(why.contains("more than 3 selectors (--max-token-selectors)"), "{why}");
+                assert!(
+                    why.contains("more than 3 selectors (--max-token-selectors)"),
+                    "{why}"
+                );
             }
             other => panic!("expected invalid details, got {other:?}"),
         }

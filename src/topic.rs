@@ -3,10 +3,10 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    sync::OnceLock,
     fmt,
     hash::{Hash, Hasher},
     str::FromStr,
+    sync::OnceLock,
     sync::{
         Arc, Mutex, Weak,
         atomic::{AtomicUsize, Ordering},
@@ -14,12 +14,12 @@ use std::{
 };
 
 use crate::url_pattern::{HubUrl, UrlPatternMatcher};
-use tokio::sync::{mpsc, oneshot};
 use regex_automata::{
     Anchored, Input,
     dfa::{Automaton, StartKind, dense, sparse},
     nfa::thompson,
 };
+use tokio::sync::{mpsc, oneshot};
 
 /// A compiled topic selector.
 ///
@@ -1523,7 +1523,10 @@ mod pattern_cost_tests {
     fn url_pattern_costs_about_what_an_equivalent_template_costs() {
         let cache = SelectorCache::new(SelectorLimits::default());
         for (pattern, template) in [
-            ("https://example.com/books/:id", "https://example.com/books/{id}"),
+            (
+                "https://example.com/books/:id",
+                "https://example.com/books/{id}",
+            ),
             (
                 "/.well-known/mercure/subscriptions/:type/:match/:sub",
                 "/.well-known/mercure/subscriptions/{type}/{match}/{sub}",

@@ -331,7 +331,13 @@ fn build_dfa(pattern: &str, flags: &str, max_bytes: usize) -> Result<BoundedRege
     // A syntax error's last line names the problem; the lines above draw the generated
     // regular expression, which the user never wrote.
     syntax::parse_with(pattern, &syntax).map_err(|err| {
-        RegexFailure::Invalid(err.to_string().lines().last().unwrap_or_default().to_owned())
+        RegexFailure::Invalid(
+            err.to_string()
+                .lines()
+                .last()
+                .unwrap_or_default()
+                .to_owned(),
+        )
     })?;
     let build_limit = max_bytes.saturating_mul(BUILD_LIMIT_FACTOR);
     let dense = dense::Builder::new()

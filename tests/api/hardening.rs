@@ -356,8 +356,12 @@ fn template_storm_compiles_on_a_bounded_pool() {
             .expect("an address");
         let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
             .expect("a socket");
-        socket.bind(&source.into()).expect("bind a 127.0.0.x source");
-        socket.connect(&hub.addr.into()).expect("connect to the hub");
+        socket
+            .bind(&source.into())
+            .expect("bind a 127.0.0.x source");
+        socket
+            .connect(&hub.addr.into())
+            .expect("connect to the hub");
         let mut stream = std::net::TcpStream::from(socket);
         let template = format!("https://storm.example/{i}/{{+path}}/items{{/id}}{{?page,sort}}");
         write!(
