@@ -302,32 +302,35 @@ async def measure_storm(args):
     finally:
         hub.stop()
 
-    hub = Hub(args.binary, args.hub_arg)
-    try:
-        await asyncio.sleep(0.5)
-        before = hub.rss()
-        paths = ["/.well-known/mercure?" + urllib.parse.urlencode(
-                 {"match_urlpattern": f"https://example.com/p{i}/books/:id/reviews/:review?"})
-                 for i in range(args.templates)]
-        opened = await asyncio.gather(
-            *(open_stream(hub.port, None, source(i), path) for i, path in enumerate(paths)),
-            return_exceptions=True)
-        streams = [s for s in opened if not isinstance(s, Exception)]
-        await asyncio.sleep(0.5)
-        rss, selector = hub.rss(), hub.selector_bytes()
-        close_all(streams)
-        n = max(len(streams), 1)
-        result.update({
-            "patterns": len(streams),
-            "patterns_refused": len(opened) - len(streams),
-            "patterns_rss_per_subscriber_kib": round((rss - before) / n / 1024, 1),
-            "patterns_charged_per_pattern_kib": round(selector / n / 1024, 1),
-        })
-        print(f"{len(streams)} distinct URL patterns ({len(opened) - len(streams)} refused): "
-              f"RSS {(rss - before) / n / 1024:.1f} KiB per subscriber, charged "
-              f"{selector / n / 1024:.1f} KiB per pattern", file=sys.stderr)
-    finally:
-        hub.stop()
+    # The same subscribers with distinct exact topics, then with distinct URL patterns: the
+    # difference is what a pattern keeps.
+    for kind, label in (("match", "exact"), ("match_urlpattern", "patterns")):
+        hub = Hub(args.binary, args.hub_arg)
+        try:
+            await asyncio.sleep(0.5)
+            before = hub.rss()
+            paths = ["/.well-known/mercure?" + urllib.parse.urlencode(
+                     {kind: f"https://example.com/p{i}/books/:id/reviews/:review?"})
+                     for i in range(args.templates)]
+            opened = await asyncio.gather(
+                *(open_stream(hub.port, None, source(i), path) for i, path in enumerate(paths)),
+                return_exceptions=True)
+            streams = [s for s in opened if not isinstance(s, Exception)]
+            await asyncio.sleep(0.5)
+            rss, selector = hub.rss(), hub.selector_bytes()
+            close_all(streams)
+            n = max(len(streams), 1)
+            result.update({
+                label: len(streams),
+                f"{label}_refused": len(opened) - len(streams),
+                f"{label}_rss_per_subscriber_kib": round((rss - before) / n / 1024, 1),
+                f"{label}_charged_per_subscriber_kib": round(selector / n / 1024, 1),
+            })
+            print(f"{len(streams)} distinct {label} subscribers ({len(opened) - len(streams)} "
+                  f"refused): RSS {(rss - before) / n / 1024:.1f} KiB per subscriber, charged "
+                  f"{selector / n / 1024:.1f} KiB each", file=sys.stderr)
+        finally:
+            hub.stop()
     return result
 
 

@@ -16,7 +16,8 @@ use sse_hub::{
 };
 
 /// jemalloc: less CPU per event on the fan-out path, and the memory a burst used goes back
-/// to the system (see Cargo.toml for the measurements).
+/// to the system, by its background threads even when the hub is idle (see Cargo.toml for the
+/// measurements).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
