@@ -15,6 +15,19 @@ at the end:
   baseline_delay_ms           the same without the adversarial publish
 
   bench/hardening.py --binary target/release/sse-hub [--templates 3000] [--adversaries 1000]
+
+With --storm (issue 19 item 5) it measures instead, on a fresh hub for each part:
+
+  storm_*                     N subscribers with distinct ~1 KiB URI templates connected all at
+                              once from 127.0.0.x source addresses: the hub's threads and RSS
+                              before, at most during, and --settle s after they all left, and
+                              the selector bytes accounted while they were connected (targets:
+                              RSS during <= selector bytes + 64 MiB, after <= before + 16 MiB)
+  patterns_*                  N subscribers with distinct URL patterns (match_urlpattern=) on
+                              /.well-known/mercure: RSS and charged selector bytes per pattern
+
+  bench/hardening.py --storm --binary target/release/sse-hub [--templates 1000]
+  (_RJEM_MALLOC_CONF in the environment is passed on to the hub.)
 """
 import argparse
 import asyncio
@@ -64,6 +77,19 @@ class Hub:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=30) as r:
             return r.read()
 
+    def selector_bytes(self):
+        for line in self.get("/metrics").decode().splitlines():
+            if line.startswith("sse_hub_selector_bytes "):
+                return int(float(line.split()[1]))
+        raise RuntimeError("no sse_hub_selector_bytes in /metrics")
+
+    def threads(self):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("Threads:"):
+                    return int(line.split()[1])
+        raise RuntimeError("no Threads")
+
     def subscribers(self):
         return json.loads(self.get("/stats"))["subscribers"]
 
@@ -78,11 +104,14 @@ class Hub:
             self.proc.kill()
 
 
-async def open_stream(port, topic):
-    """Opens GET /stream?topic=... and waits for the opening comment; returns the streams."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    query = urllib.parse.urlencode({"topic": topic})
-    writer.write(f"GET /stream?{query} HTTP/1.1\r\nHost: hub\r\n\r\n".encode())
+async def open_stream(port, topic, source=None, path=None):
+    """Opens GET /stream?topic=... (or `path`), from `source` if given, and waits for the
+    opening comment; returns the streams."""
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, local_addr=(source, 0) if source else None)
+    if path is None:
+        path = "/stream?" + urllib.parse.urlencode({"topic": topic})
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: hub\r\n\r\n".encode())
     head = await reader.readuntil(b"\r\n\r\n")
     if not head.startswith(b"HTTP/1.1 200"):
         raise RuntimeError(f"subscribe refused: {head[:200]!r}")
@@ -111,6 +140,13 @@ def long_template(i):
     """A distinct ~1 KiB template: a long literal path around two expressions."""
     filler = "abcdefghijklmnopqrstuvwxyz0123456789".encode().hex()[:900]
     return f"https://example.com/{i}/{filler}/{{id}}{{?page,sort}}"
+
+
+def storm_template(i):
+    """A distinct ~1 KiB template with literal text between its expressions, which its
+    automaton must cover (about 15 KiB each)."""
+    filler = "abcdefghijklmnopqrstuvwxyz0123456789".encode().hex()[:440]
+    return f"https://example.com/{i}/{{a}}/{filler}/{{b}}/{filler}/{{c}}{{?page,sort}}"
 
 
 def adversarial_template(i, trailing_literal=True):
@@ -210,6 +246,95 @@ async def measure(args):
     return result
 
 
+def source(i):
+    """The i-th of 250 loopback source addresses (127.0.0.2 to 127.0.0.251)."""
+    return f"127.0.0.{2 + i % 250}"
+
+
+async def settle(hub, args, subscribers=0):
+    deadline = time.monotonic() + 30
+    while hub.subscribers() != subscribers and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(args.settle)
+
+
+async def sample_while(hub, task):
+    """Samples the hub's threads and RSS every 10 ms until `task` ends; returns the maxima."""
+    most_threads = most_rss = 0
+    while not task.done():
+        most_threads = max(most_threads, hub.threads())
+        most_rss = max(most_rss, hub.rss())
+        await asyncio.sleep(0.01)
+    return most_threads, most_rss
+
+
+async def measure_storm(args):
+    mib = lambda b: round(b / 2**20, 1)
+    result = {"templates": args.templates}
+    hub = Hub(args.binary, args.hub_arg)
+    try:
+        before_rss, before_threads = hub.rss(), hub.threads()
+        topics = [storm_template(i) for i in range(args.templates)]
+        started = time.monotonic()
+        task = asyncio.ensure_future(asyncio.gather(
+            *(open_stream(hub.port, t, source(i)) for i, t in enumerate(topics))))
+        most_threads, most_rss = await sample_while(hub, task)
+        streams = await task
+        connect_s = time.monotonic() - started
+        selector = hub.selector_bytes()
+        most_rss = max(most_rss, hub.rss())
+        close_all(streams)
+        await settle(hub, args)
+        after = hub.rss()
+        result.update({
+            "storm_connect_s": round(connect_s, 1),
+            "storm_threads_before": before_threads, "storm_threads_max": most_threads,
+            "storm_rss_before_mib": mib(before_rss), "storm_rss_max_mib": mib(most_rss),
+            "storm_selector_mib": mib(selector),
+            "storm_rss_over_selector_mib": mib(most_rss - selector),
+            "storm_rss_after_mib": mib(after),
+            "storm_rss_after_growth_mib": mib(after - before_rss),
+        })
+        print(f"{args.templates} distinct ~1 KiB templates at once (in {connect_s:.1f} s): "
+              f"threads {before_threads} -> max {most_threads}; RSS {mib(before_rss)} MiB -> "
+              f"max {mib(most_rss)} (selector bytes {mib(selector)} MiB), {mib(after)} "
+              f"{args.settle:.0f} s after all left (+{mib(after - before_rss)})", file=sys.stderr)
+    finally:
+        hub.stop()
+
+    # The same subscribers with distinct exact topics, then with distinct URL patterns: the
+    # difference is what a pattern keeps.
+    for kind, label in (("match", "exact"), ("match_urlpattern", "patterns")):
+        hub = Hub(args.binary, args.hub_arg)
+        try:
+            await asyncio.sleep(0.5)
+            before = hub.rss()
+            paths = ["/.well-known/mercure?" + urllib.parse.urlencode(
+                     {kind: f"https://example.com/p{i}/books/:id/reviews/:review?"})
+                     for i in range(args.templates)]
+            opened = await asyncio.gather(
+                *(open_stream(hub.port, None, source(i), path) for i, path in enumerate(paths)),
+                return_exceptions=True)
+            streams = [s for s in opened if not isinstance(s, Exception)]
+            # Past jemalloc's 10 s decay: what the compiles used and freed is given back.
+            await asyncio.sleep(12)
+            rss, selector = hub.rss(), hub.selector_bytes()
+            close_all(streams)
+            n = max(len(streams), 1)
+            result.update({
+                label: len(streams),
+                f"{label}_refused": len(opened) - len(streams),
+                f"{label}_rss_per_subscriber_kib": round((rss - before) / n / 1024, 1),
+                f"{label}_charged_per_subscriber_kib": round(selector / n / 1024, 1),
+            })
+            print(f"{len(streams)} distinct {label} subscribers ({len(opened) - len(streams)} "
+                  f"refused): RSS {(rss - before) / n / 1024:.1f} KiB per subscriber, charged "
+                  f"{selector / n / 1024:.1f} KiB each", file=sys.stderr)
+        finally:
+            hub.stop()
+    return result
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -220,8 +345,12 @@ def main():
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--settle", type=float, default=20.0,
                         help="seconds to wait after the template subscribers left")
+    parser.add_argument("--storm", action="store_true",
+                        help="measure the template storm and URL pattern costs instead")
+    parser.add_argument("--hub-arg", action="append", default=[],
+                        help="an extra argument for the hub (repeatable)")
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(measure(args))))
+    print(json.dumps(asyncio.run(measure_storm(args) if args.storm else measure(args))))
 
 
 if __name__ == "__main__":

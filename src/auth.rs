@@ -186,6 +186,9 @@ pub struct Keys {
     /// `--max-topic-bytes`).
     pub max_matchers: usize,
     pub max_matcher_bytes: usize,
+    /// Selectors one token may carry in all (`--max-token-selectors`): each is compiled and
+    /// checked on every publish or kept by every stream the token opens.
+    pub max_selectors: usize,
 }
 
 impl Default for Keys {
@@ -198,6 +201,7 @@ impl Default for Keys {
             audience: crate::config::DEFAULT_HUB_URL.to_owned(),
             max_matchers: crate::config::DEFAULT_MAX_TOPICS,
             max_matcher_bytes: crate::config::DEFAULT_MAX_TOPIC_BYTES,
+            max_selectors: crate::config::DEFAULT_MAX_TOKEN_SELECTORS,
         }
     }
 }
@@ -428,6 +432,7 @@ fn parse_details(
     };
     let entries = claim.as_array().ok_or("not an array")?;
     let mut details = Vec::new();
+    let mut selectors = 0;
     for (n, entry) in entries.iter().enumerate() {
         let entry = entry
             .as_object()
@@ -469,6 +474,10 @@ fn parse_details(
             )
             .into());
         }
+        selectors += topics.len();
+        if selectors > keys.max_selectors {
+            return Err(too_many_selectors(keys).into());
+        }
         for topic in topics {
             detail
                 .topics
@@ -487,6 +496,30 @@ fn parse_details(
         details.push(detail);
     }
     Ok(details)
+}
+
+/// Why a token with more than `--max-token-selectors` selectors is refused.
+fn too_many_selectors(keys: &Keys) -> String {
+    format!(
+        "carries more than {} selectors (--max-token-selectors)",
+        keys.max_selectors
+    )
+}
+
+/// Refuses a 0.x token whose `mercure.publish` and `mercure.subscribe` lists together hold
+/// more than `--max-token-selectors` selectors, before any of them is compiled.
+fn check_selector_count(verified: &Verified, role: Role, keys: &Keys) -> Result<(), HubError> {
+    let mercure = &verified.claims.mercure;
+    let count = mercure.publish.as_ref().map_or(0, Vec::len)
+        + mercure.subscribe.as_ref().map_or(0, Vec::len);
+    if count > keys.max_selectors {
+        return Err(HubError::Unauthorized(format!(
+            "the {} token {}",
+            role.name(),
+            too_many_selectors(keys)
+        )));
+    }
+    Ok(())
 }
 
 /// One topic matcher object: `{"match": "...", "match_type": "exact" | "urlpattern"}`.
@@ -677,6 +710,7 @@ pub fn publisher_grant(
         return Ok(Some(Grant::from_details(token, |d| d.publish)));
     }
     let verified = verify(&token, key, Role::Publisher, keys.leeway)?;
+    check_selector_count(&verified, Role::Publisher, keys)?;
     let Some(publish) = verified.claims.mercure.publish.as_deref() else {
         return Err(HubError::Forbidden(
             "the token has no mercure.publish claim".to_owned(),
@@ -710,6 +744,7 @@ pub fn subscriber_grant(
         }
         (Some(token), Some(key)) => {
             let verified = verify(&token, key, Role::Subscriber, keys.leeway)?;
+            check_selector_count(&verified, Role::Subscriber, keys)?;
             let mut grant = Grant::from_claim(
                 verified.claims.mercure.subscribe.as_deref(),
                 verified.valid_until,
@@ -1091,5 +1126,36 @@ mod tests {
                 .allows("anything")
         );
         assert!(!Grant::default().allows("anything"));
+    }
+
+    /// A 1.0 token's matchers count together across its Mercure details against
+    /// `--max-token-selectors`: over it the details are invalid, naming the limit; at it, fine.
+    #[test]
+    fn access_token_matchers_are_bounded_across_details() {
+        let cache = SelectorCache::new(crate::topic::SelectorLimits::default());
+        let keys = Keys {
+            max_selectors: 3,
+            ..Keys::default()
+        };
+        let detail = |topics: &[&str]| {
+            serde_json::json!({
+                "type": DETAIL_TYPE,
+                "actions": ["subscribe"],
+                "topics": topics.iter().map(|t| serde_json::json!({"match": t})).collect::<Vec<_>>(),
+            })
+        };
+        let at_the_limit = serde_json::json!([detail(&["a", "b"]), detail(&["c"])]);
+        let over = serde_json::json!([detail(&["a", "b"]), detail(&["c", "d"])]);
+
+        assert!(parse_details(Some(&at_the_limit), &keys, &cache).is_ok());
+        match parse_details(Some(&over), &keys, &cache) {
+            Err(DetailError::Invalid(why)) => {
+                assert!(
+                    why.contains("more than 3 selectors (--max-token-selectors)"),
+                    "{why}"
+                );
+            }
+            other => panic!("expected invalid details, got {other:?}"),
+        }
     }
 }

@@ -29,7 +29,13 @@ pub const DEFAULT_HISTORY_BYTES: usize = 16 * 1024 * 1024;
 pub const DEFAULT_SUBSCRIPTION_HISTORY: usize = 1_000;
 pub const DEFAULT_MAX_TOPICS: usize = 32;
 pub const DEFAULT_MAX_TOPIC_BYTES: usize = 1024;
-pub use crate::topic::{DEFAULT_MAX_SELECTOR_BYTES, DEFAULT_MAX_TEMPLATE_BYTES};
+pub use crate::topic::{
+    DEFAULT_COMPILE_THREADS, DEFAULT_MAX_SELECTOR_BYTES, DEFAULT_MAX_TEMPLATE_BYTES,
+};
+/// Selectors one token may carry (0.x `mercure.publish` and `mercure.subscribe` together, or
+/// every matcher of a 1.0 token's Mercure details): a user's own topics and a few shared lists
+/// fit, and a publish checked against them all stays within about 64 one-pass matches.
+pub const DEFAULT_MAX_TOKEN_SELECTORS: usize = 64;
 /// Long enough for a slow mobile link, short enough that a peer that stopped reading or
 /// vanished without a FIN does not hold its connection for the kernel's ~15 minutes.
 pub const DEFAULT_WRITE_TIMEOUT: &str = "60s";
@@ -166,6 +172,18 @@ pub struct Settings {
     /// Longest topic or selector, in bytes.
     #[arg(long, env = "SSE_HUB_MAX_TOPIC_BYTES", default_value_t = DEFAULT_MAX_TOPIC_BYTES)]
     pub max_topic_bytes: usize,
+
+    /// Selectors one token may carry: a 0.x token's `mercure.publish` and `mercure.subscribe`
+    /// lists together, or a 1.0 token's matchers in all its Mercure details; a token with more
+    /// is refused as invalid (401).
+    #[arg(long, env = "SSE_HUB_MAX_TOKEN_SELECTORS", default_value_t = DEFAULT_MAX_TOKEN_SELECTORS)]
+    pub max_token_selectors: usize,
+
+    /// Threads that compile subscribers' new URI templates and URL patterns; more subscribes
+    /// wait for one in turn.
+    #[arg(long, env = "SSE_HUB_COMPILE_THREADS", default_value_t = DEFAULT_COMPILE_THREADS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub compile_threads: usize,
 
     /// Memory one URI template's compiled matcher may keep, in bytes; a template that needs
     /// more is refused with 400 as too complex to match in one pass.
@@ -339,6 +357,7 @@ impl Settings {
             audience: self.audience(hub),
             max_matchers: self.max_topics,
             max_matcher_bytes: self.max_topic_bytes,
+            max_selectors: self.max_token_selectors,
         })
     }
 

@@ -16,7 +16,8 @@ use sse_hub::{
 };
 
 /// jemalloc: less CPU per event on the fan-out path, and the memory a burst used goes back
-/// to the system (see Cargo.toml for the measurements).
+/// to the system, by its background threads even when the hub is idle (see Cargo.toml for the
+/// measurements).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -39,13 +40,6 @@ fn main() -> ExitCode {
 }
 
 fn serve(settings: Settings) -> Result<(), String> {
-    // Freed pages go back to the system on a timer (jemalloc's decay, 10 s), also while the
-    // hub is quiet: without it jemalloc purges only when it allocates, so what a burst freed
-    // stayed resident until the next one. jemalloc starts a few threads (4 on a 2-core
-    // machine), asleep between purges.
-    if let Err(err) = tikv_jemalloc_ctl::background_thread::write(true) {
-        log::warn!("jemalloc background purging is off: {err}");
-    }
     actix_web::rt::System::new().block_on(async move {
         let app = Application::build(settings).map_err(|err| err.to_string())?;
         app.run_until_stopped()

@@ -125,6 +125,7 @@ impl Application {
                 SelectorLimits {
                     template_bytes: settings.max_template_bytes,
                     total_bytes: settings.max_selector_bytes,
+                    compile_threads: settings.compile_threads,
                 },
                 hub,
             )),

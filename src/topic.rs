@@ -6,6 +6,7 @@ use std::{
     fmt,
     hash::{Hash, Hasher},
     str::FromStr,
+    sync::OnceLock,
     sync::{
         Arc, Mutex, Weak,
         atomic::{AtomicUsize, Ordering},
@@ -18,6 +19,7 @@ use regex_automata::{
     dfa::{Automaton, StartKind, dense, sparse},
     nfa::thompson,
 };
+use tokio::sync::{mpsc, oneshot};
 
 /// A compiled topic selector.
 ///
@@ -198,6 +200,14 @@ const BUILD_LIMIT_FACTOR: usize = 4;
 pub const DEFAULT_MAX_TEMPLATE_BYTES: usize = 64 * 1024;
 /// Default of `--max-selector-bytes`: the most memory all compiled templates may keep together.
 pub const DEFAULT_MAX_SELECTOR_BYTES: usize = 64 * 1024 * 1024;
+/// Default of `--compile-threads`: threads compiling subscribers' new templates and URL
+/// patterns, one per core of a small host. A compile takes at most a few tens of milliseconds
+/// of one core, so two keep up with hundreds of new selectors a second, while a storm of
+/// distinct ones queues instead of starting a thread (and an allocator cache) per request.
+pub const DEFAULT_COMPILE_THREADS: usize = 2;
+/// Compiles that may wait for a compile thread; further subscribes wait, in turn, for a place
+/// in this queue (see [`SelectorCache::compile`]).
+const COMPILE_QUEUE: usize = 64;
 
 impl Compiled {
     fn build(source: &str, max_bytes: usize) -> Result<Compiled, SelectorError> {
@@ -343,6 +353,8 @@ pub struct SelectorLimits {
     /// The most all templates in use may keep together; past it, new templates are refused
     /// until subscribers leave.
     pub total_bytes: usize,
+    /// Threads [`SelectorCache::compile`] runs compiles on.
+    pub compile_threads: usize,
 }
 
 impl Default for SelectorLimits {
@@ -350,6 +362,7 @@ impl Default for SelectorLimits {
         Self {
             template_bytes: DEFAULT_MAX_TEMPLATE_BYTES,
             total_bytes: DEFAULT_MAX_SELECTOR_BYTES,
+            compile_threads: DEFAULT_COMPILE_THREADS,
         }
     }
 }
@@ -368,7 +381,17 @@ pub struct SelectorCache {
     used: Arc<AtomicUsize>,
     /// What relative URL patterns and topics resolve against.
     hub: HubUrl,
+    /// The queue of the compile threads, started with the first compile.
+    compiles: OnceLock<mpsc::Sender<CompileJob>>,
 }
+
+/// A compile for a compile thread.
+type CompileJob = Box<dyn FnOnce() + Send>;
+
+/// The compile gave no answer: its thread failed (a bug), or none could be started.
+#[derive(Debug, thiserror::Error)]
+#[error("the selector could not be compiled")]
+pub struct CompileFailed;
 
 /// The cache's maps, and when to sweep their dead entries next.
 #[derive(Debug, Default)]
@@ -417,7 +440,67 @@ impl SelectorCache {
             }),
             limits,
             used: Arc::new(AtomicUsize::new(0)),
+            compiles: OnceLock::new(),
         }
+    }
+
+    /// [`get_typed`](Self::get_typed) on one of the `--compile-threads` compile threads, off
+    /// the caller's event loop: a compile takes up to tens of milliseconds of CPU.
+    ///
+    /// Every new selector of every subscriber comes through here, so a storm of distinct
+    /// templates costs a few busy threads, not a thread per request. When all threads are busy
+    /// the compile waits in a queue of [`COMPILE_QUEUE`]; past that, callers wait in turn for
+    /// a place (the channel's waiters are served first come, first served). Waiting, not a
+    /// `503`: a browser's `EventSource` gives up for good on a `503`, and those who wait are
+    /// requests the connection limits already admitted, each holding only its own future.
+    pub async fn compile(
+        self: &Arc<Self>,
+        kind: MatcherType,
+        text: &str,
+    ) -> Result<Result<Selector, SelectorError>, CompileFailed> {
+        let (answer, answered) = oneshot::channel();
+        let (cache, text) = (self.clone(), text.to_owned());
+        let job: CompileJob = Box::new(move || {
+            let _ = answer.send(cache.get_typed(kind, &text));
+        });
+        self.compile_queue()
+            .send(job)
+            .await
+            .map_err(|_| CompileFailed)?;
+        answered.await.map_err(|_| CompileFailed)
+    }
+
+    /// The compile threads' queue, starting them the first time. They end when the cache is
+    /// dropped (the queue's sender with it).
+    fn compile_queue(&self) -> &mpsc::Sender<CompileJob> {
+        self.compiles.get_or_init(|| {
+            let (jobs, queue) = mpsc::channel::<CompileJob>(COMPILE_QUEUE);
+            let queue = Arc::new(Mutex::new(queue));
+            for n in 0..self.limits.compile_threads.max(1) {
+                let queue = queue.clone();
+                let started = std::thread::Builder::new()
+                    .name(format!("compile-{n}"))
+                    .spawn(move || {
+                        loop {
+                            // One thread waits on the queue, the others on its lock.
+                            let job = queue
+                                .lock()
+                                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                                .blocking_recv();
+                            let Some(job) = job else { break };
+                            // A compile that panics drops its answer (the caller sees
+                            // `CompileFailed`); the thread goes on with the next one.
+                            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                        }
+                    });
+                if let Err(err) = started {
+                    log::error!("selector compile thread not started error={err}");
+                }
+            }
+            // With no thread started, the queue's last receiver is dropped here and every
+            // compile fails at once rather than waiting forever.
+            jobs
+        })
     }
 
     /// Bytes the templates in use keep now.
@@ -925,6 +1008,7 @@ mod cache_tests {
         let cache = SelectorCache::new(SelectorLimits {
             template_bytes: DEFAULT_MAX_TEMPLATE_BYTES,
             total_bytes: 2 * one + one / 2,
+            ..SelectorLimits::default()
         });
         let held = [
             cache.get("https://x/{id}").expect("first fits"),
@@ -1426,5 +1510,48 @@ mod tests {
     fn equal_templates_compare_equal() {
         assert_eq!(selector("urn:{id}"), selector("urn:{id}"));
         assert_ne!(selector("urn:{id}"), selector("urn:{+id}"));
+    }
+}
+#[cfg(test)]
+mod pattern_cost_tests {
+    use super::*;
+
+    /// A URL pattern is charged within a small factor (4x) of what the equivalent URI template
+    /// is: each component a small automaton, only where a literal or a single capture will not
+    /// do (it was charged ~48 KB, 35 times a template).
+    #[test]
+    fn url_pattern_costs_about_what_an_equivalent_template_costs() {
+        let cache = SelectorCache::new(SelectorLimits::default());
+        for (pattern, template) in [
+            (
+                "https://example.com/books/:id",
+                "https://example.com/books/{id}",
+            ),
+            (
+                "/.well-known/mercure/subscriptions/:type/:match/:sub",
+                "/.well-known/mercure/subscriptions/{type}/{match}/{sub}",
+            ),
+            (
+                "https://example.com/books/:id/reviews/:r?",
+                "https://example.com/books/{id}/reviews{/r}",
+            ),
+            (
+                "https://example.com/users/(\\d+)/*",
+                "https://example.com/users/{id}/{+rest}",
+            ),
+        ] {
+            let before = cache.used_bytes();
+            let kept = cache
+                .get_typed(MatcherType::UrlPattern, pattern)
+                .expect("a valid pattern");
+            let charged = cache.used_bytes() - before;
+            let template = Template::parse(template).expect("a valid template").bytes();
+
+            assert!(
+                charged <= 4 * template,
+                "{pattern}: charged {charged} bytes, its template {template}"
+            );
+            drop(kept);
+        }
     }
 }

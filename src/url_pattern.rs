@@ -10,7 +10,10 @@ use std::sync::Arc;
 use icu_properties::CodePointMapData;
 use icu_properties::props::GeneralCategory;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, percent_encode};
-use regex::{Regex, RegexBuilder};
+use regex_automata::dfa::{Automaton, StartKind, dense, sparse};
+use regex_automata::nfa::thompson;
+use regex_automata::util::syntax;
+use regex_automata::{Anchored, Input};
 use url::Url;
 use urlpattern::matcher::InnerMatcher;
 use urlpattern::regexp::RegExp;
@@ -89,6 +92,11 @@ impl HubUrl {
                 .is_some_and(|rest| rest.starts_with('/'))
     }
 
+    /// Heap bytes its strings keep.
+    fn heap_bytes(&self) -> usize {
+        self.url.as_str().len() + self.path.len() + self.namespace.len()
+    }
+
     /// `reference` resolved against the hub URL with the WHATWG URL parser.
     fn resolve(&self, reference: &str) -> Result<Url, url::ParseError> {
         Url::options().base_url(Some(&self.url)).parse(reference)
@@ -131,8 +139,9 @@ struct Compiled {
 impl UrlPatternMatcher {
     /// Compiles `source` (absolute like `https://example.com/books/:id`, or relative like
     /// `/.well-known/mercure/subscriptions/exact/:topic/:subscriber`, resolved against `hub`).
-    /// `max_regex_bytes` bounds each component's compiled regex (regex::RegexBuilder::size_limit
-    /// and dfa_size_limit); a pattern over it is an error, like an invalid pattern. ignoreCase off.
+    /// `max_regex_bytes` bounds each component's compiled automaton (and 4 times that what
+    /// building it may take); a pattern over it is an error, like an invalid pattern.
+    /// ignoreCase off.
     pub fn parse(source: &str, hub: &HubUrl, max_regex_bytes: usize) -> Result<Self, String> {
         let (pattern, regex_error) = with_regex_limit(max_regex_bytes, || {
             let init = UrlPatternInit::parse_constructor_string::<BoundedRegex>(
@@ -146,20 +155,33 @@ impl UrlPatternMatcher {
             };
             UrlPattern::<BoundedRegex>::parse(init, options)
         });
-        let pattern = pattern.map_err(|e| match regex_error {
-            Some(regex::Error::CompiledTooBig(limit)) => format!(
+        let mut pattern = pattern.map_err(|e| match regex_error {
+            Some(RegexFailure::TooBig(limit)) => format!(
                 "the URL pattern {source:?} is too complex: its regular expression is over \
                  {limit} bytes"
             ),
-            // A syntax error's last line names the problem; the lines above draw the generated
-            // regular expression, which the user never wrote.
-            Some(regex_error) => format!(
-                "invalid URL pattern {source:?}: {}",
-                regex_error.to_string().lines().last().unwrap_or_default()
-            ),
+            Some(RegexFailure::Invalid(why)) => format!("invalid URL pattern {source:?}: {why}"),
             None => format!("invalid URL pattern {source:?}: {e}"),
         })?;
-        let bytes = std::mem::size_of::<Compiled>() + source.len() + pattern_bytes(&pattern);
+        // Each component's whole-component regex is only read by `exec`'s callers of the
+        // crate's internals, never by `test` (which runs the component's `matcher`): built above
+        // to check it, it is dropped here, so a pattern keeps only what `test` uses.
+        for component in [
+            &mut pattern.protocol,
+            &mut pattern.username,
+            &mut pattern.password,
+            &mut pattern.hostname,
+            &mut pattern.port,
+            &mut pattern.pathname,
+            &mut pattern.search,
+            &mut pattern.hash,
+        ] {
+            component.regexp = Err(urlpattern::Error::RegExp(()));
+        }
+        let bytes = std::mem::size_of::<Compiled>()
+            + source.len()
+            + hub.heap_bytes()
+            + pattern_bytes(&pattern);
         Ok(UrlPatternMatcher(Arc::new(Compiled {
             source: source.to_owned(),
             pattern,
@@ -213,20 +235,9 @@ impl Hash for UrlPatternMatcher {
     }
 }
 
-// Measured with regex-automata's `memory_usage` (the engine under `regex`): `^(.*)$` keeps 8.3 KB
-// (Unicode `.`), `^https$` 3 KB, a 76-byte path regex 39 KB plus a 5 KB lazy-DFA cache once used;
-// a whole pattern 55-110 KB. The estimate below lands within about 2x of those.
-/// Per compiled regex: what `regex` keeps whatever the pattern (strategy, pools, prefilter).
-const REGEX_FIXED_BYTES: usize = 2_048;
-/// Per byte of a regex's source: its NFA, its one-pass DFA and lazy-DFA cache.
-const REGEX_BYTES_PER_SOURCE_BYTE: usize = 512;
-
-/// A rough size of the pattern's components: their strings and compiled regexes. Each component
-/// keeps one regex, and a second one when its matcher is not a literal or a single capture.
+/// A size of what the pattern's components keep: their strings and the automata of the
+/// matchers that are neither a literal nor a single capture (most patterns keep none).
 fn pattern_bytes(pattern: &UrlPattern<BoundedRegex>) -> usize {
-    let regex_bytes = |regex: &BoundedRegex| {
-        REGEX_FIXED_BYTES + REGEX_BYTES_PER_SOURCE_BYTE * regex.0.as_str().len()
-    };
     [
         &pattern.protocol,
         &pattern.username,
@@ -239,33 +250,60 @@ fn pattern_bytes(pattern: &UrlPattern<BoundedRegex>) -> usize {
     ]
     .into_iter()
     .map(|component| {
-        let own = component.regexp.as_ref().map_or(0, regex_bytes);
         let matcher = match &component.matcher.inner {
-            InnerMatcher::RegExp { regexp } => regexp.as_ref().map_or(0, regex_bytes),
+            InnerMatcher::RegExp { regexp } => regexp.as_ref().map_or(0, BoundedRegex::bytes),
             InnerMatcher::Literal { literal } => literal.len(),
             InnerMatcher::SingleCapture { .. } => 0,
         };
+        let names: usize = component.group_name_list.iter().map(String::len).sum();
         component.pattern_string.len()
             + component.matcher.prefix.len()
             + component.matcher.suffix.len()
-            + own
+            + names
+            + std::mem::size_of::<String>() * component.group_name_list.len()
             + matcher
     })
     .sum()
 }
 
-/// The regex engine URL patterns compile to: the `regex` crate, which matches in time linear in
-/// the topic (no backtracking), as the spec's "URL-Pattern Denial of Service" section asks, and
-/// whose size limits bound what a crafted pattern costs to compile and to keep.
-#[derive(Debug)]
-struct BoundedRegex(Regex);
+/// Memory, and so time, building one component's automaton may take, as a multiple of what
+/// it may keep (as for URI templates: built densely, kept sparse).
+const BUILD_LIMIT_FACTOR: usize = 4;
 
-/// What the `regex` crate reports as failed to compile last, and the size limit in force.
+/// The regex engine URL patterns compile to: a sparse DFA (regex-automata), as URI templates
+/// are, which matches in time linear in the topic (no backtracking), as the spec's
+/// "URL-Pattern Denial of Service" section asks, and whose size limits bound what a crafted
+/// pattern costs to compile and to keep. It answers whether a component matches, never its
+/// groups: the hub only ever `test`s a pattern.
+#[derive(Debug)]
+struct BoundedRegex {
+    source: String,
+    /// Boxed: a pattern holds up to sixteen of these inline, most of them unused.
+    dfa: Box<sparse::DFA<Vec<u8>>>,
+}
+
+impl BoundedRegex {
+    /// Bytes it keeps: its automaton and its text.
+    fn bytes(&self) -> usize {
+        std::mem::size_of::<sparse::DFA<Vec<u8>>>() + self.dfa.memory_usage() + self.source.len()
+    }
+}
+
+/// Why the last regex failed to compile.
+#[derive(Debug)]
+enum RegexFailure {
+    /// Its automaton needs more than this many bytes.
+    TooBig(usize),
+    /// Its syntax, or a feature a DFA cannot match (a Unicode word boundary).
+    Invalid(String),
+}
+
+/// What the regex engine reports as failed to compile first, and the size limit in force.
 /// `RegExp::parse` takes no context, so `UrlPatternMatcher::parse` passes both through here.
 #[derive(Default)]
 struct RegexScope {
     max_bytes: usize,
-    error: Option<regex::Error>,
+    error: Option<RegexFailure>,
 }
 
 thread_local! {
@@ -275,7 +313,7 @@ thread_local! {
 
 /// Runs `compile` with `max_bytes` as the limit of every regex it builds, and returns the first
 /// regex error it met.
-fn with_regex_limit<T>(max_bytes: usize, compile: impl FnOnce() -> T) -> (T, Option<regex::Error>) {
+fn with_regex_limit<T>(max_bytes: usize, compile: impl FnOnce() -> T) -> (T, Option<RegexFailure>) {
     REGEX_SCOPE.with_borrow_mut(|scope| {
         *scope = RegexScope {
             max_bytes,
@@ -287,6 +325,52 @@ fn with_regex_limit<T>(max_bytes: usize, compile: impl FnOnce() -> T) -> (T, Opt
     (compiled, error)
 }
 
+/// `pattern` compiled to a sparse DFA of at most `max_bytes`.
+fn build_dfa(pattern: &str, flags: &str, max_bytes: usize) -> Result<BoundedRegex, RegexFailure> {
+    let syntax = syntax::Config::new().case_insensitive(flags.contains('i'));
+    // A syntax error's last line names the problem; the lines above draw the generated
+    // regular expression, which the user never wrote.
+    syntax::parse_with(pattern, &syntax).map_err(|err| {
+        RegexFailure::Invalid(
+            err.to_string()
+                .lines()
+                .last()
+                .unwrap_or_default()
+                .to_owned(),
+        )
+    })?;
+    let build_limit = max_bytes.saturating_mul(BUILD_LIMIT_FACTOR);
+    let dense = dense::Builder::new()
+        .configure(
+            dense::Config::new()
+                .start_kind(StartKind::Anchored)
+                .byte_classes(true)
+                .determinize_size_limit(Some(build_limit))
+                .dfa_size_limit(Some(build_limit)),
+        )
+        .syntax(syntax)
+        .thompson(thompson::Config::new().shrink(true))
+        .build(pattern)
+        .map_err(|err| {
+            let why = err.to_string();
+            if why.contains("size limit") || why.contains("too many") {
+                RegexFailure::TooBig(max_bytes)
+            } else {
+                RegexFailure::Invalid(why)
+            }
+        })?;
+    let dfa = dense
+        .to_sparse()
+        .map_err(|_| RegexFailure::TooBig(max_bytes))?;
+    if dfa.memory_usage() > max_bytes {
+        return Err(RegexFailure::TooBig(max_bytes));
+    }
+    Ok(BoundedRegex {
+        source: pattern.to_owned(),
+        dfa: Box::new(dfa),
+    })
+}
+
 impl RegExp for BoundedRegex {
     fn syntax() -> RegexSyntax {
         RegexSyntax::Rust
@@ -294,31 +378,21 @@ impl RegExp for BoundedRegex {
 
     fn parse(pattern: &str, flags: &str, _force_eval: bool) -> Result<Self, ()> {
         REGEX_SCOPE.with_borrow_mut(|scope| {
-            RegexBuilder::new(pattern)
-                .case_insensitive(flags.contains('i'))
-                .size_limit(scope.max_bytes)
-                .dfa_size_limit(scope.max_bytes)
-                .build()
-                .map(BoundedRegex)
-                .map_err(|e| {
-                    scope.error.get_or_insert(e);
-                })
+            build_dfa(pattern, flags, scope.max_bytes).map_err(|failure| {
+                scope.error.get_or_insert(failure);
+            })
         })
     }
 
+    /// `Some` when `text` matches, with no groups: `test` reads only whether it matched.
     fn matches<'a>(&self, text: &'a str) -> Option<Vec<Option<&'a str>>> {
-        let captures = self.0.captures(text)?;
-        Some(
-            captures
-                .iter()
-                .skip(1)
-                .map(|group| group.map(|m| m.as_str()))
-                .collect(),
-        )
+        let input = Input::new(text).anchored(Anchored::Yes).earliest(true);
+        // A search fails only on quit bytes, and this DFA has none.
+        matches!(self.dfa.try_search_fwd(&input), Ok(Some(_))).then(Vec::new)
     }
 
     fn pattern_string(&self) -> &str {
-        self.0.as_str()
+        &self.source
     }
 }
 
@@ -530,7 +604,7 @@ mod tests {
             format!("{a:?}"),
             "UrlPatternMatcher(\"https://example.com/books/:id\")"
         );
-        assert!(a.bytes() > 10_000, "{}", a.bytes());
+        assert!(a.bytes() > a.as_str().len(), "{}", a.bytes());
     }
 
     /// IRIs pass the value rule; control and format characters are refused by name.

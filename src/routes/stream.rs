@@ -150,13 +150,13 @@ pub async fn open(
         let selector = match state.selectors.cached_typed(kind, text) {
             Some(selector) => selector,
             // Compiling a template or a URL pattern can take milliseconds of CPU: not on the
-            // worker's event loop, whose other connections would wait meanwhile.
-            None => {
-                let (cache, text) = (state.selectors.clone(), text.to_owned());
-                web::block(move || cache.get_typed(kind, &text))
-                    .await
-                    .map_err(|_| HubError::Internal)?
-            }
+            // worker's event loop, whose other connections would wait meanwhile, but on the
+            // hub's few compile threads (`--compile-threads`).
+            None => state
+                .selectors
+                .compile(kind, text)
+                .await
+                .map_err(|_| HubError::Internal)?,
         };
         selectors.push(selector?);
     }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use actix_web::http::StatusCode;
 
 use crate::{
-    helpers::{TestApp, assert_json_error, query, spawn_app_with},
+    helpers::{ChildHub, TestApp, assert_json_error, hub_command, query, spawn_app_with},
     mercure::token,
 };
 
@@ -224,5 +224,170 @@ fn readme_curl_examples_with_braces_use_globoff() {
     assert!(
         checked > 0,
         "the README has no curl example with a template to check"
+    );
+}
+
+/// A 0.x token carrying more selectors than `--max-token-selectors` (its `mercure.publish` and
+/// `mercure.subscribe` lists together) is refused 401 `invalid_token` naming the limit, on
+/// publish and on subscribe; one at the limit is accepted.
+#[actix_web::test]
+async fn tokens_with_more_selectors_than_the_limit_are_refused() {
+    let app = spawn_app_with(|s| {
+        s.jwt_key = Some(crate::mercure::KEY.to_owned());
+        s.max_token_selectors = 4;
+    })
+    .await;
+    let templates: Vec<String> = (0..5)
+        .map(|i| format!("https://example.com/{i}/{{id}}"))
+        .collect();
+    let five: Vec<&str> = templates.iter().map(String::as_str).collect();
+    let four = &five[..3];
+    let send = |path: &'static str, token: String| {
+        let request = if path.starts_with("/publish") {
+            app.client.post(app.url(path))
+        } else {
+            app.client.get(app.url(path))
+        };
+        async move {
+            let mut response = request
+                .insert_header(("authorization", format!("Bearer {token}")))
+                .send_body("x")
+                .await
+                .expect("answered");
+            let status = response.status();
+            let challenge = response
+                .headers()
+                .get("www-authenticate")
+                .map(|v| v.to_str().unwrap_or_default().to_owned());
+            let body = if status == StatusCode::OK && path.starts_with("/stream") {
+                String::new()
+            } else {
+                let body = response.body().await.expect("a body");
+                String::from_utf8_lossy(&body).into_owned()
+            };
+            (status, challenge, body)
+        }
+    };
+
+    for (path, token) in [
+        ("/publish?topic=https://example.com/0/1", token(&five, &[])),
+        ("/stream?topic=x", token(&[], &five)),
+        ("/stream?topic=x", token(&five[..2], &five[2..])),
+    ] {
+        let (status, challenge, body) = send(path, token).await;
+        assert_json_error(
+            status,
+            &body,
+            StatusCode::UNAUTHORIZED,
+            "more than 4 selectors (--max-token-selectors)",
+        );
+        assert_eq!(
+            challenge.as_deref(),
+            Some("Bearer error=\"invalid_token\""),
+            "{path}"
+        );
+    }
+    let at_the_limit = [
+        (
+            "/publish?topic=https://example.com/0/1",
+            token(&five[..4], &[]),
+        ),
+        ("/stream?topic=x", token(&[four[0]], four)),
+    ];
+    for (path, token) in at_the_limit {
+        let (status, _, body) = send(path, token).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+    }
+}
+
+/// The hub's threads (`/proc/PID/task`), but jemalloc's background threads (at most one per
+/// CPU, started as it sees fit).
+fn thread_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("/proc/PID/task of the hub (this test needs Linux's /proc)")
+        .filter_map(Result::ok)
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm"))
+                .is_ok_and(|name| name.trim() != "jemalloc_bg_thd")
+        })
+        .count()
+}
+
+/// A storm of subscribers with distinct URI templates, all connected at once (from many
+/// 127.0.0.x addresses), is compiled on the `--compile-threads` pool: the hub never runs more
+/// than that many threads above what it ran before, and every subscriber is answered 200.
+#[test]
+fn template_storm_compiles_on_a_bounded_pool() {
+    use std::io::{Read, Write};
+
+    const SUBSCRIBERS: usize = 300;
+    const COMPILE_THREADS: usize = 2;
+    let hub = ChildHub::spawn(hub_command(
+        "memory",
+        &["--compile-threads", &COMPILE_THREADS.to_string()],
+    ));
+    let pid = hub.child.id();
+    // Both workers answer once each has served a request: then the hub runs all its threads.
+    for _ in 0..4 {
+        let mut stream = std::net::TcpStream::connect(hub.addr).expect("connect to the hub");
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n\r\n")
+            .expect("request sent");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).expect("an answer");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    let idle = thread_count(pid);
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut most = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                most = most.max(thread_count(pid));
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            most
+        })
+    };
+
+    let mut streams = Vec::new();
+    for i in 0..SUBSCRIBERS {
+        let source: std::net::SocketAddr = format!("127.0.0.{}:0", 2 + i % 250)
+            .parse()
+            .expect("an address");
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("a socket");
+        socket
+            .bind(&source.into())
+            .expect("bind a 127.0.0.x source");
+        socket
+            .connect(&hub.addr.into())
+            .expect("connect to the hub");
+        let mut stream = std::net::TcpStream::from(socket);
+        let template = format!("https://storm.example/{i}/{{+path}}/items{{/id}}{{?page,sort}}");
+        write!(
+            stream,
+            "GET /stream?{} HTTP/1.1\r\nHost: hub\r\n\r\n",
+            query(&[("topic", &template)])
+        )
+        .expect("request sent");
+        streams.push(stream);
+    }
+    for stream in &mut streams {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .expect("a timeout");
+        let mut head = [0; 12];
+        stream.read_exact(&mut head).expect("a status line");
+        assert_eq!(&head, b"HTTP/1.1 200", "every subscriber is admitted");
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let most = sampler.join().expect("the sampler ends");
+
+    assert!(
+        most <= idle + COMPILE_THREADS,
+        "{most} threads during the storm, {idle} before it: more than the {COMPILE_THREADS} \
+         compile threads were started"
     );
 }
