@@ -16,6 +16,7 @@ use crate::{
     config::Settings,
     event_log::{self, Opened, StoreError},
     metrics::Metrics,
+    client::Clients,
     routes::{self, AppState},
     topic::{SelectorCache, SelectorLimits},
     url_pattern::HubUrl,
@@ -92,6 +93,11 @@ impl Application {
             broadcaster: broadcaster.clone(),
             settings: Arc::new(settings.clone()),
             keys: Arc::new(keys),
+            clients: Clients::new(
+                settings.client_limits(),
+                settings.trusted_proxies.clone(),
+                metrics.clone(),
+            ),
             metrics,
             selectors: Arc::new(SelectorCache::with_hub(
                 SelectorLimits {
