@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod browser;
+mod client_limits;
 mod cluster;
 mod durable;
 mod hardening;
