@@ -60,7 +60,9 @@ impl Network {
     pub fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip.to_canonical()) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 net.to_bits() & mask == ip.to_bits() & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
@@ -369,7 +371,8 @@ impl Drop for ClientHold {
                 *holders -= 1;
                 if *holders == 0 {
                     account.selectors.remove(&selector);
-                    account.selector_bytes = account.selector_bytes.saturating_sub(selector.bytes());
+                    account.selector_bytes =
+                        account.selector_bytes.saturating_sub(selector.bytes());
                 }
             }
         }
@@ -454,7 +457,11 @@ mod tests {
         );
         // A trusted proxy: the address it appended.
         assert_eq!(
-            client_of(Some(ip("10.0.0.5")), ["6.6.6.6, 5.5.5.5"].into_iter(), &trusted),
+            client_of(
+                Some(ip("10.0.0.5")),
+                ["6.6.6.6, 5.5.5.5"].into_iter(),
+                &trusted
+            ),
             ClientId::of(ip("5.5.5.5"))
         );
         // Two trusted hops, the header split over two lines.
@@ -540,7 +547,10 @@ mod tests {
         let mut first = clients.admit(a).expect("slot");
         first.reserve(60).expect("fits");
         let mut second = clients.admit(a).expect("slot");
-        assert!(second.reserve(60).is_err(), "the first one's reservation counts");
+        assert!(
+            second.reserve(60).is_err(),
+            "the first one's reservation counts"
+        );
         first
             .charge(&Selector::Any)
             .expect("a free selector settles the reservation");

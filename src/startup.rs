@@ -13,10 +13,10 @@ use actix_web::{
 
 use crate::{
     broadcaster::{Broadcaster, BroadcasterConfig, Shutdown, Window},
+    client::Clients,
     config::Settings,
     event_log::{self, Opened, StoreError},
     metrics::Metrics,
-    client::Clients,
     routes::{self, AppState},
     topic::{SelectorCache, SelectorLimits},
     url_pattern::HubUrl,

@@ -16,8 +16,8 @@ use futures_util::StreamExt as _;
 
 use crate::{
     auth::Keys,
-    client::Clients,
     broadcaster::{Broadcaster, Publish, Published, Subscribe, Subscribed, Subscription},
+    client::Clients,
     config::Settings,
     error::HubError,
     event::EventDraft,

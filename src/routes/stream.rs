@@ -225,13 +225,15 @@ pub async fn open(
         // A stream that ends (shutdown, too slow) closes its connection, so shutdown need not
         // wait for idle keep-alive connections, and the browser reconnects on a fresh one.
         .force_close()
-        .body(SubscriberBody::new(
-            subscription.opening,
-            subscription.receiver,
-            state.metrics.clone(),
-            deadline,
-        )
-        .holding(hold)))
+        .body(
+            SubscriberBody::new(
+                subscription.opening,
+                subscription.receiver,
+                state.metrics.clone(),
+                deadline,
+            )
+            .holding(hold),
+        ))
 }
 
 /// The resume point: the `Last-Event-ID` header, else the `lastEventID` or `last_event_id`

@@ -54,10 +54,7 @@ async fn error_body(opened: &mut Opened) -> String {
 fn pattern_path(n: usize) -> String {
     format!(
         "/.well-known/mercure?{}",
-        query(&[(
-            "match_urlpattern",
-            &format!("https://example.com/p{n}/:id")
-        )])
+        query(&[("match_urlpattern", &format!("https://example.com/p{n}/:id"))])
     )
 }
 
@@ -92,8 +89,7 @@ async fn open_when_accepted(app: &TestApp, client: &Client, path: &str) -> Opene
 /// that address's selector budget is full, while another address still gets a new pattern;
 /// the budget comes back when the first address's streams end.
 #[actix_web::test]
-async fn pattern_subscribers_over_the_client_budget_are_refused_while_other_addresses_are_not()
-{
+async fn pattern_subscribers_over_the_client_budget_are_refused_while_other_addresses_are_not() {
     // Arrange: room for a few URL patterns per client (each ~50 KB), the global budget at
     // its default (64 MiB, far from full).
     let app = spawn_app_with(|s| s.max_selector_bytes_per_client = 300_000).await;
@@ -115,9 +111,16 @@ async fn pattern_subscribers_over_the_client_budget_are_refused_while_other_addr
 
     // Assert
     let mut refused = refused.expect("one address cannot hold 100 distinct URL patterns");
-    assert!(!held.is_empty(), "the first patterns fit the client's budget");
+    assert!(
+        !held.is_empty(),
+        "the first patterns fit the client's budget"
+    );
     assert_eq!(
-        refused.response.headers().get(RETRY_AFTER).map(|v| v.as_bytes()),
+        refused
+            .response
+            .headers()
+            .get(RETRY_AFTER)
+            .map(|v| v.as_bytes()),
         Some(&b"5"[..]),
         "429 says when to retry"
     );
@@ -172,7 +175,11 @@ async fn subscribers_over_the_client_limit_are_refused_while_other_addresses_are
     );
     assert!(refused.response.headers().contains_key(RETRY_AFTER));
     assert_eq!(refusals(&app, "subscribers").await, 1);
-    assert_eq!(from_other.status, StatusCode::OK, "another address is unaffected");
+    assert_eq!(
+        from_other.status,
+        StatusCode::OK,
+        "another address is unaffected"
+    );
 
     // Act: one of the first address's streams ends.
     held.pop();
