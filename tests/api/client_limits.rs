@@ -166,6 +166,7 @@ async fn subscribers_over_the_client_limit_are_refused_while_other_addresses_are
     let from_other = open(&app, &other, "/stream", &[]).await;
 
     // Assert
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
     let body = error_body(&mut refused).await;
     assert_json_error(
         refused.status,
