@@ -7,6 +7,7 @@ use clap::{ArgAction, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::{
     auth::{JwtAlgorithm, JwtKey, Keys, Role},
+    client::{ClientLimits, Network},
     url_pattern::HubUrl,
 };
 
@@ -36,6 +37,15 @@ pub use crate::topic::{
 /// every matcher of a 1.0 token's Mercure details): a user's own topics and a few shared lists
 /// fit, and a publish checked against them all stays within about 64 one-pass matches.
 pub const DEFAULT_MAX_TOKEN_SELECTORS: usize = 64;
+/// A sixteenth of `--max-selector-bytes`: one source address can never fill the global budget
+/// (sixteen would be needed, and an IPv6 /64 counts as one), while it still holds ~80 distinct
+/// URL patterns or far more URI templates, and the largest single request (`--max-topics`
+/// selectors of `--max-template-bytes`, 2 MiB) always fits for a client that holds nothing.
+pub const DEFAULT_MAX_SELECTOR_BYTES_PER_CLIENT: usize = DEFAULT_MAX_SELECTOR_BYTES / 16;
+/// A tenth of `--max-subscribers`: ten addresses would be needed to fill the hub, while a NAT
+/// or a test harness on one address keeps thousands of streams (the load tester spreads its
+/// 20,000 over 253 addresses, ~80 each).
+pub const DEFAULT_MAX_SUBSCRIBERS_PER_CLIENT: usize = DEFAULT_MAX_SUBSCRIBERS / 10;
 /// Long enough for a slow mobile link, short enough that a peer that stopped reading or
 /// vanished without a FIN does not hold its connection for the kernel's ~15 minutes.
 pub const DEFAULT_WRITE_TIMEOUT: &str = "60s";
@@ -148,6 +158,17 @@ pub struct Settings {
     #[arg(long, env = "SSE_HUB_MAX_SUBSCRIBERS", default_value_t = DEFAULT_MAX_SUBSCRIBERS)]
     pub max_subscribers: usize,
 
+    /// Subscribers one client (a source address; an IPv6 /64) may hold at once; further
+    /// subscribe requests from it get 429.
+    #[arg(long, env = "SSE_HUB_MAX_SUBSCRIBERS_PER_CLIENT", default_value_t = DEFAULT_MAX_SUBSCRIBERS_PER_CLIENT)]
+    pub max_subscribers_per_client: usize,
+
+    /// Proxies whose `X-Forwarded-For` names the client (comma separated addresses or CIDR
+    /// blocks): from them, the rightmost address in the header that is not itself trusted is
+    /// the client. Default: none, every client is its peer address.
+    #[arg(long, env = "SSE_HUB_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<Network>,
+
     /// Topic of events published without one (the /send, /left, /right triggers among them).
     #[arg(long, env = "SSE_HUB_DEFAULT_TOPIC", default_value = DEFAULT_TOPIC)]
     pub default_topic: String,
@@ -195,6 +216,12 @@ pub struct Settings {
     /// new template gets 503.
     #[arg(long, env = "SSE_HUB_MAX_SELECTOR_BYTES", default_value_t = DEFAULT_MAX_SELECTOR_BYTES)]
     pub max_selector_bytes: usize,
+
+    /// Memory the distinct URI templates and URL patterns one client's subscribers use may keep
+    /// together, in bytes (each counted once per client); past it, that client's subscribe
+    /// with a new one gets 429. A compile sets `--max-template-bytes` aside meanwhile.
+    #[arg(long, env = "SSE_HUB_MAX_SELECTOR_BYTES_PER_CLIENT", default_value_t = DEFAULT_MAX_SELECTOR_BYTES_PER_CLIENT)]
+    pub max_selector_bytes_per_client: usize,
 
     /// JWT key for both roles: the HS256 secret, or an RS256 public key in PEM (`@path` reads a
     /// file). Setting a publisher key makes POST /publish require a publisher token.
@@ -369,6 +396,14 @@ impl Settings {
             .unwrap_or_else(|| hub.as_str().to_owned())
     }
 
+    /// The limits each client's subscribers share.
+    pub fn client_limits(&self) -> ClientLimits {
+        ClientLimits {
+            subscribers: self.max_subscribers_per_client,
+            selector_bytes: self.max_selector_bytes_per_client,
+        }
+    }
+
     /// The key material and algorithm for `role`: its own key if set, else `--jwt-key`.
     pub fn key_material(&self, role: Role) -> Option<(&str, JwtAlgorithm)> {
         let (key, alg) = match role {
@@ -422,6 +457,40 @@ mod tests {
         assert_eq!(settings.jwt_leeway, Duration::from_secs(5));
         assert_eq!(settings.stats_selectors, DEFAULT_STATS_SELECTORS);
         assert_eq!(settings.subscription_history, DEFAULT_SUBSCRIPTION_HISTORY);
+        assert_eq!(
+            settings.max_selector_bytes_per_client,
+            DEFAULT_MAX_SELECTOR_BYTES_PER_CLIENT
+        );
+        assert_eq!(
+            settings.max_subscribers_per_client,
+            DEFAULT_MAX_SUBSCRIBERS_PER_CLIENT
+        );
+        assert!(settings.trusted_proxies.is_empty());
+    }
+
+    /// The per-client defaults stay below the global ones, and one request of the largest
+    /// size fits in a client's selector budget.
+    #[test]
+    fn per_client_defaults_leave_room_for_others() {
+        const {
+            assert!(DEFAULT_MAX_SELECTOR_BYTES_PER_CLIENT < DEFAULT_MAX_SELECTOR_BYTES / 2);
+            assert!(DEFAULT_MAX_SUBSCRIBERS_PER_CLIENT < DEFAULT_MAX_SUBSCRIBERS / 2);
+            assert!(
+                DEFAULT_MAX_SELECTOR_BYTES_PER_CLIENT
+                    >= DEFAULT_MAX_TOPICS * DEFAULT_MAX_TEMPLATE_BYTES
+            );
+        }
+    }
+
+    /// `--trusted-proxies` takes a comma separated list of addresses and CIDR blocks.
+    #[test]
+    fn trusted_proxies_parse() {
+        let settings =
+            Cli::try_parse_from(["sse-hub", "--trusted-proxies", "10.0.0.0/8,::1,127.0.0.1"])
+                .expect("parses")
+                .settings;
+        assert_eq!(settings.trusted_proxies.len(), 3);
+        assert!(Cli::try_parse_from(["sse-hub", "--trusted-proxies", "nginx"]).is_err());
     }
 
     /// Durations take human units, so tests can run a 50 ms heartbeat.

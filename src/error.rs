@@ -2,7 +2,10 @@
 
 use actix_web::{HttpResponse, ResponseError, http::StatusCode};
 
-use crate::topic::SelectorError;
+use crate::{client::ClientLimitError, topic::SelectorError};
+
+/// `Retry-After` of a 429 for a per-client limit, in seconds.
+pub const CLIENT_LIMIT_RETRY_AFTER_SECS: &str = "5";
 
 /// Everything a request can be refused for. The message is written for the user who sent it;
 /// internal details go to the log only.
@@ -30,6 +33,10 @@ pub enum HubError {
     SubscriberLimit { limit: usize },
     #[error("the hub's memory for URI templates ({limit} bytes) is full; try again later")]
     SelectorLimit { limit: usize },
+    /// The subscriber's client (its source address) is at one of its own limits (429): the
+    /// hub's global limits stay 503.
+    #[error("{0}")]
+    ClientLimit(#[from] ClientLimitError),
     /// No token where one is needed (401, a bare `Bearer` challenge).
     #[error("{0}")]
     TokenMissing(String),
@@ -71,6 +78,7 @@ impl HubError {
             Self::TooMany { .. } => "too_many_topics",
             Self::SubscriberLimit { .. } => "subscriber_limit",
             Self::SelectorLimit { .. } => "selector_limit",
+            Self::ClientLimit(_) => "client_limit",
             Self::TokenMissing(_) | Self::Unauthorized(_) => "unauthorized",
             Self::TokenMalformed(_) => "invalid",
             Self::Forbidden(_) => "forbidden",
@@ -97,6 +105,7 @@ impl ResponseError for HubError {
             Self::TokenMalformed(_) => StatusCode::BAD_REQUEST,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::TooMany { .. } => StatusCode::BAD_REQUEST,
+            Self::ClientLimit(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::SubscriberLimit { .. }
             | Self::SelectorLimit { .. }
             | Self::ShuttingDown
@@ -116,6 +125,11 @@ impl ResponseError for HubError {
         // The node reconnects to its log with backoff; a second is a fair first retry.
         if self.status_code() == StatusCode::SERVICE_UNAVAILABLE {
             response.insert_header((RETRY_AFTER, "1"));
+        }
+        // A client over its own limit waits for one of its own streams to end: retrying
+        // every second would only add load.
+        if self.status_code() == StatusCode::TOO_MANY_REQUESTS {
+            response.insert_header((RETRY_AFTER, CLIENT_LIMIT_RETRY_AFTER_SECS));
         }
         match self {
             // RFC 6750 challenges, as Mercure asks; the JSON body says the same for people.

@@ -3,6 +3,7 @@
 //! - [`auth`]: Mercure JWTs (HS256, RS256): token sources, verification, 0.x claims and 1.0
 //!   access tokens' authorization details.
 //! - [`config`]: settings, as flags with `SSE_HUB_*` environment twins, and their defaults.
+//! - [`client`]: what one client (a source address) may hold: subscribers and selector bytes.
 //! - [`startup`]: builds the broadcaster and the HTTP server; main and the tests share it.
 //! - [`broadcaster`]: the actor: subscribers, topic index, history, fan-out, heartbeat.
 //! - [`event`]: event fields, their validation, and the one wire encoder.
@@ -22,6 +23,7 @@
 
 pub mod auth;
 pub mod broadcaster;
+pub mod client;
 pub mod config;
 pub mod error;
 pub mod event;

@@ -29,6 +29,12 @@ pub struct RefusedReason {
     pub reason: &'static str,
 }
 
+/// The `limit` label of a per-client refusal (`subscribers`, `selector_bytes`).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabel {
+    pub limit: &'static str,
+}
+
 /// Every metric of the hub. Updates are atomic adds; the broadcaster adds once per publish,
 /// never once per subscriber.
 #[derive(Debug)]
@@ -59,6 +65,8 @@ pub struct Metrics {
     pub log_entries_refused: Family<RefusedReason, Counter>,
     /// 1 while the event log can take publishes (`/readyz`), set when `/metrics` is rendered.
     pub log_ready: Gauge,
+    /// Subscribe requests refused for a per-client limit, by limit.
+    pub client_limit_refusals: Family<LimitLabel, Counter>,
 }
 
 impl Metrics {
@@ -86,6 +94,7 @@ impl Metrics {
             log_losses: Counter::default(),
             log_entries_refused: Family::default(),
             log_ready: Gauge::default(),
+            client_limit_refusals: Family::default(),
             // Filled below, once every metric exists to be registered.
             registry: Registry::default(),
         };
@@ -181,6 +190,13 @@ impl Metrics {
             metrics.log_ready.clone(),
         );
         registry.register(
+            "client_limit_refusals",
+            "Subscribe requests refused 429 because their client (source address) was at a \
+             per-client limit: `subscribers` (--max-subscribers-per-client) or `selector_bytes` \
+             (--max-selector-bytes-per-client)",
+            metrics.client_limit_refusals.clone(),
+        );
+        registry.register(
             "history_events",
             "Events held in the history",
             metrics.history_events.clone(),
@@ -210,6 +226,12 @@ impl Metrics {
         self.bytes_written.inc_by(bytes as u64);
     }
 
+    pub fn count_client_limit_refusal(&self, limit: &'static str) {
+        self.client_limit_refusals
+            .get_or_create(&LimitLabel { limit })
+            .inc();
+    }
+
     pub fn count_publish_error(&self, kind: &'static str) {
         self.publish_errors.get_or_create(&ErrorKind { kind }).inc();
     }
@@ -232,6 +254,7 @@ mod tests {
         metrics.events_published.inc();
         metrics.count_publish_error("too_large");
         metrics.publish_duration.observe(0.001);
+        metrics.count_client_limit_refusal("subscribers");
         let text = metrics.render();
         for name in [
             "sse_hub_subscribers ",
@@ -246,6 +269,7 @@ mod tests {
             "sse_hub_publish_duration_seconds_bucket",
             "sse_hub_history_events ",
             "sse_hub_history_bytes ",
+            "sse_hub_client_limit_refusals_total{limit=\"subscribers\"} 1",
         ] {
             assert!(text.contains(name), "missing {name:?} in\n{text}");
         }

@@ -10,6 +10,7 @@ use std::{
 };
 
 use crate::{
+    client::ClientHold,
     metrics::Metrics,
     queue::{self, Receiver},
 };
@@ -54,6 +55,8 @@ pub struct SubscriberBody {
     /// one pointer for it, not a timer.
     deadline: Option<Pin<Box<Sleep>>>,
     metrics: Arc<Metrics>,
+    /// The subscriber's share of its client's limits, given back when the body drops.
+    client: Option<ClientHold>,
 }
 
 impl SubscriberBody {
@@ -75,7 +78,14 @@ impl SubscriberBody {
             receiver: Some(receiver),
             deadline: deadline.map(|at| Box::pin(tokio::time::sleep_until(at))),
             metrics,
+            client: None,
         }
+    }
+
+    /// The body, holding `hold` until the stream ends.
+    pub fn holding(mut self, hold: ClientHold) -> Self {
+        self.client = Some(hold);
+        self
     }
 
     fn next_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {

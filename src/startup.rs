@@ -13,6 +13,7 @@ use actix_web::{
 
 use crate::{
     broadcaster::{Broadcaster, BroadcasterConfig, Shutdown, Window},
+    client::Clients,
     config::Settings,
     event_log::{self, Opened, StoreError},
     metrics::Metrics,
@@ -120,6 +121,11 @@ impl Application {
             broadcaster: broadcaster.clone(),
             settings: Arc::new(settings.clone()),
             keys: Arc::new(keys),
+            clients: Clients::new(
+                settings.client_limits(),
+                settings.trusted_proxies.clone(),
+                metrics.clone(),
+            ),
             metrics,
             selectors: Arc::new(SelectorCache::with_hub(
                 SelectorLimits {

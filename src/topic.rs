@@ -54,6 +54,11 @@ impl Pattern {
     pub fn as_str(&self) -> &str {
         self.matcher.as_str()
     }
+
+    /// Memory its compiled matcher keeps (what its cache's budget is charged).
+    pub fn bytes(&self) -> usize {
+        self.matcher.bytes()
+    }
 }
 
 impl fmt::Debug for Pattern {
@@ -125,6 +130,15 @@ impl Selector {
             Selector::Exact(exact) => exact == topic,
             Selector::Template(template) => template.matches(topic),
             Selector::UrlPattern(pattern) => pattern.matches(topic),
+        }
+    }
+
+    /// Memory its compiled matcher keeps: nothing for `*` and exact topics.
+    pub fn bytes(&self) -> usize {
+        match self {
+            Selector::Any | Selector::Exact(_) => 0,
+            Selector::Template(template) => template.bytes(),
+            Selector::UrlPattern(pattern) => pattern.bytes(),
         }
     }
 

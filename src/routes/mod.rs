@@ -17,6 +17,7 @@ use futures_util::StreamExt as _;
 use crate::{
     auth::Keys,
     broadcaster::{Broadcaster, Publish, Published, Subscribe, Subscribed, Subscription},
+    client::Clients,
     config::Settings,
     error::HubError,
     event::Publication,
@@ -37,6 +38,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Compiled selectors shared across subscribers (and claims).
     pub selectors: Arc<SelectorCache>,
+    /// What each client (source address) holds, against the per-client limits.
+    pub clients: Clients,
     /// Whether the event log takes publishes (`/readyz`).
     pub ready: Readiness,
 }

@@ -144,6 +144,15 @@ pub async fn open(
     }
     let texts: Vec<&str> = requested.iter().map(|(_, text)| *text).collect();
     check_topics(&texts, &state.settings, "topic selectors")?;
+    // The client's share: a subscriber slot now, each costly selector as it is compiled; the
+    // stream's body holds it, so all of it comes back when the stream ends.
+    let client = state.clients.identify(
+        req.peer_addr().map(|peer| peer.ip()),
+        req.headers()
+            .get_all("x-forwarded-for")
+            .filter_map(|value| value.to_str().ok()),
+    );
+    let mut hold = state.clients.admit(client)?;
     let mut selectors = Vec::with_capacity(requested.len());
     for &(kind, text) in &requested {
         // A 0.x selector's kind says whether it is a URI template (see requested_selectors).
@@ -151,14 +160,20 @@ pub async fn open(
             Some(selector) => selector,
             // Compiling a template or a URL pattern can take milliseconds of CPU: not on the
             // worker's event loop, whose other connections would wait meanwhile, but on the
-            // hub's few compile threads (`--compile-threads`).
-            None => state
-                .selectors
-                .compile(kind, text)
-                .await
-                .map_err(|_| HubError::Internal)?,
-        };
-        selectors.push(selector?);
+            // hub's few compile threads (`--compile-threads`). Its most possible cost is set
+            // aside from the client's budget first, so that concurrent requests of one client
+            // cannot take more of the global budget than it may hold.
+            None => {
+                hold.reserve(state.settings.max_template_bytes)?;
+                state
+                    .selectors
+                    .compile(kind, text)
+                    .await
+                    .map_err(|_| HubError::Internal)?
+            }
+        }?;
+        hold.charge(&selector)?;
+        selectors.push(selector);
     }
     let last_event_id = last_event_id(req, &pairs)?;
     let resumes = last_event_id.is_some();
@@ -212,12 +227,15 @@ pub async fn open(
         // A stream that ends (shutdown, too slow) closes its connection, so shutdown need not
         // wait for idle keep-alive connections, and the browser reconnects on a fresh one.
         .force_close()
-        .body(SubscriberBody::new(
-            subscription.opening,
-            subscription.receiver,
-            state.metrics.clone(),
-            deadline,
-        )))
+        .body(
+            SubscriberBody::new(
+                subscription.opening,
+                subscription.receiver,
+                state.metrics.clone(),
+                deadline,
+            )
+            .holding(hold),
+        ))
 }
 
 /// The resume point: the `Last-Event-ID` header, else the `lastEventID` or `last_event_id`

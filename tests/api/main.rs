@@ -3,6 +3,7 @@
 mod allocator;
 mod bad_input;
 mod browser;
+mod client_limits;
 mod cluster;
 mod durable;
 mod first_run;
