@@ -43,6 +43,7 @@
 //! Redis.
 
 use std::{
+    collections::VecDeque,
     fmt,
     sync::{
         Arc, LazyLock, Mutex, MutexGuard,
@@ -681,7 +682,15 @@ struct Position {
     /// again on the re-read, it is refused instead, so one forged entry cannot make the
     /// tail re-read the log forever.
     lost_at: Option<String>,
+    /// The last [`RECENT_ENTRIES`] hub entries read, oldest first. An entry whose predecessor
+    /// is among them, though not the last, follows entries that the append script did not
+    /// write (each of its entries names the one the script wrote before): those got in
+    /// between, and nothing was lost.
+    recent: VecDeque<String>,
 }
+
+/// Hub entries a [`Position`] remembers, to tell entries written in between from lost ones.
+const RECENT_ENTRIES: usize = 64;
 
 /// Why the tail stopped following the log.
 enum Stop {
@@ -867,6 +876,7 @@ async fn lost(
         epoch: None,
         last: None,
         lost_at: at,
+        recent: VecDeque::new(),
     };
     sink.send(Tailed::Lost { reason }).await
 }
@@ -901,6 +911,7 @@ impl Position {
         }
         if let Some(last) = &self.last
             && last != predecessor
+            && !self.recent.contains(predecessor)
         {
             return Some(format!(
                 "entry {id} follows {predecessor}, the last entry applied here is {last} (this node fell behind the trim, or Redis lost entries)"
@@ -936,6 +947,10 @@ impl Position {
     fn advance(&mut self, id: &str, order: Order) {
         self.epoch = Some(order.epoch);
         self.last = Some(id.to_owned());
+        if self.recent.len() == RECENT_ENTRIES {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(id.to_owned());
         self.cursor = Some(id.to_owned());
         // Past the entry that caused the loss, the re-read is over.
         let past = |at: &String| EntryId::parse(id) > EntryId::parse(at);
@@ -983,6 +998,13 @@ async fn snapshot(
             .or(epoch),
         last: newest_hub.map(|(id, _)| id),
         lost_at: None,
+        recent: {
+            let hub: Vec<&StreamId> = ids.iter().filter(|e| Order::of(e).is_some()).collect();
+            hub[hub.len().saturating_sub(RECENT_ENTRIES)..]
+                .iter()
+                .map(|entry| entry.id.clone())
+                .collect()
+        },
     };
     let mut entries = Vec::with_capacity(ids.len());
     for entry in &ids {
@@ -1193,5 +1215,35 @@ mod tests {
         assert!(position.gap("5-0", &order("b", "4-0")).is_some());
         position.advance("6-0", order("a", "4-0"));
         assert_eq!(position.lost_at, None, "past it");
+    }
+
+    /// An entry shaped like the hub's own (the log's epoch, the last entry as predecessor)
+    /// written between two of the script's entries is no gap, nor is the script's next entry,
+    /// which names the one before the interloper: nothing was lost, and no re-read starts.
+    #[test]
+    fn an_entry_written_in_between_is_not_a_loss() {
+        let mut position = Position::default();
+        let order = |p: &str| Order {
+            epoch: "a".to_owned(),
+            predecessor: p.to_owned(),
+        };
+        position.advance("1-0", order(""));
+        position.advance("2-0", order("1-0"));
+
+        assert!(
+            position.gap("3-0", &order("2-0")).is_none(),
+            "the forged entry"
+        );
+        position.advance("3-0", order("2-0"));
+        assert!(
+            position.gap("4-0", &order("2-0")).is_none(),
+            "the script's next"
+        );
+        position.advance("4-0", order("2-0"));
+        assert!(position.gap("5-0", &order("4-0")).is_none());
+        assert!(
+            position.gap("6-0", &order("0-7")).is_some(),
+            "a predecessor never read is a loss"
+        );
     }
 }
