@@ -122,7 +122,7 @@ impl Limits {
     /// The limits of the hub's own subscription events, read back from a shared log: their
     /// topic percent-encodes a matcher of up to `max_topic_bytes` (at most three bytes for one)
     /// and a subscriber id under the hub's path, so it may be longer than a publisher's.
-    pub fn for_subscription_events(self) -> Self {
+    fn for_subscription_events(self) -> Self {
         Self {
             max_topic_bytes: self.max_topic_bytes.saturating_mul(3).saturating_add(1024),
             ..self
@@ -150,6 +150,8 @@ pub enum Refusal {
     Earliest,
     #[error("data larger than {limit} bytes")]
     DataTooLarge { limit: usize },
+    #[error("the event type `mercure` is reserved for the hub's own subscription events")]
+    ReservedType,
 }
 
 impl Refusal {
@@ -165,6 +167,7 @@ impl Refusal {
                 "id"
             }
             Self::DataTooLarge { .. } => "too_large",
+            Self::ReservedType => "type",
         }
     }
 
@@ -198,6 +201,10 @@ impl Refusal {
                 reason: "must not be `earliest`, which means \"the whole history\" on resume",
             },
             Self::DataTooLarge { limit } => HubError::BodyTooLarge { limit },
+            Self::ReservedType => HubError::InvalidField {
+                field: EVENT_TYPE,
+                reason: "must not be `mercure`, which is reserved for the hub's own subscription events",
+            },
         }
     }
 }
@@ -220,6 +227,19 @@ pub struct Publication(EventDraft);
 impl Publication {
     /// Checks `draft` against every rule, topics first, then id, type and data.
     pub fn parse(draft: EventDraft, limits: &Limits) -> Result<Self, Refusal> {
+        if Kind::of_type(draft.event_type.as_deref()) == Kind::Subscription {
+            return Err(Refusal::ReservedType);
+        }
+        Self::parse_any(draft, limits)
+    }
+
+    /// One of the hub's own subscription events, read back from a shared log: the same rules,
+    /// with room for their hub-made topics ([`Limits::for_subscription_events`]).
+    pub fn parse_subscription_event(draft: EventDraft, limits: &Limits) -> Result<Self, Refusal> {
+        Self::parse_any(draft, &limits.for_subscription_events())
+    }
+
+    fn parse_any(draft: EventDraft, limits: &Limits) -> Result<Self, Refusal> {
         check_topics(draft.topics.iter().map(String::as_str), limits)?;
         if let Some(id) = &draft.id {
             check_id(id, "id")?;
@@ -553,6 +573,14 @@ mod tests {
                 },
                 Refusal::LineBreak { field: "id" },
                 "id",
+            ),
+            (
+                EventDraft {
+                    event_type: Some("mercure".into()),
+                    ..topics(&["a"])
+                },
+                Refusal::ReservedType,
+                "type",
             ),
             (
                 EventDraft {

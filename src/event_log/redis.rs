@@ -1065,11 +1065,11 @@ fn decode(entry: &StreamId, limits: &Limits) -> Result<TailEntry, Refused> {
         private: stored.private,
         repeatable_id: false,
     };
-    let limits = match Kind::of_type(draft.event_type.as_deref()) {
-        Kind::Application => *limits,
-        Kind::Subscription => limits.for_subscription_events(),
+    let publication = match Kind::of_type(draft.event_type.as_deref()) {
+        Kind::Application => Publication::parse(draft, limits),
+        Kind::Subscription => Publication::parse_subscription_event(draft, limits),
     };
-    let mut draft = Publication::parse(draft, &limits)
+    let mut draft = publication
         .map_err(|refusal| (refusal.label(), refusal.to_string()))?
         .into_draft();
     let id = draft.id.take().unwrap_or_default();

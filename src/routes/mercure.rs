@@ -203,8 +203,9 @@ struct Form {
 }
 
 /// Mercure's reserved values, refused (400) whatever the token: a topic `*` (the wildcard
-/// could not address it) or in the hub's namespace, the type `mercure`, an id starting with
-/// `#` (the hub's fragment ids); and control or format characters in topics, id and type.
+/// could not address it) or in the hub's namespace, an id starting with `#` (the hub's
+/// fragment ids); and control or format characters in topics, id and type. (The type
+/// `mercure` is refused on every route, by the publication rule set: [`Publication::parse`].)
 fn check_reserved(update: &EventDraft, hub: &HubUrl) -> Result<(), HubError> {
     let invalid = |reason: String| HubError::Invalid {
         what: "update",
@@ -225,11 +226,6 @@ fn check_reserved(update: &EventDraft, hub: &HubUrl) -> Result<(), HubError> {
         check_value(topic).map_err(|why| invalid(format!("the topic `{topic}` {why}")))?;
     }
     if let Some(event_type) = &update.event_type {
-        if event_type == subscriptions::EVENT_TYPE {
-            return Err(invalid(
-                "the type `mercure` is reserved for the hub's own events".to_owned(),
-            ));
-        }
         check_value(event_type).map_err(|why| invalid(format!("the type {why}")))?;
     }
     if let Some(id) = &update.id {

@@ -4,7 +4,7 @@ use actix_web::http::StatusCode;
 
 use crate::helpers::{assert_json_error, spawn_app_with};
 
-/// Oversized body → 413, bad event type → 400, invalid UTF-8 → 400, unknown route → 404,
+/// Oversized body → 413, bad event type (a line break, or `mercure`, the hub's own) → 400, invalid UTF-8 → 400, unknown route → 404,
 /// wrong method → 405; after each, a subscriber still receives the next event.
 #[actix_web::test]
 async fn bad_input_is_refused_and_disturbs_nobody() {
@@ -25,6 +25,13 @@ async fn bad_input_is_refused_and_disturbs_nobody() {
             b"x".to_vec(),
             StatusCode::BAD_REQUEST,
             "event type must not contain CR, LF or NUL",
+        ),
+        (
+            "POST",
+            "/publish?event=mercure",
+            b"x".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "must not be `mercure`",
         ),
         (
             "POST",
@@ -76,6 +83,8 @@ async fn bad_input_is_refused_and_disturbs_nobody() {
             "GET is not allowed on /publish",
         ),
     ];
+    // Only the markers below are published: every case is refused.
+    let markers = cases.len();
     for (n, (method, path, body, status, needle)) in cases.into_iter().enumerate() {
         let method = actix_web::http::Method::from_bytes(method.as_bytes()).expect("method");
         let mut response = app
@@ -100,5 +109,5 @@ async fn bad_input_is_refused_and_disturbs_nobody() {
         assert_eq!(event.data.as_deref(), Some(marker.as_str()));
         assert_eq!(event.id.as_deref(), Some(id.as_str()));
     }
-    assert_eq!(app.stats().await["events_published_total"], 9);
+    assert_eq!(app.stats().await["events_published_total"], markers);
 }
