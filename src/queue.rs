@@ -179,10 +179,12 @@ impl Receiver {
     /// `Some(Some(chunk))` when frames are queued, `Some(None)` at the end, `None` when empty.
     fn try_drain(&self, max_bytes: usize) -> Option<Option<Bytes>> {
         let mut state = self.shared.lock();
+        let queued = state.frames.len();
         let Some(chunk) = take_chunk(&mut state.frames, max_bytes) else {
             return (!state.sender_alive).then_some(None);
         };
-        release_burst_room(&mut state.frames);
+        let taken = queued - state.frames.len();
+        release_burst_room(&mut state.frames, taken);
         Some(Some(chunk))
     }
 }
@@ -192,14 +194,16 @@ impl Receiver {
 ///
 /// A burst grows the buffer to hold everything queued in one round (up to the subscriber
 /// buffer, 1,024 frames by default: 32 KiB); once drained, a buffer above this is shrunk back,
-/// so a subscriber that goes quiet after a burst holds what a steady one does. A queue that
-/// keeps getting more than this per round pays one reallocation per round, next to a socket
-/// write of that many frames.
+/// so a subscriber that goes quiet after a burst holds what a steady one does. Only a quiet
+/// round shrinks it (a drain of at most this many frames, such as the heartbeat's keep-alive):
+/// a subscriber that gets a hundred frames every round under load keeps its room, and the
+/// fan-out never reallocates it round after round.
 pub const RETAINED_FRAMES: usize = 8;
 
-/// Gives back what a burst made the (drained) queue grow past [`RETAINED_FRAMES`].
-fn release_burst_room(frames: &mut VecDeque<Bytes>) {
-    if frames.is_empty() && frames.capacity() > RETAINED_FRAMES {
+/// Gives back what a burst made the (drained) queue grow past [`RETAINED_FRAMES`], once a
+/// drain of `taken` frames shows the rounds are small again.
+fn release_burst_room(frames: &mut VecDeque<Bytes>, taken: usize) {
+    if frames.is_empty() && taken <= RETAINED_FRAMES && frames.capacity() > RETAINED_FRAMES {
         frames.shrink_to(RETAINED_FRAMES);
     }
 }
@@ -366,8 +370,9 @@ mod tests {
         receiver.shared.lock().frames.capacity()
     }
 
-    /// Once a burst is drained, the queue keeps no more room than a steady subscriber uses,
-    /// whatever the size of the burst (40 frames used to keep 64 slots).
+    /// Once a burst is drained and a quiet round follows (a keep-alive), the queue keeps no more
+    /// room than a steady subscriber uses, whatever the size of the burst (40 frames used to
+    /// keep 64 slots).
     #[test]
     fn drained_queue_gives_back_what_a_burst_grew() {
         for burst in [9, 40, 64, 1000] {
@@ -378,8 +383,12 @@ mod tests {
                     .expect("room");
             }
             assert!(capacity(&receiver) >= burst);
-            // Several chunks, as a burst larger than one write leaves.
+            // Several chunks, as a burst larger than one write leaves; then a quiet round.
             while let Poll::Ready(Some(_)) = drain(&mut receiver, 64) {}
+            sender
+                .push_keep_alive(Bytes::from_static(b": k\n\n"))
+                .expect("open");
+            assert!(matches!(drain(&mut receiver, 64), Poll::Ready(Some(_))));
             assert!(
                 capacity(&receiver) <= RETAINED_FRAMES,
                 "after a burst of {burst} the queue keeps {} slots",
@@ -399,7 +408,13 @@ mod tests {
                 .expect("room");
         }
         while let Poll::Ready(Some(_)) = drain(&mut receiver, 64 * 1024) {}
+        // The first quiet round gives the burst's room back.
+        sender
+            .push_keep_alive(Bytes::from_static(b": k\n\n"))
+            .expect("open");
+        assert!(matches!(drain(&mut receiver, 64), Poll::Ready(Some(_))));
         let kept = capacity(&receiver);
+        assert!(kept <= RETAINED_FRAMES);
         for round in 0..100 {
             for _ in 0..=round % RETAINED_FRAMES {
                 sender
@@ -412,6 +427,29 @@ mod tests {
             ));
             assert_eq!(capacity(&receiver), kept, "round {round} reallocated");
         }
+    }
+
+    /// A subscriber that gets a hundred frames every round (fan-out under load) keeps the room
+    /// they take: the fan-out does not regrow its queue round after round.
+    #[test]
+    fn busy_rounds_keep_their_room() {
+        let (sender, mut receiver) = queue(1024);
+        let round = |sender: &Sender| {
+            for _ in 0..100 {
+                sender
+                    .try_push(Bytes::from_static(b"data: x\n\n"))
+                    .expect("room");
+            }
+        };
+        round(&sender);
+        while let Poll::Ready(Some(_)) = drain(&mut receiver, 64 * 1024) {}
+        let kept = capacity(&receiver);
+        for n in 0..50 {
+            round(&sender);
+            while let Poll::Ready(Some(_)) = drain(&mut receiver, 64 * 1024) {}
+            assert_eq!(capacity(&receiver), kept, "round {n} reallocated");
+        }
+        assert!(kept >= 100);
     }
 
     /// After the sender is dropped, queued frames are still drained, then the end.
