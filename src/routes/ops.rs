@@ -47,6 +47,7 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
         Err(err) => {
             log::error!("health check failed error={err}");
             HttpResponse::ServiceUnavailable()
+                .insert_header((actix_web::http::header::RETRY_AFTER, "1"))
                 .json(serde_json::json!({ "error": "the broadcaster does not answer" }))
         }
     }
