@@ -6,11 +6,10 @@ use std::{
     collections::HashMap,
     fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    str::FromStr,
     sync::{Arc, Mutex},
 };
 
-use crate::{metrics::Metrics, topic::Selector};
+use crate::{config::Network, error::ClientLimitError, metrics::Metrics, topic::Selector};
 
 /// Who a subscriber is, for the per-client limits: an IPv4 address, or an IPv6 /64 (one
 /// host usually holds a whole /64, so counting its addresses one by one would let it have
@@ -44,68 +43,6 @@ impl fmt::Display for ClientId {
             }
             Self::Unknown => f.write_str("unknown"),
         }
-    }
-}
-
-/// An address or a CIDR block (`10.0.0.0/8`, `fd00::/8`, `127.0.0.1`), as `--trusted-proxies`
-/// lists them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Network {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-impl Network {
-    /// Whether `ip` lies in this block (IPv4-mapped IPv6 addresses as their IPv4 one).
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip.to_canonical()) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                net.to_bits() & mask == ip.to_bits() & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                net.to_bits() & mask == ip.to_bits() & mask
-            }
-            _ => false,
-        }
-    }
-}
-
-impl FromStr for Network {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let (addr, prefix) = match text.split_once('/') {
-            Some((addr, prefix)) => (addr, Some(prefix)),
-            None => (text, None),
-        };
-        let addr = addr
-            .trim()
-            .parse::<IpAddr>()
-            .map_err(|_| format!("`{text}` is not an IP address or a CIDR block"))?
-            .to_canonical();
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            None => max,
-            Some(prefix) => prefix
-                .trim()
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= max)
-                .ok_or_else(|| format!("`{text}`: the prefix length must be 0 to {max}"))?,
-        };
-        Ok(Self { addr, prefix })
-    }
-}
-
-impl fmt::Display for Network {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
     }
 }
 
@@ -157,31 +94,6 @@ pub struct ClientLimits {
     /// Bytes of compiled selectors (URI templates, URL patterns) one client's subscribers may
     /// hold together, each distinct selector counted once.
     pub selector_bytes: usize,
-}
-
-/// A per-client limit a subscribe request ran into (429).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ClientLimitError {
-    #[error(
-        "too many subscribers from one client: at most {limit} at once \
-         (--max-subscribers-per-client); try again when some of them have left"
-    )]
-    Subscribers { limit: usize },
-    #[error(
-        "one client's memory for URI templates and URL patterns ({limit} bytes, \
-         --max-selector-bytes-per-client) is full; try again when some of its subscribers have left"
-    )]
-    SelectorBytes { limit: usize },
-}
-
-impl ClientLimitError {
-    /// The `limit` label of `sse_hub_client_limit_refusals_total`.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::Subscribers { .. } => "subscribers",
-            Self::SelectorBytes { .. } => "selector_bytes",
-        }
-    }
 }
 
 /// What one client holds now.
@@ -425,23 +337,6 @@ mod tests {
             ClientId::of(ip("2001:db8:1:2::1")).to_string(),
             "2001:db8:1:2::/64"
         );
-    }
-
-    /// `--trusted-proxies` entries parse as addresses or CIDR blocks, and bad ones say why.
-    #[test]
-    fn networks_parse_and_contain() {
-        let net: Network = "10.1.0.0/16".parse().expect("valid");
-        assert!(net.contains(ip("10.1.200.3")));
-        assert!(net.contains(ip("::ffff:10.1.0.1")));
-        assert!(!net.contains(ip("10.2.0.1")));
-        let one: Network = "127.0.0.1".parse().expect("valid");
-        assert!(one.contains(ip("127.0.0.1")) && !one.contains(ip("127.0.0.2")));
-        let v6: Network = "fd00::/8".parse().expect("valid");
-        assert!(v6.contains(ip("fd12::1")) && !v6.contains(ip("fe80::1")));
-        let all: Network = "0.0.0.0/0".parse().expect("valid");
-        assert!(all.contains(ip("8.8.8.8")));
-        assert!("10.0.0.0/33".parse::<Network>().is_err());
-        assert!("example.com".parse::<Network>().is_err());
     }
 
     /// X-Forwarded-For counts only from a trusted peer, and then its rightmost address that

@@ -1,13 +1,18 @@
 //! Settings: every knob of the hub as a CLI flag with an `SSE_HUB_*` environment twin, and
 //! the documented defaults as named constants.
 
-use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    str::FromStr,
+    time::Duration,
+};
 
 use clap::{ArgAction, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::{
     auth::{JwtAlgorithm, JwtKey, Keys, Role},
-    client::{ClientLimits, Network},
     url_pattern::HubUrl,
 };
 
@@ -357,16 +362,6 @@ impl fmt::Display for Store {
 }
 
 impl Settings {
-    /// The limits of the one publication rule set, for publishes and for entries read back
-    /// from a shared log.
-    pub fn limits(&self) -> crate::event::Limits {
-        crate::event::Limits {
-            max_topics: self.max_topics,
-            max_topic_bytes: self.max_topic_bytes,
-            max_data_bytes: self.body_limit_bytes,
-        }
-    }
-
     /// The verification keys for both roles, from the key settings.
     pub fn keys(&self, hub: &HubUrl) -> Result<Keys, String> {
         let key = |role: Role| {
@@ -394,14 +389,6 @@ impl Settings {
         self.jwt_audience
             .clone()
             .unwrap_or_else(|| hub.as_str().to_owned())
-    }
-
-    /// The limits each client's subscribers share.
-    pub fn client_limits(&self) -> ClientLimits {
-        ClientLimits {
-            subscribers: self.max_subscribers_per_client,
-            selector_bytes: self.max_selector_bytes_per_client,
-        }
     }
 
     /// The key material and algorithm for `role`: its own key if set, else `--jwt-key`.
@@ -439,9 +426,92 @@ impl Default for Settings {
     }
 }
 
+/// An address or a CIDR block (`10.0.0.0/8`, `fd00::/8`, `127.0.0.1`), as `--trusted-proxies`
+/// lists them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Network {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Network {
+    /// Whether `ip` lies in this block (IPv4-mapped IPv6 addresses as their IPv4 one).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                net.to_bits() & mask == ip.to_bits() & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                net.to_bits() & mask == ip.to_bits() & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl FromStr for Network {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (addr, prefix) = match text.split_once('/') {
+            Some((addr, prefix)) => (addr, Some(prefix)),
+            None => (text, None),
+        };
+        let addr = addr
+            .trim()
+            .parse::<IpAddr>()
+            .map_err(|_| format!("`{text}` is not an IP address or a CIDR block"))?
+            .to_canonical();
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(prefix) => prefix
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("`{text}`: the prefix length must be 0 to {max}"))?,
+        };
+        Ok(Self { addr, prefix })
+    }
+}
+
+impl fmt::Display for Network {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ip(text: &str) -> std::net::IpAddr {
+        text.parse().expect("an address")
+    }
+
+    /// `--trusted-proxies` entries parse as addresses or CIDR blocks, and bad ones say why.
+    #[test]
+    fn networks_parse_and_contain() {
+        let net: Network = "10.1.0.0/16".parse().expect("valid");
+        assert!(net.contains(ip("10.1.200.3")));
+        assert!(net.contains(ip("::ffff:10.1.0.1")));
+        assert!(!net.contains(ip("10.2.0.1")));
+        let one: Network = "127.0.0.1".parse().expect("valid");
+        assert!(one.contains(ip("127.0.0.1")) && !one.contains(ip("127.0.0.2")));
+        let v6: Network = "fd00::/8".parse().expect("valid");
+        assert!(v6.contains(ip("fd12::1")) && !v6.contains(ip("fe80::1")));
+        let all: Network = "0.0.0.0/0".parse().expect("valid");
+        assert!(all.contains(ip("8.8.8.8")));
+        assert!("10.0.0.0/33".parse::<Network>().is_err());
+        assert!("example.com".parse::<Network>().is_err());
+    }
 
     /// With no flags and no environment, every default is the documented one.
     #[test]

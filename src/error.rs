@@ -2,7 +2,7 @@
 
 use actix_web::{HttpResponse, ResponseError, http::StatusCode};
 
-use crate::{client::ClientLimitError, topic::SelectorError};
+use crate::topic::SelectorError;
 
 /// `Retry-After` of a 429 for a per-client limit, in seconds.
 pub const CLIENT_LIMIT_RETRY_AFTER_SECS: &str = "5";
@@ -167,5 +167,30 @@ impl From<actix::MailboxError> for HubError {
     fn from(err: actix::MailboxError) -> Self {
         log::error!("broadcaster unreachable error={err}");
         Self::ShuttingDown
+    }
+}
+
+/// A per-client limit a subscribe request ran into (429).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientLimitError {
+    #[error(
+        "too many subscribers from one client: at most {limit} at once \
+         (--max-subscribers-per-client); try again when some of them have left"
+    )]
+    Subscribers { limit: usize },
+    #[error(
+        "one client's memory for URI templates and URL patterns ({limit} bytes, \
+         --max-selector-bytes-per-client) is full; try again when some of its subscribers have left"
+    )]
+    SelectorBytes { limit: usize },
+}
+
+impl ClientLimitError {
+    /// The `limit` label of `sse_hub_client_limit_refusals_total`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Subscribers { .. } => "subscribers",
+            Self::SelectorBytes { .. } => "selector_bytes",
+        }
     }
 }

@@ -13,8 +13,9 @@ use actix_web::{
 
 use crate::{
     broadcaster::{Broadcaster, BroadcasterConfig, Shutdown, Window},
-    client::Clients,
+    client::{ClientLimits, Clients},
     config::Settings,
+    event::Limits,
     event_log::{self, Opened, StoreError},
     metrics::Metrics,
     routes::{self, AppState},
@@ -81,6 +82,12 @@ impl Application {
         let listener = listen(settings.bind).map_err(bind_error)?;
         let addr = listener.local_addr().map_err(bind_error)?;
         let metrics = Metrics::new();
+        let limits = Limits {
+            max_topics: settings.max_topics,
+            max_topic_bytes: settings.max_topic_bytes,
+            // A publish's body is its data.
+            max_data_bytes: settings.body_limit_bytes,
+        };
         let opened = event_log::open(
             &settings.store,
             Window::new(settings.history_size, settings.history_bytes),
@@ -91,7 +98,7 @@ impl Application {
                 0
             },
             &settings.redis_prefix,
-            settings.limits(),
+            limits,
             metrics.clone(),
         )?;
         let ready = opened.readiness();
@@ -121,8 +128,12 @@ impl Application {
             broadcaster: broadcaster.clone(),
             settings: Arc::new(settings.clone()),
             keys: Arc::new(keys),
+            limits,
             clients: Clients::new(
-                settings.client_limits(),
+                ClientLimits {
+                    subscribers: settings.max_subscribers_per_client,
+                    selector_bytes: settings.max_selector_bytes_per_client,
+                },
                 settings.trusted_proxies.clone(),
                 metrics.clone(),
             ),

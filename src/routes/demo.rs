@@ -66,7 +66,7 @@ async fn trigger_body(req: HttpRequest, state: &AppState) -> Result<HttpResponse
         ..EventDraft::default()
     };
     let id = state
-        .publish(Publication::parse(draft, &state.settings.limits())?)
+        .publish(Publication::parse(draft, &state.limits)?)
         .await?;
     Ok(published(&id))
 }

@@ -79,7 +79,7 @@ async fn publish_form(
         // Mercure accepts a repeated id; a resume from it starts after its first occurrence.
         repeatable_id: true,
     };
-    let publication = Publication::parse(draft, &state.settings.limits()).map_err(over_limit)?;
+    let publication = Publication::parse(draft, &state.limits).map_err(over_limit)?;
     // Whatever the token allows: these would forge the hub's own events.
     check_reserved(publication.draft(), state.selectors.hub())?;
     let topics: Vec<&str> = publication

@@ -20,7 +20,7 @@ use crate::{
     client::Clients,
     config::Settings,
     error::HubError,
-    event::Publication,
+    event::{Limits, Publication},
     event_log::Readiness,
     metrics::Metrics,
     reply,
@@ -42,6 +42,8 @@ pub struct AppState {
     pub clients: Clients,
     /// Whether the event log takes publishes (`/readyz`).
     pub ready: Readiness,
+    /// The limits of the one publication rule set, from the settings.
+    pub limits: Limits,
 }
 
 impl AppState {
@@ -283,8 +285,8 @@ fn query_value<'a>(
 
 /// Checks the count and length limits on the topics or selectors of one request: the rule
 /// set's ([`crate::event::check_topics`]), `what` naming them in the error.
-fn check_topics(topics: &[&str], settings: &Settings, what: &'static str) -> Result<(), HubError> {
-    crate::event::check_topics(topics.iter().copied(), &settings.limits())
+fn check_topics(topics: &[&str], limits: &Limits, what: &'static str) -> Result<(), HubError> {
+    crate::event::check_topics(topics.iter().copied(), limits)
         .map_err(|refusal| refusal.into_error(what))
 }
 

@@ -71,8 +71,8 @@ async fn publish_body(
         repeatable_id: false,
     };
     // The rule set before the body is read, so a bad query is refused without reading it.
-    let limits = settings.limits();
-    let publication = Publication::parse(draft, &limits)?;
+    let limits = &state.limits;
+    let publication = Publication::parse(draft, limits)?;
     if let Some(grant) = &grant {
         let topics: Vec<&str> = publication
             .draft()
@@ -84,7 +84,7 @@ async fn publish_body(
     }
     let body = read_body(payload, settings.body_limit_bytes).await?;
     let data = String::from_utf8(body.into()).map_err(|_| HubError::InvalidUtf8)?;
-    let id = state.publish(publication.with_data(data, &limits)?).await?;
+    let id = state.publish(publication.with_data(data, limits)?).await?;
     Ok(published(&id))
 }
 

@@ -143,7 +143,7 @@ pub async fn open(
         });
     }
     let texts: Vec<&str> = requested.iter().map(|(_, text)| *text).collect();
-    check_topics(&texts, &state.settings, "topic selectors")?;
+    check_topics(&texts, &state.limits, "topic selectors")?;
     // The client's share: a subscriber slot now, each costly selector as it is compiled; the
     // stream's body holds it, so all of it comes back when the stream ends.
     let client = state.clients.identify(
