@@ -74,13 +74,7 @@ async fn publish_body(
     let limits = &state.limits;
     let publication = Publication::parse(draft, limits)?;
     if let Some(grant) = &grant {
-        let topics: Vec<&str> = publication
-            .draft()
-            .topics
-            .iter()
-            .map(String::as_str)
-            .collect();
-        authorize_topics(grant, &topics)?;
+        authorize_topics(grant, &publication.draft().topics)?;
     }
     let body = read_body(payload, settings.body_limit_bytes).await?;
     let data = String::from_utf8(body.into()).map_err(|_| HubError::InvalidUtf8)?;
@@ -90,7 +84,7 @@ async fn publish_body(
 
 /// Every topic must be allowed by the publisher's token (its `mercure.publish` claim, or its
 /// `publish` authorization details).
-pub fn authorize_topics(grant: &Grant, topics: &[&str]) -> Result<(), HubError> {
+pub fn authorize_topics(grant: &Grant, topics: &[String]) -> Result<(), HubError> {
     match topics.iter().find(|topic| !grant.allows(topic)) {
         Some(topic) => Err(HubError::Forbidden(format!(
             "the token does not allow publishing to topic `{topic}`"
