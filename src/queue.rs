@@ -68,6 +68,7 @@ pub fn queue(capacity: usize) -> (Sender, Receiver) {
         Receiver {
             shared,
             on_close: None,
+            round: 0,
         },
     )
 }
@@ -144,6 +145,8 @@ pub struct Receiver {
     /// Called once when the receiver is dropped (the connection closed or the body ended), so
     /// the broadcaster hears of it at once instead of at its next push or heartbeat.
     on_close: Option<Box<dyn FnOnce() + Send>>,
+    /// Frames drained since the queue was last found empty: the size of the last round.
+    round: usize,
 }
 
 impl std::fmt::Debug for Receiver {
@@ -177,14 +180,17 @@ impl Receiver {
     }
 
     /// `Some(Some(chunk))` when frames are queued, `Some(None)` at the end, `None` when empty.
-    fn try_drain(&self, max_bytes: usize) -> Option<Option<Bytes>> {
+    fn try_drain(&mut self, max_bytes: usize) -> Option<Option<Bytes>> {
         let mut state = self.shared.lock();
         let queued = state.frames.len();
         let Some(chunk) = take_chunk(&mut state.frames, max_bytes) else {
             return (!state.sender_alive).then_some(None);
         };
-        let taken = queued - state.frames.len();
-        release_burst_room(&mut state.frames, taken);
+        self.round += queued - state.frames.len();
+        if state.frames.is_empty() {
+            release_burst_room(&mut state.frames, self.round);
+            self.round = 0;
+        }
         Some(Some(chunk))
     }
 }
@@ -194,17 +200,21 @@ impl Receiver {
 ///
 /// A burst grows the buffer to hold everything queued in one round (up to the subscriber
 /// buffer, 1,024 frames by default: 32 KiB); once drained, a buffer above this is shrunk back,
-/// so a subscriber that goes quiet after a burst holds what a steady one does. Only a quiet
-/// round shrinks it (a drain of at most this many frames, such as the heartbeat's keep-alive):
-/// a subscriber that gets a hundred frames every round under load keeps its room, and the
-/// fan-out never reallocates it round after round.
+/// so a subscriber that goes quiet after a burst holds what a steady one does. Only room well
+/// beyond the last round's ([`SPARE_ROOM_FACTOR`] times it) is given back, down to that round
+/// (at least this many frames): a subscriber that gets a hundred frames every round under load
+/// keeps its room, and the fan-out does not reallocate it round after round.
 pub const RETAINED_FRAMES: usize = 8;
 
-/// Gives back what a burst made the (drained) queue grow past [`RETAINED_FRAMES`], once a
-/// drain of `taken` frames shows the rounds are small again.
-fn release_burst_room(frames: &mut VecDeque<Bytes>, taken: usize) {
-    if frames.is_empty() && taken <= RETAINED_FRAMES && frames.capacity() > RETAINED_FRAMES {
-        frames.shrink_to(RETAINED_FRAMES);
+/// How many times its last round a drained queue may keep before it gives room back.
+const SPARE_ROOM_FACTOR: usize = 4;
+
+/// Gives back what a burst made the drained queue grow past its last round of `round` frames
+/// (the frames drained since it was last empty).
+fn release_burst_room(frames: &mut VecDeque<Bytes>, round: usize) {
+    let keep = round.max(RETAINED_FRAMES);
+    if frames.is_empty() && frames.capacity() > keep.saturating_mul(SPARE_ROOM_FACTOR) {
+        frames.shrink_to(keep);
     }
 }
 
@@ -370,9 +380,9 @@ mod tests {
         receiver.shared.lock().frames.capacity()
     }
 
-    /// Once a burst is drained and a quiet round follows (a keep-alive), the queue keeps no more
-    /// room than a steady subscriber uses, whatever the size of the burst (40 frames used to
-    /// keep 64 slots).
+    /// Once a burst is drained and a quiet round follows (a keep-alive), the queue keeps about
+    /// the room a steady subscriber uses, whatever the size of the burst (1,000 frames used to
+    /// keep 1,024 slots).
     #[test]
     fn drained_queue_gives_back_what_a_burst_grew() {
         for burst in [9, 40, 64, 1000] {
@@ -390,7 +400,7 @@ mod tests {
                 .expect("open");
             assert!(matches!(drain(&mut receiver, 64), Poll::Ready(Some(_))));
             assert!(
-                capacity(&receiver) <= RETAINED_FRAMES,
+                capacity(&receiver) <= RETAINED_FRAMES * SPARE_ROOM_FACTOR,
                 "after a burst of {burst} the queue keeps {} slots",
                 capacity(&receiver)
             );
