@@ -264,10 +264,6 @@ impl ClientHold {
         self.selectors.push(selector.clone());
         Ok(())
     }
-
-    pub fn client(&self) -> ClientId {
-        self.client
-    }
 }
 
 impl Drop for ClientHold {

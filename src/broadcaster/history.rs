@@ -6,7 +6,6 @@ use std::{
     sync::Arc,
 };
 
-use crate::config::DEFAULT_SUBSCRIPTION_HISTORY;
 use crate::event::{Event, Kind};
 
 /// Where a replay starts.
@@ -220,22 +219,14 @@ impl Lane {
 }
 
 impl History {
-    /// A history of at most `max_events` application events and `max_bytes` bytes, and
-    /// [`DEFAULT_SUBSCRIPTION_HISTORY`] subscription events within the same number of bytes.
-    pub fn new(max_events: usize, max_bytes: usize) -> Self {
+    /// A history of at most `max_events` application events and `subscription_events`
+    /// subscription events (`--subscription-history`), each kind within `max_bytes`.
+    pub fn new(max_events: usize, max_bytes: usize, subscription_events: usize) -> Self {
         Self {
             application: Lane::new(Window::new(max_events, max_bytes)),
-            subscription: Lane::new(Window::new(DEFAULT_SUBSCRIPTION_HISTORY, max_bytes)),
+            subscription: Lane::new(Window::new(subscription_events, max_bytes)),
             next_stamp: 1,
         }
-    }
-
-    /// The same history keeping at most `max_events` subscription events
-    /// (`--subscription-history`).
-    pub fn with_subscription_history(mut self, max_events: usize) -> Self {
-        let max_bytes = self.subscription.window.max_bytes;
-        self.subscription = Lane::new(Window::new(max_events, max_bytes));
-        self
     }
 
     /// Appends an event to its lane, trimming that lane's oldest events to stay within its
@@ -351,6 +342,7 @@ impl History {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::DEFAULT_SUBSCRIPTION_HISTORY;
     use crate::event::EventDraft;
 
     fn event(id: &str, data: &str) -> Arc<Event> {
@@ -385,7 +377,7 @@ mod tests {
     /// Replay after an id yields exactly the later events, in order.
     #[test]
     fn replay_after_id_yields_later_events() {
-        let mut history = History::new(10, 1 << 20);
+        let mut history = History::new(10, 1 << 20, DEFAULT_SUBSCRIPTION_HISTORY);
         for id in ["a", "b", "c", "d"] {
             history.append(event(id, "x"));
         }
@@ -407,7 +399,7 @@ mod tests {
     /// The count bound trims the oldest events; a trimmed id is reported as not found.
     #[test]
     fn count_bound_trims_oldest() {
-        let mut history = History::new(3, 1 << 20);
+        let mut history = History::new(3, 1 << 20, DEFAULT_SUBSCRIPTION_HISTORY);
         for id in ["a", "b", "c", "d", "e"] {
             history.append(event(id, "x"));
         }
@@ -428,7 +420,7 @@ mod tests {
     #[test]
     fn byte_bound_holds() {
         let one = event("x0", &"y".repeat(100)).size_bytes();
-        let mut history = History::new(1000, one * 5);
+        let mut history = History::new(1000, one * 5, DEFAULT_SUBSCRIPTION_HISTORY);
         for n in 0..50 {
             history.append(event(&format!("x{}", n % 10), &"y".repeat(100)));
             assert!(history.size_bytes() <= one * 5);
@@ -440,7 +432,7 @@ mod tests {
     /// included, and still does once that occurrence is trimmed.
     #[test]
     fn a_repeated_id_resumes_after_its_earliest_occurrence() {
-        let mut history = History::new(4, 1 << 20);
+        let mut history = History::new(4, 1 << 20, DEFAULT_SUBSCRIPTION_HISTORY);
         for id in ["a", "dup", "b", "dup"] {
             history.append(event(id, "x"));
         }
@@ -479,7 +471,7 @@ mod tests {
     /// across the gap it leaves.
     #[test]
     fn oversized_event_clears_history() {
-        let mut history = History::new(10, 200);
+        let mut history = History::new(10, 200, DEFAULT_SUBSCRIPTION_HISTORY);
         history.append(event("a", "x"));
         history.append(event("b", &"y".repeat(500)));
         assert!(history.is_empty());
@@ -495,7 +487,7 @@ mod tests {
     /// and private readers alike, and the replay is in publish order.
     #[test]
     fn subscription_events_do_not_push_application_events_out() {
-        let mut history = History::new(4, 1 << 20).with_subscription_history(3);
+        let mut history = History::new(4, 1 << 20, 3);
         history.append(event("a", "x"));
         for n in 0..50 {
             history.append(announcement(&format!("s{n}")));
@@ -518,7 +510,7 @@ mod tests {
     /// either kind.
     #[test]
     fn replay_merges_lanes_in_publish_order() {
-        let mut history = History::new(10, 1 << 20).with_subscription_history(10);
+        let mut history = History::new(10, 1 << 20, 10);
         let order = ["a", "s1", "s2", "b", "s3", "c", "d", "s4"];
         for id in order {
             history.append(if id.starts_with('s') {
@@ -544,7 +536,7 @@ mod tests {
     /// events lost after a subscription event's id concern everyone.
     #[test]
     fn a_resume_across_a_lane_gap_is_incomplete_for_whoever_could_miss_something() {
-        let mut history = History::new(3, 1 << 20).with_subscription_history(2);
+        let mut history = History::new(3, 1 << 20, 2);
         for id in ["a", "s1", "s2", "s3"] {
             history.append(if id.starts_with('s') {
                 announcement(id)
@@ -610,7 +602,7 @@ mod replay_properties {
             subscription_size in 0usize..12,
             bytes in 60usize..2000,
         ) {
-            let mut history = History::new(size, bytes).with_subscription_history(subscription_size);
+            let mut history = History::new(size, bytes, subscription_size);
             let appended: Vec<Arc<Event>> = kinds
                 .iter()
                 .enumerate()

@@ -55,8 +55,11 @@ pub struct BroadcasterConfig {
 impl BroadcasterConfig {
     /// An empty history with these bounds.
     fn history(&self) -> History {
-        History::new(self.history_size, self.history_bytes)
-            .with_subscription_history(self.subscription_history)
+        History::new(
+            self.history_size,
+            self.history_bytes,
+            self.subscription_history,
+        )
     }
 }
 
