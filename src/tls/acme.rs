@@ -1,0 +1,359 @@
+//! Automatic certificates (ACME, RFC 8555) for the `--tls-acme` domains: an account and an order
+//! with the CA, the tls-alpn-01 challenge answered on the hub's own TLS port, the account key and
+//! certificate cached in `--acme-cache`, and renewal once two thirds of a certificate's lifetime
+//! have passed. The protocol is rustls-acme's; this module parses the settings and drives it.
+
+use std::{
+    fs::{self, File},
+    io::{self, Read as _},
+    net::IpAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use futures_util::StreamExt as _;
+use rustls::{ClientConfig, RootCertStore, ServerConfig, server::ResolvesServerCert};
+use rustls_acme::{AcmeConfig, AcmeState, EventError, EventOk, caches::DirCache};
+use rustls_pki_types::{CertificateDer, DnsName, pem::PemObject as _};
+
+use super::{TlsError, provider};
+use crate::metrics::{AcmeEvent, Metrics};
+
+/// The ALPN protocol of a tls-alpn-01 validation (RFC 8737): offered by the listener next to
+/// `h2` and `http/1.1`, and answered with the challenge certificate while an order is pending.
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+/// Largest `--acme-ca-file` read: a bundle of a few hundred certificates.
+const MAX_CA_FILE_BYTES: u64 = 1024 * 1024;
+
+/// A name the hub asks a certificate for: a DNS name in lower case, neither an IP address nor
+/// a wildcard (tls-alpn-01 validates neither; they need other challenges).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcmeDomain(String);
+
+impl AcmeDomain {
+    pub fn parse(value: &str) -> Result<Self, String> {
+        let name = value.trim().to_ascii_lowercase();
+        if name.starts_with("*.") {
+            return Err(format!(
+                "`{value}`: a wildcard name needs the dns-01 challenge; the hub answers tls-alpn-01 \
+                 only, so name each host"
+            ));
+        }
+        if name.parse::<IpAddr>().is_ok() {
+            return Err(format!(
+                "`{value}`: an IP address, not a DNS name (ACME CAs issue for names)"
+            ));
+        }
+        if name.ends_with('.') || DnsName::try_from(name.as_str()).is_err() {
+            return Err(format!("`{value}` is not a DNS name"));
+        }
+        Ok(Self(name))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// An ACME account contact: `mailto:ADDRESS`, the one scheme Let's Encrypt accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcmeContact(String);
+
+impl AcmeContact {
+    pub fn parse(value: &str) -> Result<Self, String> {
+        let value = value.trim();
+        match value.strip_prefix("mailto:") {
+            Some(address)
+                if address.contains('@')
+                    && !address.starts_with('@')
+                    && !address.ends_with('@')
+                    && !address.contains(|c: char| c.is_whitespace() || c.is_control()) =>
+            {
+                Ok(Self(value.to_owned()))
+            }
+            _ => Err(format!(
+                "`{value}`: expected `mailto:ADDRESS`, e.g. `mailto:ops@example.com`"
+            )),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// An ACME directory: an `https://` URL.
+pub fn parse_directory(value: &str) -> Result<String, String> {
+    let url = url::Url::parse(value).map_err(|err| format!("`{value}`: {err}"))?;
+    if url.scheme() != "https" {
+        return Err(format!(
+            "`{value}`: an ACME directory is an https:// URL"
+        ));
+    }
+    Ok(url.into())
+}
+
+/// Why ACME could not start. Each names the setting to fix; once started, failures are logged
+/// and retried, never fatal.
+#[derive(Debug, thiserror::Error)]
+pub enum AcmeError {
+    #[error("--acme-cache {path}: {reason}")]
+    Cache { path: PathBuf, reason: String },
+    #[error("--acme-ca-file {path}: {reason}")]
+    CaFile { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+/// What `--tls-acme` and the `--acme-*` settings ask for.
+#[derive(Debug, Clone)]
+pub struct AcmeOptions {
+    pub domains: Vec<AcmeDomain>,
+    pub cache: PathBuf,
+    pub directory: String,
+    pub contact: Vec<AcmeContact>,
+    pub ca_file: Option<PathBuf>,
+}
+
+/// The certificate that ACME keeps current, as the listener's resolver.
+#[derive(Debug)]
+pub struct Acme {
+    resolver: Arc<rustls_acme::ResolvesServerCertAcme>,
+}
+
+impl Acme {
+    /// Checks the cache directory and the extra CA, then starts ordering (or loads the cached
+    /// certificate) on the current actix runtime. Until a certificate is there, TLS handshakes
+    /// fail: a fresh hub serves within seconds of the CA's validation.
+    pub fn start(options: AcmeOptions, metrics: Arc<Metrics>) -> Result<Self, AcmeError> {
+        prepare_cache(&options.cache)?;
+        let mut roots = RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        if let Some(path) = &options.ca_file {
+            add_ca_file(&mut roots, path)?;
+        }
+        let client = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|err| TlsError::Config(err.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let domains: Vec<&str> = options.domains.iter().map(AcmeDomain::as_str).collect();
+        let state = AcmeConfig::new_with_client_config(&domains, Arc::new(client))
+            .directory(&options.directory)
+            .contact(options.contact.iter().map(AcmeContact::as_str))
+            .cache(DirCache::new(options.cache.clone()))
+            .state();
+        let resolver = state.resolver();
+        log::info!(
+            "ACME started domains={} directory={} cache={}",
+            domains.join(","),
+            options.directory,
+            options.cache.display()
+        );
+        drive(state, domains.join(","), metrics);
+        Ok(Self { resolver })
+    }
+
+    /// The certificate served on each handshake (and the challenge certificate for a
+    /// tls-alpn-01 validation).
+    pub fn resolver(&self) -> Arc<dyn ResolvesServerCert> {
+        self.resolver.clone()
+    }
+
+    /// The listener's configuration ([`super::server_config`]) with `acme-tls/1` offered too.
+    pub fn server_config(&self) -> Result<ServerConfig, TlsError> {
+        let mut config = super::server_config(self.resolver())?;
+        config.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
+        Ok(config)
+    }
+}
+
+/// Runs the ACME state machine for the life of the process: it loads the cache, orders when
+/// there is no valid certificate, sleeps until renewal, and retries a failed order after 1 s,
+/// 2 s, 4 s … up to 2^16 s (rustls-acme's backoff). Each failure is logged once as it happens,
+/// so the log rate is bounded by that backoff; the certificate served so far stays.
+fn drive(mut state: AcmeState<io::Error, io::Error>, domains: String, metrics: Arc<Metrics>) {
+    actix_web::rt::spawn(async move {
+        while let Some(event) = state.next().await {
+            let (kind, outcome) = match event {
+                Ok(EventOk::DeployedCachedCert) => {
+                    log::info!("ACME certificate loaded from the cache domains={domains}");
+                    (AcmeEvent::CACHED_CERTIFICATE, None)
+                }
+                Ok(EventOk::DeployedNewCert) => {
+                    log::info!("ACME certificate issued and served domains={domains}");
+                    (AcmeEvent::NEW_CERTIFICATE, None)
+                }
+                Ok(EventOk::CertCacheStore | EventOk::AccountCacheStore) => {
+                    log::debug!("ACME cache written domains={domains}");
+                    continue;
+                }
+                Err(err) => {
+                    let kind = match &err {
+                        EventError::Order(_) | EventError::NewCertParse(_) => {
+                            AcmeEvent::ORDER_FAILED
+                        }
+                        EventError::CachedCertParse(_) => AcmeEvent::CACHED_CERTIFICATE_REFUSED,
+                        EventError::CertCacheLoad(_)
+                        | EventError::AccountCacheLoad(_)
+                        | EventError::CertCacheStore(_)
+                        | EventError::AccountCacheStore(_) => AcmeEvent::CACHE_FAILED,
+                    };
+                    (kind, Some(err))
+                }
+            };
+            metrics.acme_events.get_or_create(&kind).inc();
+            if let Some(err) = outcome {
+                log::warn!(
+                    "ACME {} domains={domains} error={err}; retried after a backoff",
+                    kind.event
+                );
+            }
+        }
+    });
+}
+
+/// Creates the cache directory (0700: it holds the account key and certificate keys) when it
+/// is missing, and checks that the hub can write there: an unwritable cache would order a new
+/// certificate at every restart, which the CA's rate limits soon refuse.
+fn prepare_cache(dir: &Path) -> Result<(), AcmeError> {
+    let error = |reason: String| AcmeError::Cache {
+        path: dir.to_owned(),
+        reason,
+    };
+    if !dir.exists() {
+        let mut builder = fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder
+            .create(dir)
+            .map_err(|err| error(format!("cannot create it: {err}")))?;
+    }
+    let meta = fs::metadata(dir).map_err(|err| error(err.to_string()))?;
+    if !meta.is_dir() {
+        return Err(error("not a directory".to_owned()));
+    }
+    #[cfg(unix)]
+    if std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o077 != 0 {
+        log::warn!(
+            "ACME cache readable by others (it holds private keys): chmod 700 {}",
+            dir.display()
+        );
+    }
+    let probe = dir.join(".sse-hub-write-check");
+    fs::write(&probe, b"")
+        .and_then(|()| fs::remove_file(&probe))
+        .map_err(|err| error(format!("not writable: {err}")))
+}
+
+/// Adds the CA certificates of a PEM file to `roots`.
+fn add_ca_file(roots: &mut RootCertStore, path: &Path) -> Result<(), AcmeError> {
+    let error = |reason: String| AcmeError::CaFile {
+        path: path.to_owned(),
+        reason,
+    };
+    let mut pem = Vec::new();
+    File::open(path)
+        .and_then(|file| file.take(MAX_CA_FILE_BYTES + 1).read_to_end(&mut pem))
+        .map_err(|err| error(err.to_string()))?;
+    if pem.len() as u64 > MAX_CA_FILE_BYTES {
+        return Err(error(format!(
+            "larger than {MAX_CA_FILE_BYTES} bytes: not a PEM CA bundle"
+        )));
+    }
+    let certificates = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| error(format!("not PEM: {err}")))?;
+    if certificates.is_empty() {
+        return Err(error("no CERTIFICATE section found".to_owned()));
+    }
+    for certificate in certificates {
+        roots
+            .add(certificate)
+            .map_err(|err| error(format!("not a CA certificate: {err}")))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Domains are DNS names, lower-cased; IP addresses, wildcards and junk are refused with
+    /// a reason.
+    #[test]
+    fn domains_are_dns_names() {
+        assert_eq!(
+            AcmeDomain::parse("Hub.Example.com").map(|d| d.as_str().to_owned()),
+            Ok("hub.example.com".to_owned())
+        );
+        assert!(AcmeDomain::parse("localhost").is_ok());
+        let wildcard = AcmeDomain::parse("*.example.com").expect_err("wildcard");
+        assert!(wildcard.contains("dns-01"), "{wildcard}");
+        let ip = AcmeDomain::parse("127.0.0.1").expect_err("ip");
+        assert!(ip.contains("IP address"), "{ip}");
+        for junk in ["", "exa mple.com", "example.com.", "a..b", "https://example.com"] {
+            assert!(AcmeDomain::parse(junk).is_err(), "{junk:?} accepted");
+        }
+    }
+
+    /// A contact is `mailto:` and an address; anything else is refused.
+    #[test]
+    fn contacts_are_mailto_addresses() {
+        assert!(AcmeContact::parse("mailto:ops@example.com").is_ok());
+        for bad in ["ops@example.com", "mailto:", "mailto:ops", "tel:+123", "mailto:a b@c"] {
+            assert!(AcmeContact::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    /// The directory must be https.
+    #[test]
+    fn directory_is_https() {
+        assert!(parse_directory("https://127.0.0.1:14000/dir").is_ok());
+        assert!(parse_directory("http://127.0.0.1:14000/dir").is_err());
+        assert!(parse_directory("not a url").is_err());
+    }
+
+    /// A missing cache directory is created private; a file where it should be is refused.
+    #[test]
+    fn cache_directory_is_created_private() {
+        let dir = tempfile::tempdir().expect("dir");
+        let cache = dir.path().join("a/b");
+        prepare_cache(&cache).expect("created");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = fs::metadata(&cache).expect("exists").permissions().mode();
+            assert_eq!(mode & 0o777, 0o700);
+        }
+        let file = dir.path().join("file");
+        fs::write(&file, b"x").expect("write");
+        let err = prepare_cache(&file).expect_err("a file");
+        assert!(err.to_string().starts_with("--acme-cache "), "{err}");
+    }
+
+    /// A CA file that is missing or holds no certificate is refused, naming the file.
+    #[test]
+    fn ca_file_errors_name_the_file() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut roots = RootCertStore::empty();
+        let missing = dir.path().join("missing.pem");
+        let err = add_ca_file(&mut roots, &missing).expect_err("missing");
+        assert!(err.to_string().contains("missing.pem"), "{err}");
+        let junk = dir.path().join("junk.pem");
+        fs::write(&junk, "hello\n").expect("write");
+        let err = add_ca_file(&mut roots, &junk).expect_err("junk");
+        assert!(err.to_string().contains("no CERTIFICATE"), "{err}");
+
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = dir.path().join("ca.pem");
+        fs::write(&ca, params.self_signed(&key).expect("cert").pem()).expect("write");
+        add_ca_file(&mut roots, &ca).expect("a CA");
+        assert_eq!(roots.len(), 1);
+    }
+}
