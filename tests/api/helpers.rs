@@ -72,6 +72,11 @@ pub fn client() -> Client {
 }
 
 impl TestApp {
+    /// Stops the hub the way a signal does (streams ended, then the server).
+    pub fn stopper(&self) -> Stopper {
+        self.stopper.clone()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
@@ -438,7 +443,9 @@ impl ChildHub {
         let kept = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some((_, addr)) = line.split_once("listening addr=http://") {
+                if let Some((_, url)) = line.split_once("listening addr=")
+                    && let Some((_, addr)) = url.split_once("://")
+                {
                     let _ = addr_tx.send(addr.trim().to_owned());
                 }
                 kept.push(line);

@@ -20,4 +20,5 @@ mod replay;
 mod shutdown;
 mod slow_subscriber;
 mod store_faults;
+mod tls;
 mod topics;
