@@ -13,6 +13,7 @@ use clap::{ArgAction, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::{
     auth::{JwtAlgorithm, JwtKey, Keys, Role},
+    tls::acme::{self, AcmeContact, AcmeDomain},
     url_pattern::HubUrl,
 };
 
@@ -61,6 +62,10 @@ pub const DEFAULT_REDIS_PREFIX: &str = "sse-hub";
 /// A renewed certificate is served within seconds (certbot and most tools replace the files;
 /// SIGHUP loads them at once), at the cost of two `stat` calls per check.
 pub const DEFAULT_TLS_RELOAD_INTERVAL: &str = "10s";
+/// Let's Encrypt's production CA: browsers trust what it issues. Its staging directory,
+/// for trying a setup without its rate limits, is
+/// `https://acme-staging-v02.api.letsencrypt.org/directory`.
+pub const DEFAULT_ACME_DIRECTORY: &str = "https://acme-v02.api.letsencrypt.org/directory";
 /// actix-http's defaults, kept: only publishers send much to the hub.
 pub const DEFAULT_HTTP2_STREAM_WINDOW: u32 = 1024 * 1024;
 pub const DEFAULT_HTTP2_CONNECTION_WINDOW: u32 = 2 * 1024 * 1024;
@@ -342,6 +347,40 @@ pub struct Settings {
     /// a restart (0 = only on SIGHUP, which always reloads them).
     #[arg(long, env = "SSE_HUB_TLS_RELOAD_INTERVAL", default_value = DEFAULT_TLS_RELOAD_INTERVAL, value_parser = humantime::parse_duration)]
     pub tls_reload_interval: Duration,
+
+    /// Serve TLS with a certificate obtained and renewed automatically from an ACME CA for
+    /// this domain (repeatable; comma separated in the environment). The CA validates by
+    /// tls-alpn-01 on the hub's own TLS port, so the domain must reach this listener on port
+    /// 443. Needs `--acme-cache`; excludes `--tls-cert`.
+    #[arg(
+        long,
+        env = "SSE_HUB_TLS_ACME",
+        value_name = "DOMAIN",
+        value_delimiter = ',',
+        value_parser = AcmeDomain::parse,
+        conflicts_with_all = ["tls_cert", "tls_key"],
+        requires = "acme_cache"
+    )]
+    pub tls_acme: Vec<AcmeDomain>,
+
+    /// With `--tls-acme`: the directory keeping the ACME account key and the certificates
+    /// (created 0700), so a restart serves the cached certificate instead of ordering again.
+    #[arg(long, env = "SSE_HUB_ACME_CACHE", value_name = "DIR")]
+    pub acme_cache: Option<PathBuf>,
+
+    /// With `--tls-acme`: the ACME CA's directory URL (https).
+    #[arg(long, env = "SSE_HUB_ACME_DIRECTORY", value_name = "URL", default_value = DEFAULT_ACME_DIRECTORY, value_parser = acme::parse_directory)]
+    pub acme_directory: String,
+
+    /// With `--tls-acme`: the ACME account's contact, `mailto:ADDRESS`, where the CA writes
+    /// about problems with the certificates (repeatable; comma separated in the environment).
+    #[arg(long, env = "SSE_HUB_ACME_CONTACT", value_name = "MAILTO", value_delimiter = ',', value_parser = AcmeContact::parse)]
+    pub acme_contact: Vec<AcmeContact>,
+
+    /// With `--tls-acme`: a PEM file of CA certificates trusted for the ACME directory's
+    /// HTTPS, besides the built-in web roots (a private or test CA, such as pebble's).
+    #[arg(long, env = "SSE_HUB_ACME_CA_FILE", value_name = "PATH")]
+    pub acme_ca_file: Option<PathBuf>,
 
     /// HTTP/2: bytes a client may send on one stream before the hub acknowledges them (the
     /// receive window; what subscribers receive is paced by their own windows).

@@ -35,6 +35,32 @@ pub struct LimitLabel {
     pub limit: &'static str,
 }
 
+/// The `event` label of what ACME did (`--tls-acme`): a certificate served from the cache or
+/// newly issued, an order that failed (retried after a backoff), a cache that could not be
+/// read or written, a cached certificate that did not parse (a new one is ordered).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AcmeEvent {
+    pub event: &'static str,
+}
+
+impl AcmeEvent {
+    pub const CACHED_CERTIFICATE: Self = Self {
+        event: "cached_certificate",
+    };
+    pub const NEW_CERTIFICATE: Self = Self {
+        event: "new_certificate",
+    };
+    pub const ORDER_FAILED: Self = Self {
+        event: "order_failed",
+    };
+    pub const CACHE_FAILED: Self = Self {
+        event: "cache_failed",
+    };
+    pub const CACHED_CERTIFICATE_REFUSED: Self = Self {
+        event: "cached_certificate_refused",
+    };
+}
+
 /// Every metric of the hub. Updates are atomic adds; the broadcaster adds once per publish,
 /// never once per subscriber.
 #[derive(Debug)]
@@ -71,6 +97,8 @@ pub struct Metrics {
     pub tls_reloads: Counter,
     /// Reloads refused (a missing, malformed or mismatched file): the old certificate stayed.
     pub tls_reload_failures: Counter,
+    /// What ACME did, by event (`--tls-acme`).
+    pub acme_events: Family<AcmeEvent, Counter>,
 }
 
 impl Metrics {
@@ -101,6 +129,7 @@ impl Metrics {
             client_limit_refusals: Family::default(),
             tls_reloads: Counter::default(),
             tls_reload_failures: Counter::default(),
+            acme_events: Family::default(),
             // Filled below, once every metric exists to be registered.
             registry: Registry::default(),
         };
@@ -206,6 +235,12 @@ impl Metrics {
             "tls_reloads",
             "Certificates loaded again from --tls-cert and --tls-key (changed on disk, or SIGHUP)",
             metrics.tls_reloads.clone(),
+        );
+        registry.register(
+            "acme_events",
+            "What ACME (--tls-acme) did: cached_certificate, new_certificate, order_failed \
+             (retried after a backoff), cache_failed, cached_certificate_refused",
+            metrics.acme_events.clone(),
         );
         registry.register(
             "tls_reload_failures",

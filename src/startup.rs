@@ -20,7 +20,10 @@ use crate::{
     event_log::{self, Opened, StoreError},
     metrics::Metrics,
     routes::{self, AppState},
-    tls::{self, CertificateFiles, TlsError},
+    tls::{
+        self, CertificateFiles, TlsError,
+        acme::{Acme, AcmeError, AcmeOptions},
+    },
     topic::{SelectorCache, SelectorLimits},
     url_pattern::HubUrl,
 };
@@ -43,6 +46,8 @@ pub enum StartupError {
     Bind { addr: SocketAddr, source: io::Error },
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error(transparent)]
+    Acme(#[from] AcmeError),
 }
 
 /// Connections a listener queues before the hub accepts them: a reconnect storm arrives at once.
@@ -91,6 +96,8 @@ impl Application {
             (Some(cert), Some(key)) => Some(Arc::new(CertificateFiles::load(cert, key)?)),
             _ => None,
         };
+        // ACME's cache and CA file likewise; the CA is asked nothing until the server starts.
+        let acme = acme_options(&settings)?.map(Acme::new).transpose()?;
         let metrics = Metrics::new();
         let limits = Limits {
             max_topics: settings.max_topics,
@@ -195,7 +202,17 @@ impl Application {
                     .map_err(bind_error)?;
                 (server, "https")
             }
-            None => (server.listen(listener).map_err(bind_error)?, "http"),
+            None => match acme {
+                Some(acme) => {
+                    let config = acme.server_config()?;
+                    acme.start(tls_metrics);
+                    let server = server
+                        .listen_rustls_0_23(listener, config)
+                        .map_err(bind_error)?;
+                    (server, "https")
+                }
+                None => (server.listen(listener).map_err(bind_error)?, "http"),
+            },
         };
         log::info!("listening addr={scheme}://{addr}");
         Ok(Self {
@@ -311,6 +328,21 @@ fn write_timeout(
             log::warn!("cannot set TCP_USER_TIMEOUT error={err}");
         }
     }
+}
+
+/// What `--tls-acme` and the `--acme-*` settings ask for, if anything.
+fn acme_options(settings: &Settings) -> Result<Option<AcmeOptions>, AcmeError> {
+    if settings.tls_acme.is_empty() {
+        return Ok(None);
+    }
+    let cache = settings.acme_cache.clone().ok_or(AcmeError::NoCache)?;
+    Ok(Some(AcmeOptions {
+        domains: settings.tls_acme.clone(),
+        cache,
+        directory: settings.acme_directory.clone(),
+        contact: settings.acme_contact.clone(),
+        ca_file: settings.acme_ca_file.clone(),
+    }))
 }
 
 /// The keep-alive setting as actix takes it: 0 turns it off.

@@ -100,6 +100,8 @@ pub fn parse_directory(value: &str) -> Result<String, String> {
 pub enum AcmeError {
     #[error("--acme-cache {path}: {reason}")]
     Cache { path: PathBuf, reason: String },
+    #[error("--tls-acme needs --acme-cache: without it every restart orders a new certificate")]
+    NoCache,
     #[error("--acme-ca-file {path}: {reason}")]
     CaFile { path: PathBuf, reason: String },
     #[error(transparent)]
@@ -116,17 +118,18 @@ pub struct AcmeOptions {
     pub ca_file: Option<PathBuf>,
 }
 
-/// The certificate that ACME keeps current, as the listener's resolver.
+/// The certificate that ACME keeps current: checked settings and a state machine that has
+/// not run yet.
 #[derive(Debug)]
 pub struct Acme {
-    resolver: Arc<rustls_acme::ResolvesServerCertAcme>,
+    state: AcmeState<io::Error, io::Error>,
+    domains: String,
 }
 
 impl Acme {
-    /// Checks the cache directory and the extra CA, then starts ordering (or loads the cached
-    /// certificate) on the current actix runtime. Until a certificate is there, TLS handshakes
-    /// fail: a fresh hub serves within seconds of the CA's validation.
-    pub fn start(options: AcmeOptions, metrics: Arc<Metrics>) -> Result<Self, AcmeError> {
+    /// Checks the cache directory and the extra CA. Nothing is asked of the CA before
+    /// [`Acme::start`].
+    pub fn new(options: AcmeOptions) -> Result<Self, AcmeError> {
         prepare_cache(&options.cache)?;
         let mut roots = RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
@@ -145,28 +148,33 @@ impl Acme {
             .contact(options.contact.iter().map(AcmeContact::as_str))
             .cache(DirCache::new(options.cache.clone()))
             .state();
-        let resolver = state.resolver();
         log::info!(
-            "ACME started domains={} directory={} cache={}",
+            "ACME domains={} directory={} cache={}",
             domains.join(","),
             options.directory,
             options.cache.display()
         );
-        drive(state, domains.join(","), metrics);
-        Ok(Self { resolver })
+        Ok(Self {
+            domains: domains.join(","),
+            state,
+        })
     }
 
-    /// The certificate served on each handshake (and the challenge certificate for a
-    /// tls-alpn-01 validation).
-    pub fn resolver(&self) -> Arc<dyn ResolvesServerCert> {
-        self.resolver.clone()
-    }
-
-    /// The listener's configuration ([`super::server_config`]) with `acme-tls/1` offered too.
+    /// The listener's configuration ([`super::server_config`]): the certificate ACME keeps
+    /// current on each handshake, and `acme-tls/1` offered besides `h2` and `http/1.1` so the
+    /// CA's validation reaches the challenge certificate.
     pub fn server_config(&self) -> Result<ServerConfig, TlsError> {
-        let mut config = super::server_config(self.resolver())?;
+        let resolver: Arc<dyn ResolvesServerCert> = self.state.resolver();
+        let mut config = super::server_config(resolver)?;
         config.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
         Ok(config)
+    }
+
+    /// Loads the cached certificate or orders one, on the current actix runtime, and keeps it
+    /// renewed for the life of the process. Until a certificate is there, TLS handshakes fail:
+    /// a fresh hub serves within seconds of the CA's validation.
+    pub fn start(self, metrics: Arc<Metrics>) {
+        drive(self.state, self.domains, metrics);
     }
 }
 

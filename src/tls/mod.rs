@@ -2,6 +2,7 @@
 //! offers HTTP/2 and HTTP/1.1 by ALPN. Certificates come from files ([`files`]), reloaded
 //! without a restart.
 
+pub mod acme;
 pub mod files;
 
 use std::{io, path::PathBuf, sync::Arc};

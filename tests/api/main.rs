@@ -1,5 +1,6 @@
 //! Integration tests: the real hub on an ephemeral port, spoken to over HTTP.
 
+mod acme;
 mod allocator;
 mod bad_input;
 mod browser;
