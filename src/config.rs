@@ -746,3 +746,49 @@ mod cli_tests {
         assert_eq!(cli.settings.bind.port(), 9000);
     }
 }
+
+#[cfg(test)]
+mod acme_tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Settings, clap::Error> {
+        Cli::try_parse_from(std::iter::once("sse-hub").chain(args.iter().copied()))
+            .map(|cli| cli.settings)
+    }
+
+    /// `--tls-acme` takes several domains (repeated or comma separated), needs `--acme-cache`,
+    /// and defaults to Let's Encrypt's production directory.
+    #[test]
+    fn tls_acme_takes_domains_and_needs_a_cache() {
+        let settings = parse(&[
+            "--tls-acme",
+            "a.example.com,B.example.com",
+            "--tls-acme",
+            "c.example.com",
+            "--acme-cache",
+            "/var/lib/sse-hub/acme",
+        ])
+        .expect("parses");
+        let domains: Vec<&str> = settings.tls_acme.iter().map(AcmeDomain::as_str).collect();
+        assert_eq!(domains, ["a.example.com", "b.example.com", "c.example.com"]);
+        assert_eq!(settings.acme_directory, DEFAULT_ACME_DIRECTORY);
+        assert!(settings.acme_contact.is_empty() && settings.acme_ca_file.is_none());
+
+        let err = parse(&["--tls-acme", "a.example.com"]).expect_err("no cache");
+        assert!(err.to_string().contains("--acme-cache"), "{err}");
+        assert!(Settings::default().tls_acme.is_empty());
+    }
+
+    /// ACME and certificate files are two ways to get one certificate: both at once is refused,
+    /// as are a wildcard, a contact that is not `mailto:` and a plain-HTTP directory.
+    #[test]
+    fn acme_settings_refuse_what_cannot_work() {
+        let acme = ["--tls-acme", "a.example.com", "--acme-cache", "/tmp/acme"];
+        let with = |extra: &[&str]| parse(&[&acme[..], extra].concat());
+        assert!(with(&["--tls-cert", "c.pem", "--tls-key", "k.pem"]).is_err());
+        assert!(with(&["--acme-contact", "ops@example.com"]).is_err());
+        assert!(with(&["--acme-contact", "mailto:ops@example.com"]).is_ok());
+        assert!(with(&["--acme-directory", "http://127.0.0.1:14000/dir"]).is_err());
+        assert!(parse(&["--tls-acme", "*.example.com", "--acme-cache", "/tmp/acme"]).is_err());
+    }
+}

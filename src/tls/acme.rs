@@ -87,9 +87,7 @@ impl AcmeContact {
 pub fn parse_directory(value: &str) -> Result<String, String> {
     let url = url::Url::parse(value).map_err(|err| format!("`{value}`: {err}"))?;
     if url.scheme() != "https" {
-        return Err(format!(
-            "`{value}`: an ACME directory is an https:// URL"
-        ));
+        return Err(format!("`{value}`: an ACME directory is an https:// URL"));
     }
     Ok(url.into())
 }
@@ -303,7 +301,13 @@ mod tests {
         assert!(wildcard.contains("dns-01"), "{wildcard}");
         let ip = AcmeDomain::parse("127.0.0.1").expect_err("ip");
         assert!(ip.contains("IP address"), "{ip}");
-        for junk in ["", "exa mple.com", "example.com.", "a..b", "https://example.com"] {
+        for junk in [
+            "",
+            "exa mple.com",
+            "example.com.",
+            "a..b",
+            "https://example.com",
+        ] {
             assert!(AcmeDomain::parse(junk).is_err(), "{junk:?} accepted");
         }
     }
@@ -312,7 +316,13 @@ mod tests {
     #[test]
     fn contacts_are_mailto_addresses() {
         assert!(AcmeContact::parse("mailto:ops@example.com").is_ok());
-        for bad in ["ops@example.com", "mailto:", "mailto:ops", "tel:+123", "mailto:a b@c"] {
+        for bad in [
+            "ops@example.com",
+            "mailto:",
+            "mailto:ops",
+            "tel:+123",
+            "mailto:a b@c",
+        ] {
             assert!(AcmeContact::parse(bad).is_err(), "{bad:?} accepted");
         }
     }

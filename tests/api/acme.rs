@@ -182,7 +182,11 @@ impl Pebble {
         let pebble = Command::new("pebble")
             .arg("-config")
             .arg(dir.path().join("pebble.json"))
-            .args(["-dnsserver", &format!("127.0.0.1:{dns_port}"), "-strict=false"])
+            .args([
+                "-dnsserver",
+                &format!("127.0.0.1:{dns_port}"),
+                "-strict=false",
+            ])
             // No random 0-15 s sleep before each validation (the validation itself is real).
             .env("PEBBLE_VA_NOSLEEP", "1")
             // Pebble refuses 5% of nonces by default to exercise retries; rustls-acme retries
@@ -258,19 +262,28 @@ struct AcmeHub {
     log: Arc<Mutex<Vec<String>>>,
 }
 
+/// The hub binary with ACME settings, listening on 127.0.0.1:`port`.
+fn acme_command(port: u16, directory: &str, ca_file: &Path, cache: &Path) -> Command {
+    let mut command = Command::new(HUB);
+    command
+        .args(["--bind", &format!("127.0.0.1:{port}"), "--workers", "1"])
+        .args(["--tls-acme", DOMAIN, "--acme-directory", directory])
+        .arg("--acme-ca-file")
+        .arg(ca_file)
+        .arg("--acme-cache")
+        .arg(cache)
+        .args(["--acme-contact", "mailto:ops@acme.test"])
+        .env("RUST_LOG", "info")
+        .env_remove("SSE_HUB_STORE")
+        .env_remove("SSE_HUB_TLS_ACME")
+        .env_remove("SSE_HUB_TLS_CERT")
+        .env_remove("SSE_HUB_TLS_KEY");
+    command
+}
+
 impl AcmeHub {
     fn spawn(port: u16, directory: &str, ca_file: &Path, cache: &Path) -> Self {
-        let mut child = Command::new(HUB)
-            .args(["--bind", &format!("127.0.0.1:{port}"), "--workers", "1"])
-            .args(["--tls-acme", DOMAIN, "--acme-directory", directory])
-            .arg("--acme-ca-file")
-            .arg(ca_file)
-            .arg("--acme-cache")
-            .arg(cache)
-            .args(["--acme-contact", "mailto:ops@acme.test"])
-            .env("RUST_LOG", "info")
-            .env_remove("SSE_HUB_STORE")
-            .env_remove("SSE_HUB_TLS_ACME")
+        let mut child = acme_command(port, directory, ca_file, cache)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -354,7 +367,10 @@ fn certificate_from_pebble_is_served_and_survives_a_restart_without_the_ca() {
     let files = std::fs::read_dir(&cache_dir)
         .expect("the cache exists")
         .count();
-    assert!(files >= 2, "account key and certificate cached ({files} files)");
+    assert!(
+        files >= 2,
+        "account key and certificate cached ({files} files)"
+    );
     assert!(
         hub.log().contains("ACME certificate issued"),
         "{}",
@@ -381,5 +397,16 @@ fn certificate_from_pebble_is_served_and_survives_a_restart_without_the_ca() {
         hub.log().contains("ACME certificate loaded from the cache"),
         "{}",
         hub.log()
+    );
+
+    // The `healthcheck` command, given the same settings, asks over TLS.
+    let check = acme_command(port, &pebble.directory(), &pebble.ca_file(), &cache_dir)
+        .arg("healthcheck")
+        .output()
+        .expect("the healthcheck runs");
+    assert!(
+        check.status.success(),
+        "healthcheck: {}",
+        String::from_utf8_lossy(&check.stderr)
     );
 }
