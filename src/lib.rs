@@ -6,7 +6,7 @@
 //! - [`client`]: what one client (a source address) may hold: subscribers and selector bytes.
 //! - [`startup`]: builds the broadcaster and the HTTP server; main and the tests share it.
 //! - [`tls`]: TLS on the listener (HTTP/2 and HTTP/1.1 by ALPN): certificates from files,
-//!   reloaded without a restart.
+//!   reloaded without a restart, or from an ACME CA (`--tls-acme`), renewed automatically.
 //! - [`broadcaster`]: the actor: subscribers, topic index, history, fan-out, heartbeat.
 //! - [`event`]: event fields, their validation, and the one wire encoder.
 //! - [`event_log`]: where published events are committed: memory, or a file that survives

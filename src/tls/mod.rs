@@ -1,6 +1,6 @@
 //! TLS on the listener: the certificate the hub serves and the rustls configuration that
 //! offers HTTP/2 and HTTP/1.1 by ALPN. Certificates come from files ([`files`]), reloaded
-//! without a restart.
+//! without a restart, or from an ACME CA ([`acme`]), renewed by the hub.
 
 pub mod acme;
 pub mod files;
