@@ -75,6 +75,24 @@ fn https_get(
     Ok((String::from_utf8_lossy(&response).into_owned(), chain))
 }
 
+/// The ALPN protocol the hub picks for a client offering `h2` and `http/1.1`, as [`DOMAIN`].
+fn negotiated_protocol(port: u16, roots_pem: &[u8]) -> Option<Vec<u8>> {
+    let mut config = Arc::unwrap_or_clone(client_trusting(roots_pem));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let mut tcp = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).expect("the hub listens");
+    let mut connection = ClientConnection::new(
+        Arc::new(config),
+        ServerName::try_from(DOMAIN).expect("a DNS name"),
+    )
+    .expect("a client connection");
+    while connection.is_handshaking() {
+        connection
+            .complete_io(&mut tcp)
+            .expect("the handshake completes");
+    }
+    connection.alpn_protocol().map(<[u8]>::to_vec)
+}
+
 /// Makes sure `pebble` and `pebble-challtestsrv` (Debian's `pebble` package) are installed:
 /// installs the package when they are missing, or fails naming it.
 fn ensure_pebble() {
@@ -124,6 +142,8 @@ struct Pebble {
     dir: tempfile::TempDir,
     listen_port: u16,
     management_port: u16,
+    dns_port: u16,
+    dns_management_port: u16,
     children: Vec<Child>,
 }
 
@@ -166,12 +186,35 @@ impl Pebble {
             }})
             .to_string(),
         );
+        let mut pebble = Self {
+            dir,
+            listen_port,
+            management_port,
+            dns_port,
+            dns_management_port,
+            children: Vec::new(),
+        };
+        pebble.spawn();
+        pebble
+    }
+
+    /// Starts pebble and its DNS on the ports and files chosen by [`Pebble::start`]. Each
+    /// start makes a new root.
+    fn spawn(&mut self) {
+        let dir = self.dir.path();
         let log = |name: &str| {
-            std::fs::File::create(dir.path().join(name)).expect("a log file for pebble")
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join(name))
+                .expect("a log file for pebble")
         };
         let dns = Command::new("pebble-challtestsrv")
-            .args(["-dns01", &format!("127.0.0.1:{dns_port}")])
-            .args(["-management", &format!("127.0.0.1:{dns_management_port}")])
+            .args(["-dns01", &format!("127.0.0.1:{}", self.dns_port)])
+            .args([
+                "-management",
+                &format!("127.0.0.1:{}", self.dns_management_port),
+            ])
             .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
             .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
             .stdin(Stdio::null())
@@ -181,10 +224,10 @@ impl Pebble {
             .expect("pebble-challtestsrv starts");
         let pebble = Command::new("pebble")
             .arg("-config")
-            .arg(dir.path().join("pebble.json"))
+            .arg(dir.join("pebble.json"))
             .args([
                 "-dnsserver",
-                &format!("127.0.0.1:{dns_port}"),
+                &format!("127.0.0.1:{}", self.dns_port),
                 "-strict=false",
             ])
             // No random 0-15 s sleep before each validation (the validation itself is real).
@@ -197,16 +240,14 @@ impl Pebble {
             .stderr(Stdio::null())
             .spawn()
             .expect("pebble starts");
-        let started = Self {
-            dir,
-            listen_port,
-            management_port,
-            children: vec![dns, pebble],
-        };
-        for port in [dns_management_port, listen_port, management_port] {
-            wait_listening(port, "pebble", || started.log_tail());
+        self.children = vec![dns, pebble];
+        for port in [
+            self.dns_management_port,
+            self.listen_port,
+            self.management_port,
+        ] {
+            wait_listening(port, "pebble", || self.log_tail());
         }
-        started
     }
 
     fn directory(&self) -> String {
@@ -376,6 +417,12 @@ fn certificate_from_pebble_is_served_and_survives_a_restart_without_the_ca() {
         "{}",
         hub.log()
     );
+
+    // Browsers still get HTTP/2: `acme-tls/1` is offered besides `h2` and `http/1.1`.
+    assert_eq!(
+        negotiated_protocol(port, &root).as_deref(),
+        Some(&b"h2"[..])
+    );
     drop(hub);
 
     // Act: pebble is gone; the hub restarts on the same cache.
@@ -409,4 +456,90 @@ fn certificate_from_pebble_is_served_and_survives_a_restart_without_the_ca() {
         "healthcheck: {}",
         String::from_utf8_lossy(&check.stderr)
     );
+}
+
+/// Polls the hub's log until it holds `needle`, or panics.
+fn wait_for_log(hub: &mut AcmeHub, needle: &str) {
+    let start = Instant::now();
+    while !hub.log().contains(needle) {
+        if let Ok(Some(status)) = hub.child.try_wait() {
+            panic!("the hub exited ({status}); its log:\n{}", hub.log());
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "no `{needle}` in the hub's log within {DEADLINE:?}:\n{}",
+            hub.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The counter `sse_hub_acme_events_total{event="..."}` in a `/metrics` response (0 if absent).
+fn acme_events(metrics: &str, event: &str) -> u64 {
+    let prefix = format!("sse_hub_acme_events_total{{event=\"{event}\"}} ");
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(prefix.as_str()))
+        .map_or(0, |value| value.trim().parse().expect("a counter"))
+}
+
+/// A CA that is down when the hub starts is asked again after the backoff: the hub stays up,
+/// logs and counts the failure, and serves a certificate once the CA answers.
+#[test]
+fn order_is_retried_until_the_ca_answers() {
+    // Arrange: pebble's ports and files exist, pebble itself is down.
+    let port = free_port();
+    let mut pebble = Pebble::start(port);
+    pebble.stop();
+    let cache = tempfile::tempdir().expect("cache directory");
+
+    // Act: the hub's first order fails; then the CA comes up.
+    let mut hub = AcmeHub::spawn(port, &pebble.directory(), &pebble.ca_file(), cache.path());
+    wait_for_log(&mut hub, "ACME order_failed");
+    pebble.spawn();
+    let trusting_pebble = client_trusting(&pebble.root());
+    let (metrics, _) = hub.get_verified(port, &trusting_pebble, "/metrics");
+
+    // Assert
+    assert!(acme_events(&metrics, "order_failed") >= 1, "{metrics}");
+    assert_eq!(acme_events(&metrics, "new_certificate"), 1, "{metrics}");
+}
+
+/// A cached certificate that does not parse is refused and counted, and a new one is ordered
+/// (the account key in the same cache is kept).
+#[test]
+fn corrupt_cached_certificate_is_replaced_by_a_new_order() {
+    // Arrange: a certificate issued and cached, then its cache file overwritten.
+    let port = free_port();
+    let pebble = Pebble::start(port);
+    let trusting_pebble = client_trusting(&pebble.root());
+    let cache = tempfile::tempdir().expect("cache directory");
+    let mut hub = AcmeHub::spawn(port, &pebble.directory(), &pebble.ca_file(), cache.path());
+    let (_, first) = hub.get_verified(port, &trusting_pebble, "/healthz");
+    drop(hub);
+    let mut corrupted = 0;
+    for entry in std::fs::read_dir(cache.path()).expect("the cache") {
+        let path = entry.expect("an entry").path();
+        if path
+            .file_name()
+            .is_some_and(|name| name.to_string_lossy().starts_with("cached_cert_"))
+        {
+            std::fs::write(&path, "-----BEGIN PRIVATE KEY-----\nnot base64\n").expect("write");
+            corrupted += 1;
+        }
+    }
+    assert_eq!(corrupted, 1, "one cached certificate file");
+
+    // Act
+    let mut hub = AcmeHub::spawn(port, &pebble.directory(), &pebble.ca_file(), cache.path());
+    let (metrics, second) = hub.get_verified(port, &trusting_pebble, "/metrics");
+
+    // Assert
+    assert_ne!(second[0], first[0], "a new certificate");
+    assert_eq!(
+        acme_events(&metrics, "cached_certificate_refused"),
+        1,
+        "{metrics}"
+    );
+    assert_eq!(acme_events(&metrics, "new_certificate"), 1, "{metrics}");
 }
