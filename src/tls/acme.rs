@@ -140,7 +140,13 @@ impl Acme {
             .map_err(|err| TlsError::Config(err.to_string()))?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        let domains: Vec<&str> = options.domains.iter().map(AcmeDomain::as_str).collect();
+        // One identifier per name: a CA may refuse an order that repeats one.
+        let mut domains: Vec<&str> = Vec::with_capacity(options.domains.len());
+        for domain in &options.domains {
+            if !domains.contains(&domain.as_str()) {
+                domains.push(domain.as_str());
+            }
+        }
         let state = AcmeConfig::new_with_client_config(&domains, Arc::new(client))
             .directory(&options.directory)
             .contact(options.contact.iter().map(AcmeContact::as_str))
