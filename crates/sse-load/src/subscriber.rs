@@ -531,7 +531,11 @@ async fn h2_handshake(
     connector: &Connector,
     source: Option<SocketAddr>,
 ) -> anyhow::Result<h2::client::SendRequest<bytes::Bytes>> {
-    let stream = connector.connect(source).await?;
+    // A server offering only http/1.1 usually ends the handshake with NoApplicationProtocol.
+    let stream = connector
+        .connect(source)
+        .await
+        .context("--http2 (TLS with ALPN h2)")?;
     if stream.alpn() != Some(b"h2".as_slice()) {
         bail!(
             "--http2: the server did not pick h2 in ALPN (it picked {}); it must offer h2 over TLS",
