@@ -58,6 +58,15 @@ pub const DEFAULT_WRITE_TIMEOUT: &str = "60s";
 pub const DEFAULT_STORE: &str = "memory";
 /// The keys of a `redis://` store: `sse-hub:log`, `sse-hub:meta`, `sse-hub:ids`.
 pub const DEFAULT_REDIS_PREFIX: &str = "sse-hub";
+/// A renewed certificate is served within seconds (certbot and most tools replace the files;
+/// SIGHUP loads them at once), at the cost of two `stat` calls per check.
+pub const DEFAULT_TLS_RELOAD_INTERVAL: &str = "10s";
+/// actix-http's defaults, kept: only publishers send much to the hub.
+pub const DEFAULT_HTTP2_STREAM_WINDOW: u32 = 1024 * 1024;
+pub const DEFAULT_HTTP2_CONNECTION_WINDOW: u32 = 2 * 1024 * 1024;
+/// actix-web's default: idle keep-alive connections are cheap to reopen; an HTTP/2 connection
+/// carrying streams is pinged this often, which also keeps NAT and proxy mappings alive.
+pub const DEFAULT_KEEP_ALIVE: &str = "5s";
 /// Clock skew tolerated between the token issuer and the hub, on `nbf` and `exp` alike: NTP
 /// keeps servers well within it, and it lets a token live at most this much past its `exp`.
 pub const DEFAULT_JWT_LEEWAY: &str = "5s";
@@ -309,6 +318,45 @@ pub struct Settings {
     /// `PREFIX:ids`). Nodes with the same Redis and prefix share one log.
     #[arg(long, env = "SSE_HUB_REDIS_PREFIX", default_value = DEFAULT_REDIS_PREFIX)]
     pub redis_prefix: String,
+
+    /// Serve TLS (HTTP/2 and HTTP/1.1, as the client's ALPN picks) with this PEM certificate
+    /// chain, leaf first; needs `--tls-key`. Without it the hub speaks plain HTTP/1.1.
+    #[arg(
+        long,
+        env = "SSE_HUB_TLS_CERT",
+        value_name = "PATH",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of `--tls-cert` (PKCS#8, PKCS#1 or SEC1).
+    #[arg(
+        long,
+        env = "SSE_HUB_TLS_KEY",
+        value_name = "PATH",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// How often `--tls-cert` and `--tls-key` are checked for a change, which is loaded without
+    /// a restart (0 = only on SIGHUP, which always reloads them).
+    #[arg(long, env = "SSE_HUB_TLS_RELOAD_INTERVAL", default_value = DEFAULT_TLS_RELOAD_INTERVAL, value_parser = humantime::parse_duration)]
+    pub tls_reload_interval: Duration,
+
+    /// HTTP/2: bytes a client may send on one stream before the hub acknowledges them (the
+    /// receive window; what subscribers receive is paced by their own windows).
+    #[arg(long, env = "SSE_HUB_HTTP2_STREAM_WINDOW", default_value_t = DEFAULT_HTTP2_STREAM_WINDOW)]
+    pub http2_stream_window: u32,
+
+    /// HTTP/2: bytes a client may send on all streams of one connection before the hub
+    /// acknowledges them.
+    #[arg(long, env = "SSE_HUB_HTTP2_CONNECTION_WINDOW", default_value_t = DEFAULT_HTTP2_CONNECTION_WINDOW)]
+    pub http2_connection_window: u32,
+
+    /// Idle HTTP/1.1 connections are closed after this long; HTTP/2 connections are pinged
+    /// this often and closed when a ping goes unanswered as long (0 = neither).
+    #[arg(long, env = "SSE_HUB_KEEP_ALIVE", default_value = DEFAULT_KEEP_ALIVE, value_parser = humantime::parse_duration)]
+    pub keep_alive: Duration,
 }
 
 /// The event log's backend, as `--store` names it.

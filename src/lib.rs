@@ -5,6 +5,8 @@
 //! - [`config`]: settings, as flags with `SSE_HUB_*` environment twins, and their defaults.
 //! - [`client`]: what one client (a source address) may hold: subscribers and selector bytes.
 //! - [`startup`]: builds the broadcaster and the HTTP server; main and the tests share it.
+//! - [`tls`]: TLS on the listener (HTTP/2 and HTTP/1.1 by ALPN): certificates from files,
+//!   reloaded without a restart.
 //! - [`broadcaster`]: the actor: subscribers, topic index, history, fan-out, heartbeat.
 //! - [`event`]: event fields, their validation, and the one wire encoder.
 //! - [`event_log`]: where published events are committed: memory, or a file that survives
@@ -36,5 +38,6 @@ pub mod routes;
 pub mod sse;
 pub mod startup;
 pub mod subscriptions;
+pub mod tls;
 pub mod topic;
 pub mod url_pattern;

@@ -25,8 +25,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let outcome = match cli.command {
-        Some(Command::Healthcheck) => healthcheck::check(cli.settings.bind)
-            .map_err(|err| format!("healthcheck failed: {err}")),
+        Some(Command::Healthcheck) => {
+            healthcheck::check(cli.settings.bind, cli.settings.tls_cert.is_some())
+                .map_err(|err| format!("healthcheck failed: {err}"))
+        }
         Some(Command::Token(args)) => token(&cli.settings, &args).map(|jwt| println!("{jwt}")),
         None => serve(cli.settings),
     };

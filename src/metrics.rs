@@ -67,6 +67,10 @@ pub struct Metrics {
     pub log_ready: Gauge,
     /// Subscribe requests refused for a per-client limit, by limit.
     pub client_limit_refusals: Family<LimitLabel, Counter>,
+    /// Certificates loaded again from `--tls-cert`/`--tls-key` (a change on disk or SIGHUP).
+    pub tls_reloads: Counter,
+    /// Reloads refused (a missing, malformed or mismatched file): the old certificate stayed.
+    pub tls_reload_failures: Counter,
 }
 
 impl Metrics {
@@ -95,6 +99,8 @@ impl Metrics {
             log_entries_refused: Family::default(),
             log_ready: Gauge::default(),
             client_limit_refusals: Family::default(),
+            tls_reloads: Counter::default(),
+            tls_reload_failures: Counter::default(),
             // Filled below, once every metric exists to be registered.
             registry: Registry::default(),
         };
@@ -195,6 +201,17 @@ impl Metrics {
              per-client limit: `subscribers` (--max-subscribers-per-client) or `selector_bytes` \
              (--max-selector-bytes-per-client)",
             metrics.client_limit_refusals.clone(),
+        );
+        registry.register(
+            "tls_reloads",
+            "Certificates loaded again from --tls-cert and --tls-key (changed on disk, or SIGHUP)",
+            metrics.tls_reloads.clone(),
+        );
+        registry.register(
+            "tls_reload_failures",
+            "Certificate reloads refused (a missing, malformed or mismatched file); the \
+             certificate served before stayed",
+            metrics.tls_reload_failures.clone(),
         );
         registry.register(
             "history_events",

@@ -4,6 +4,7 @@
 use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
 use actix::{Actor, Addr};
+use actix_tls::accept::rustls_0_23::TlsStream;
 use actix_web::{
     App, HttpServer,
     dev::{Server, ServerHandle},
@@ -19,6 +20,7 @@ use crate::{
     event_log::{self, Opened, StoreError},
     metrics::Metrics,
     routes::{self, AppState},
+    tls::{self, CertificateFiles, TlsError},
     topic::{SelectorCache, SelectorLimits},
     url_pattern::HubUrl,
 };
@@ -39,6 +41,8 @@ pub enum StartupError {
     Store(#[from] StoreError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: io::Error },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// Connections a listener queues before the hub accepts them: a reconnect storm arrives at once.
@@ -58,6 +62,7 @@ fn listen(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 #[allow(missing_debug_implementations)] // actix's `Server` has no Debug
 pub struct Application {
     addr: SocketAddr,
+    scheme: &'static str,
     server: Server,
     broadcaster: Addr<Broadcaster>,
 }
@@ -81,6 +86,11 @@ impl Application {
         };
         let listener = listen(settings.bind).map_err(bind_error)?;
         let addr = listener.local_addr().map_err(bind_error)?;
+        // Certificates next: a bad file is a start-up error before any store is opened.
+        let certificates = match (&settings.tls_cert, &settings.tls_key) {
+            (Some(cert), Some(key)) => Some(Arc::new(CertificateFiles::load(cert, key)?)),
+            _ => None,
+        };
         let metrics = Metrics::new();
         let limits = Limits {
             max_topics: settings.max_topics,
@@ -123,6 +133,7 @@ impl Application {
             }
         }
         .start();
+        let tls_metrics = metrics.clone();
         let state = AppState {
             ready,
             broadcaster: broadcaster.clone(),
@@ -164,6 +175,9 @@ impl Application {
         })
         // A subscriber that closes its end is noticed at once, not at the next write.
         .h1_allow_half_closed(false)
+        .keep_alive(keep_alive(settings.keep_alive))
+        .h2_initial_window_size(settings.http2_stream_window)
+        .h2_initial_connection_window_size(settings.http2_connection_window)
         .on_connect(write_timeout(settings.write_timeout))
         // Signals are ours: streams must be ended before the server can stop gracefully.
         .disable_signals()
@@ -172,10 +186,21 @@ impl Application {
         if settings.workers > 0 {
             server = server.workers(settings.workers);
         }
-        let server = server.listen(listener).map_err(bind_error)?;
-        log::info!("listening addr=http://{addr}");
+        let (server, scheme) = match certificates {
+            Some(certificates) => {
+                let config = tls::server_config(certificates.clone())?;
+                watch_certificates(certificates, settings.tls_reload_interval, tls_metrics);
+                let server = server
+                    .listen_rustls_0_23(listener, config)
+                    .map_err(bind_error)?;
+                (server, "https")
+            }
+            None => (server.listen(listener).map_err(bind_error)?, "http"),
+        };
+        log::info!("listening addr={scheme}://{addr}");
         Ok(Self {
             addr,
+            scheme,
             server: server.run(),
             broadcaster,
         })
@@ -187,6 +212,11 @@ impl Application {
 
     pub fn port(&self) -> u16 {
         self.addr.port()
+    }
+
+    /// `https` when the listener speaks TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        self.scheme
     }
 
     pub fn broadcaster(&self) -> Addr<Broadcaster> {
@@ -270,12 +300,93 @@ fn write_timeout(
         if timeout.is_zero() {
             return;
         }
-        if let Some(tcp) = connection.downcast_ref::<actix_web::rt::net::TcpStream>()
-            && let Err(err) = socket2::SockRef::from(tcp).set_tcp_user_timeout(Some(timeout))
-        {
+        let tcp = match connection.downcast_ref::<actix_web::rt::net::TcpStream>() {
+            Some(tcp) => tcp,
+            None => match connection.downcast_ref::<TlsStream<actix_web::rt::net::TcpStream>>() {
+                Some(tls) => tls.get_ref().0,
+                None => return,
+            },
+        };
+        if let Err(err) = socket2::SockRef::from(tcp).set_tcp_user_timeout(Some(timeout)) {
             log::warn!("cannot set TCP_USER_TIMEOUT error={err}");
         }
     }
+}
+
+/// The keep-alive setting as actix takes it: 0 turns it off.
+fn keep_alive(duration: Duration) -> actix_web::http::KeepAlive {
+    if duration.is_zero() {
+        actix_web::http::KeepAlive::Disabled
+    } else {
+        actix_web::http::KeepAlive::Timeout(duration)
+    }
+}
+
+/// Reloads the certificate files on SIGHUP, and when they change (checked every `interval`;
+/// 0 = on SIGHUP only). A bad new file is logged and counted; the certificate served so far
+/// stays, and open connections are never touched.
+fn watch_certificates(
+    certificates: Arc<CertificateFiles>,
+    interval: Duration,
+    metrics: Arc<Metrics>,
+) {
+    use crate::tls::files::Reload;
+    actix_web::rt::spawn(async move {
+        #[cfg(unix)]
+        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
+            Ok(hangup) => Some(hangup),
+            Err(err) => {
+                log::error!(
+                    "cannot listen for SIGHUP, certificates reload on change only error={err}"
+                );
+                None
+            }
+        };
+        let mut tick = (!interval.is_zero()).then(|| {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick
+        });
+        loop {
+            let forced = tokio::select! {
+                _ = async {
+                    match hangup.as_mut() {
+                        Some(hangup) => { hangup.recv().await; }
+                        None => std::future::pending::<()>().await,
+                    }
+                } => true,
+                _ = async {
+                    match tick.as_mut() {
+                        Some(tick) => { tick.tick().await; }
+                        None => std::future::pending::<()>().await,
+                    }
+                } => false,
+            };
+            let outcome = if forced {
+                log::info!("SIGHUP received, reloading the certificate");
+                certificates.reload().map(|()| Reload::Loaded)
+            } else {
+                certificates.reload_if_changed()
+            };
+            match outcome {
+                Ok(Reload::Loaded) => {
+                    metrics.tls_reloads.inc();
+                    let (cert, key) = certificates.paths();
+                    log::info!(
+                        "certificate reloaded cert={} key={}",
+                        cert.display(),
+                        key.display()
+                    );
+                }
+                Ok(Reload::Unchanged) => {}
+                Err(err) => {
+                    metrics.tls_reload_failures.inc();
+                    log::error!("certificate not reloaded, the previous one is kept: {err}");
+                }
+            }
+        }
+    });
 }
 
 fn whole_secs_rounded_up(duration: Duration) -> u64 {
