@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Turns the JSON reports of scripts/bench into bench/results.md: medians per server, ratios
 (sse-hub / nchan), the issue's targets, and every raw figure; the cluster scenario adds Redis's
-own counters (`redis-*.txt`, its INFO after each cluster run). Also picks the median run's file
+own counters (`redis-*.txt`, its INFO after each cluster run); the tls scenario compares protocols
+(plaintext, HTTP/1.1+TLS, HTTP/2) of both servers. Also picks the median run's file
 for the charts (--median-file)."""
 import argparse
 import json
@@ -13,8 +14,14 @@ import sys
 SERVERS = [("hub", "sse-hub"), ("hubfile", "sse-hub, file store"), ("nchan", "nginx + nchan")]
 ORDER = ["fanout", "steady", "capacity", "idle"]
 CLUSTER = ["cluster_fanout", "cluster_fanout_single", "cluster_steady", "cluster_steady_single"]
+TLS = ["tls_fanout", "tls_idle"]
+# The tls scenario's servers: (file name part, column title).
+TLS_SERVERS = [("hub", "sse-hub, HTTP/1.1"), ("hubtls", "sse-hub, HTTP/1.1+TLS"),
+               ("hubh2", "sse-hub, HTTP/2"), ("nchantls", "nchan, HTTP/1.1+TLS"),
+               ("nchanh2", "nchan, HTTP/2")]
 # Which run-*.env describes a results file's scenario.
 RUN_OF = {scenario: "cluster" for scenario in CLUSTER}
+RUN_OF.update({scenario: "tls" for scenario in TLS})
 TITLES = {
     "fanout": "Fan-out: N subscribers, P events of 64 B, 16 publishes in flight",
     "steady": "Latency at a steady rate: 5 publishes/s",
@@ -105,6 +112,8 @@ METRICS = {
 
 
 METRICS["cluster_steady_single"] = METRICS["cluster_steady"]
+METRICS["tls_fanout"] = METRICS["fanout"]
+METRICS["tls_idle"] = METRICS["idle"]
 METRICS["cluster_fanout_single"] = METRICS["cluster_fanout"]
 
 
@@ -134,7 +143,7 @@ def value(report, path):
 def load(raw):
     runs = {}
     for name in sorted(os.listdir(raw)):
-        m = re.fullmatch(r"(\w+)-(hub|hubfile|nchan)-(\d+)\.json", name)
+        m = re.fullmatch(r"(\w+)-(hub|hubfile|nchan|hubtls|hubh2|nchantls|nchanh2)-(\d+)\.json", name)
         if not m or m.group(1) not in METRICS:
             continue
         path = os.path.join(raw, name)
@@ -172,7 +181,8 @@ KEY = {"fanout": ("delivered_per_s", False), "steady": ("latency_ms.p99", False)
        "capacity": ("delivered_per_s", False), "idle": ("server.rss_per_subscriber_bytes", False),
        "cluster_fanout": ("delivered_per_s", False), "cluster_steady": ("latency_ms.p50", False),
        "cluster_steady_single": ("latency_ms.p50", False),
-       "cluster_fanout_single": ("delivered_per_s", False)}
+       "cluster_fanout_single": ("delivered_per_s", False),
+       "tls_fanout": ("delivered_per_s", False), "tls_idle": ("server.rss_per_subscriber_bytes", False)}
 
 
 def median_report(runs, scenario, server):
@@ -229,7 +239,19 @@ def targets(runs, med):
     hub_rss = m("idle", "hub", "server.rss_per_subscriber_bytes")
     if hub_rss is not None:
         rows.append(("idle: ≤ 6 KiB (6,144 B) RSS per subscriber", f"{hub_rss:,.0f} B", hub_rss <= 6144))
-    return rows + cluster_targets(runs, m)
+    return rows + cluster_targets(runs, m) + tls_targets(m)
+
+
+def tls_targets(m):
+    """Targets of the tls scenario (issue 21)."""
+    rows = []
+    plain, tls = m("tls_fanout", "hub", "delivered_per_s"), m("tls_fanout", "hubtls", "delivered_per_s")
+    if plain and tls:
+        lost = m("tls_fanout", "hubtls", "lost")
+        rows.append(("TLS cost: sse-hub fan-out over HTTP/1.1+TLS ≥ 0.7× plaintext HTTP/1.1 (same "
+                     "N and P), zero loss", f"{tls / plain:.2f}× ({tls:,.0f} vs {plain:,.0f} "
+                     f"events/s), lost {lost:,.0f}", tls >= 0.7 * plain and lost == 0))
+    return rows
 
 
 def cluster_targets(runs, m):
@@ -347,7 +369,7 @@ def run_envs(raw):
     older runs wrote for all scenarios at once."""
     envs = {}
     legacy = os.path.join(raw, "run.env")
-    for scenario in ORDER + ["store", "cluster"]:
+    for scenario in ORDER + ["store", "cluster", "tls"]:
         path = os.path.join(raw, f"run-{scenario}.env")
         if os.path.exists(path):
             envs[scenario] = read_env(path)
@@ -382,11 +404,11 @@ def run_lines(raw, runs, store):
     return lines
 
 
-def anomalies(runs, scenarios):
+def anomalies(runs, scenarios, servers=SERVERS):
     """A line naming every run that timed out, failed to connect or publish, or lost streams."""
     problems = []
     for scenario in scenarios:
-        for server, name in SERVERS:
+        for server, name in servers:
             for r in runs.get((scenario, server), []):
                 if r.get("timed_out") or r.get("drain_timed_out") or r.get("connect_failed") \
                         or r.get("publish_failed") or r.get("closed_early"):
@@ -515,6 +537,66 @@ def cluster_section(runs, med, infos):
     return out
 
 
+def tls_section(runs, med):
+    """The tls scenario: each server over each protocol, fan-out and idle memory."""
+    if not any(k[0] in TLS for k in runs):
+        return []
+    out = ["## TLS and HTTP/2 (issue 21)", ""]
+    out.append("Both servers listen with TLS on the same throwaway certificate (ECDSA P-256, "
+               "signed by a CA made for the run with `openssl`), offering h2 and http/1.1 in ALPN: "
+               "sse-hub with `--tls-cert/--tls-key` (rustls), nginx 1.22 with `listen … ssl http2` "
+               "(OpenSSL; `nginx-nchan-tls.conf.template`). sse-load (rustls, trusting only that CA) "
+               "subscribes over HTTP/1.1+TLS, one connection per subscriber, or over HTTP/2, N "
+               "streams on N/100 connections (100 streams each, under nginx's default 128 "
+               "concurrent streams); it publishes over HTTP/1.1+TLS (16 connections). sse-hub over "
+               "plaintext HTTP/1.1 runs with the same N and P, for what TLS costs. nchan's "
+               "eventsource subscriber works over h2 (checked with `curl --http2`: `HTTP/2 200`, "
+               "`text/event-stream`, events arrive).")
+    out.append("")
+
+    def cell(scenario, server, path):
+        if path in ("_rss_pair", "_load_cpu"):
+            return value(median_report(runs, scenario, server), path)
+        return med.get((scenario, server, path))
+
+    for scenario, title, servers in (
+            ("tls_fanout", "Fan-out", [s for s, _ in TLS_SERVERS]),
+            ("tls_idle", "Idle memory per TLS subscriber and per HTTP/2 stream",
+             ["hubtls", "hubh2", "nchantls", "nchanh2"])):
+        sample = next((r for s in servers for r in runs.get((scenario, s), [])), None)
+        if sample is None:
+            continue
+        params = f"N = {sample['subscribers']:,}"
+        if sample["published"]:
+            params += f", P = {sample['published']:,} events of 64 B, 16 publishes in flight"
+        out.append(f"### {title}: {params}"
+                   + (" (chart: `latency-tls.svg`)" if scenario == "tls_fanout" else ""))
+        out.append("")
+        names = dict(TLS_SERVERS)
+        ratios = [("TLS / plain, sse-hub", "hubtls", "hub"), ("HTTP/2 / TLS, sse-hub", "hubh2", "hubtls"),
+                  ("sse-hub / nchan, TLS", "hubtls", "nchantls"), ("sse-hub / nchan, HTTP/2", "hubh2", "nchanh2")]
+        ratios = [r for r in ratios if r[1] in servers and r[2] in servers]
+        out.append("| metric | " + " | ".join(names[s] for s in servers) + " | "
+                   + " | ".join(r[0] for r in ratios) + " | runs (" + "; ".join(servers) + ") |")
+        out.append("|---|" + "---:|" * (len(servers) + len(ratios)) + "---|")
+        for label, path, f, _ in METRICS[scenario]:
+            figures = {s: cell(scenario, s, path) for s in servers}
+            raws = "; ".join(", ".join(fmt(f, value(r, path)) for r in runs.get((scenario, s), []))
+                             for s in servers)
+            out.append(f"| {label} | " + " | ".join(fmt(f, figures[s]) for s in servers) + " | "
+                       + " | ".join(ratio(figures[a], figures[b]) for _, a, b in ratios)
+                       + f" | {raws} |")
+        out.append("")
+    out.extend(anomalies(runs, TLS, TLS_SERVERS))
+    missing = [f"{s} on {n}" for s in TLS for k, n in TLS_SERVERS
+               if (s, k) != ("tls_idle", "hub") and any(x[0] == s for x in runs)
+               and not runs.get((s, k))]
+    if missing:
+        out.append("Missing runs (sse-load failed): " + ", ".join(missing))
+        out.append("")
+    return out
+
+
 def load_store(raw):
     path = os.path.join(raw, "store.json")
     if not os.path.exists(path):
@@ -551,7 +633,7 @@ def write(args):
     out.append("")
     rows = targets(runs, med) + store_targets(store)
     if rows:
-        out.append("## Targets (issues 6, 10 and 11)")
+        out.append("## Targets (issues 6, 10, 11 and 21)")
         out.append("")
         out.append("| target | measured | met |")
         out.append("|---|---|---|")
@@ -626,6 +708,7 @@ def write(args):
                    f"{store['restart_s_median'] * 1000:.0f} |")
         out.append("")
     out.extend(cluster_section(runs, med, infos))
+    out.extend(tls_section(runs, med))
     # hubfile runs only in the fan-out, and nchan has no one-node run in the cluster scenario.
     missing = [f"{s} on {n}" for s in ORDER + CLUSTER for k, n in SERVERS
                if k != "hubfile" and (s, k) != ("cluster_fanout_single", "nchan")

@@ -3,6 +3,7 @@
 //! This file holds the command line and the coordinator; subscribers run in worker processes.
 
 mod chart;
+mod conn;
 mod http;
 mod procstat;
 mod publisher;
@@ -30,12 +31,13 @@ use tokio::{
 };
 
 use crate::{
+    conn::{Alpn, Connector},
     procstat::Server,
     publisher::{DEFAULT_TEMPLATE, Plan, Template},
     report::{NodeFigures, Percentiles, Report, ServerFigures},
     subscriber::{ConnectReport, WorkerArgs, WorkerReport},
     tally::Counts,
-    target::Target,
+    target::{Scheme, Target},
 };
 
 /// Extra time a worker process gets past the coordinator's deadline before ending by itself.
@@ -168,6 +170,34 @@ struct RunArgs {
     /// No progress bars and no summary on stderr.
     #[arg(short, long)]
     quiet: bool,
+    /// PEM file of the certificate(s) to trust for https:// URLs: the CA, or the server's own
+    /// self-signed certificate. Nothing else is trusted.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// Subscribe over HTTP/2 (TLS with ALPN h2; https:// only): the N subscribers are streams
+    /// spread evenly over --connections connections, as a browser with many tabs does.
+    /// Publishing stays HTTP/1.1.
+    #[arg(long)]
+    http2: bool,
+    /// With --http2: connections the streams are spread over; default one per 100 streams. The
+    /// server must allow N / connections concurrent streams per connection.
+    #[arg(long, requires = "http2")]
+    connections: Option<u64>,
+}
+
+/// With --http2 and no --connections: one connection per this many streams (below the 128
+/// concurrent streams nginx allows by default).
+const STREAMS_PER_CONNECTION: u64 = 100;
+
+/// Streams each HTTP/2 connection carries so that `n` streams use `connections` of them (one per
+/// `STREAMS_PER_CONNECTION` by default); at least one.
+fn streams_per_connection(n: u64, connections: Option<u64>) -> anyhow::Result<u64> {
+    let connections = match connections {
+        Some(0) => bail!("--connections must be at least 1"),
+        Some(c) => c,
+        None => n.div_ceil(STREAMS_PER_CONNECTION),
+    };
+    Ok(n.div_ceil(connections.max(1)).max(1))
 }
 
 fn main() -> ExitCode {
@@ -468,10 +498,16 @@ fn spawn_workers(args: &RunArgs, timeout: Duration) -> anyhow::Result<Workers> {
     let limit = open_file_limit().unwrap_or(1024);
     let capacity = per_process_capacity(limit);
     let nodes = args.urls.len().max(1);
+    // A subscriber holds a file of its own over HTTP/1.1; over HTTP/2, its connection does.
+    let per_connection = if args.http2 {
+        Some(streams_per_connection(args.subscribers, args.connections)?)
+    } else {
+        None
+    };
+    let files = |subscribers: u64| subscribers.div_ceil(per_connection.unwrap_or(1));
     let per_node = args.processes.map_or_else(
         || {
-            args.subscribers
-                .div_ceil(nodes as u64)
+            files(args.subscribers.div_ceil(nodes as u64))
                 .div_ceil(capacity)
                 .max(1) as usize
         },
@@ -479,7 +515,7 @@ fn spawn_workers(args: &RunArgs, timeout: Duration) -> anyhow::Result<Workers> {
     );
     let shares = shares(args.subscribers, nodes, per_node);
     if let Some(biggest) = shares.iter().map(|s| s.count).max()
-        && biggest > capacity
+        && files(biggest) > capacity
     {
         bail!(
             "{biggest} subscribers in one process exceed its open-file limit ({limit}, margin included: {capacity}); use more --processes"
@@ -509,6 +545,12 @@ fn spawn_workers(args: &RunArgs, timeout: Duration) -> anyhow::Result<Workers> {
             .args(["--timeout-ms", &timeout.as_millis().to_string()]);
         for header in &args.headers {
             command.args(["--header", header]);
+        }
+        if let Some(ca_file) = &args.ca_file {
+            command.arg("--ca-file").arg(ca_file);
+        }
+        if let Some(per) = per_connection {
+            command.args(["--streams-per-connection", &per.to_string()]);
         }
         let mut child = command
             .stdin(Stdio::piped())
@@ -548,7 +590,13 @@ async fn coordinate(args: &RunArgs) -> anyhow::Result<Report> {
         bail!("a stream URL is required");
     }
     for url in &args.urls {
-        Target::parse(url)?;
+        let target = Target::parse(url)?;
+        if args.http2 && target.scheme != Scheme::Https {
+            bail!("--http2 needs https:// URLs (h2 is negotiated in TLS ALPN): {url}");
+        }
+        let alpn = if args.http2 { Alpn::H2 } else { Alpn::Http1 };
+        // Refuses a bad --ca-file here, once, rather than in every worker.
+        Connector::new(&target, args.ca_file.as_deref(), alpn)?;
     }
     let plan = if args.events > 0 {
         let publish_url = args
@@ -558,8 +606,10 @@ async fn coordinate(args: &RunArgs) -> anyhow::Result<Report> {
         if args.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
             bail!("--rate must be a positive number");
         }
+        let target = Target::parse(publish_url)?;
         Some(Plan {
-            target: Target::parse(publish_url)?,
+            connector: Connector::new(&target, args.ca_file.as_deref(), Alpn::Http1)?,
+            target,
             method: args.method.clone(),
             headers: args.publish_headers.clone(),
             template: Template::parse(&args.body, args.size)?,
@@ -584,6 +634,19 @@ async fn coordinate(args: &RunArgs) -> anyhow::Result<Report> {
         url: args.urls.join(" "),
         processes: workers.children.len(),
         subscribers: args.subscribers,
+        protocol: if args.http2 {
+            "h2".to_owned()
+        } else if args.urls.iter().any(|u| u.starts_with("https://")) {
+            "http/1.1+tls".to_owned()
+        } else {
+            "http/1.1".to_owned()
+        },
+        connections: if args.http2 {
+            args.subscribers
+                .div_ceil(streams_per_connection(args.subscribers, args.connections)?)
+        } else {
+            args.subscribers
+        },
         ..Report::default()
     };
 
@@ -854,6 +917,33 @@ mod tests {
         let capacity = per_process_capacity(20_000);
         assert!((10_000..19_500).contains(&capacity));
         assert!(open_file_limit().is_some());
+    }
+
+    /// HTTP/2 options: one connection per 100 streams by default, --connections spreads the
+    /// streams evenly, and --connections needs --http2.
+    #[test]
+    fn http2_options_spread_streams_over_connections() {
+        assert_eq!(streams_per_connection(10_000, None).unwrap(), 100);
+        assert_eq!(streams_per_connection(10_000, Some(100)).unwrap(), 100);
+        assert_eq!(streams_per_connection(1_000, Some(3)).unwrap(), 334);
+        assert_eq!(streams_per_connection(50, None).unwrap(), 50);
+        assert_eq!(streams_per_connection(5, Some(10)).unwrap(), 1);
+        assert!(streams_per_connection(5, Some(0)).is_err());
+        let url = "https://127.0.0.1:1/stream";
+        let cli = Cli::try_parse_from([
+            "sse-load",
+            url,
+            "--http2",
+            "--connections",
+            "7",
+            "--ca-file",
+            "ca.pem",
+        ])
+        .unwrap();
+        assert!(cli.run.http2);
+        assert_eq!(cli.run.connections, Some(7));
+        assert_eq!(cli.run.ca_file, Some(PathBuf::from("ca.pem")));
+        assert!(Cli::try_parse_from(["sse-load", url, "--connections", "7"]).is_err());
     }
 
     /// Worker lines parse into their messages.

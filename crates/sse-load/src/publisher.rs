@@ -1,4 +1,4 @@
-//! The publisher: K keep-alive HTTP/1.1 connections, each sending the next stamped event as soon
+//! The publisher: K keep-alive HTTP/1.1 connections (over TLS for `https://`), each sending the next stamped event as soon
 //! as its previous response arrives, or on a fixed schedule when a rate is set.
 
 use std::{
@@ -8,12 +8,10 @@ use std::{
 };
 
 use anyhow::bail;
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::TcpStream,
-};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::{
+    conn::{Connector, Stream},
     http::{self, BodyDecoder, Framing},
     tally,
     target::Target,
@@ -110,6 +108,8 @@ impl Template {
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub target: Target,
+    /// Opens the publishing connections (TLS with ALPN http/1.1 for `https://`).
+    pub connector: Connector,
     pub method: String,
     pub headers: Vec<String>,
     pub template: Template,
@@ -188,7 +188,7 @@ pub async fn publish(plan: Plan, progress: Rc<Progress>) -> Outcome {
 /// One publishing connection: takes the next sequence number, sends, waits for the answer.
 async fn connection(run: Rc<Run>) {
     let plan = &run.plan;
-    let mut stream: Option<TcpStream> = None;
+    let mut stream: Option<Stream> = None;
     let mut request = Vec::with_capacity(512);
     let mut body = Vec::with_capacity(plan.template.size + 64);
     let mut buf = vec![0u8; 4096];
@@ -268,15 +268,13 @@ fn build_request(plan: &Plan, body: &[u8], out: &mut Vec<u8>) {
 /// Sends one request on the kept-alive connection (opening one if needed) and reads the whole
 /// response. A non-2xx status is an error.
 async fn send(
-    stream: &mut Option<TcpStream>,
+    stream: &mut Option<Stream>,
     plan: &Plan,
     request: &[u8],
     buf: &mut [u8],
 ) -> anyhow::Result<()> {
     if stream.is_none() {
-        let s = TcpStream::connect(plan.target.addr).await?;
-        s.set_nodelay(true)?;
-        *stream = Some(s);
+        *stream = Some(plan.connector.connect(None).await?);
     }
     let Some(conn) = stream.as_mut() else {
         bail!("no connection");

@@ -115,6 +115,13 @@ pub struct Report {
     pub url: String,
     pub processes: usize,
     pub subscribers: u64,
+    /// How subscribers connected: `http/1.1`, `http/1.1+tls` or `h2`. Reports written before it
+    /// existed read as empty (they were all plain HTTP/1.1).
+    #[serde(default)]
+    pub protocol: String,
+    /// Connections the subscribers used: one each over HTTP/1.1, fewer over h2.
+    #[serde(default)]
+    pub connections: u64,
     pub connected: u64,
     pub connect_failed: u64,
     pub connect_error: Option<String>,
@@ -159,7 +166,7 @@ impl Report {
     /// A few lines for a person.
     pub fn summary(&self) -> String {
         let mut s = format!(
-            "{} — {} subscribers ({} connected, {} failed) over {} process(es), connected in {:.2}s (p99 {:.1} ms)\n",
+            "{} — {} subscribers ({} connected, {} failed) over {} process(es), {} connection(s) ({}), connected in {:.2}s (p99 {:.1} ms)\n",
             if self.label.is_empty() {
                 &self.url
             } else {
@@ -169,6 +176,8 @@ impl Report {
             self.connected,
             self.connect_failed,
             self.processes,
+            self.connections,
+            self.protocol,
             self.connect_s,
             self.connect_p99_ms,
         );

@@ -1,10 +1,13 @@
 //! A subscriber process: opens its share of the subscribers on one current-thread runtime, reads
 //! their streams, and talks to the coordinator over stdin/stdout in lines (`progress`,
-//! `connected`, `result` out; `published` in).
+//! `connected`, `result` out; `published` in). Each subscriber is an HTTP/1.1 connection of its
+//! own, or with `--http2` a stream on one of a few shared HTTP/2 connections.
 
 use std::{
     cell::{Cell, RefCell},
     io::Write as _,
+    net::SocketAddr,
+    path::PathBuf,
     rc::Rc,
     sync::Arc,
     time::{Duration, Instant},
@@ -14,12 +17,12 @@ use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
-    net::{TcpSocket, TcpStream},
     sync::{OwnedSemaphorePermit, Semaphore},
     task::LocalSet,
 };
 
 use crate::{
+    conn::{Alpn, Connector, Stream},
     http::{self, BodyDecoder},
     sse::{Data, LineScanner},
     tally::{self, Counts, Tally},
@@ -30,6 +33,12 @@ use crate::{
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// How often the drain is checked; progress lines go out every fifth check.
 const TICK: Duration = Duration::from_millis(20);
+/// HTTP/2 receive window of each stream: 1 MiB, so that a burst to one subscriber never waits
+/// for a WINDOW_UPDATE (capacity is released as soon as each DATA frame is accounted).
+const H2_STREAM_WINDOW: u32 = 1024 * 1024;
+/// HTTP/2 receive window of each connection: 16 MiB (Chromium uses 15 MiB), so that bursts to
+/// many streams at once are not throttled by the connection window either.
+const H2_CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 
 /// The hidden `worker` subcommand's arguments, set by the coordinator.
 #[derive(Debug, Clone, clap::Args)]
@@ -54,6 +63,13 @@ pub struct WorkerArgs {
     pub timeout_ms: u64,
     #[arg(long = "header")]
     pub headers: Vec<String>,
+    /// PEM certificates to trust for https:// URLs.
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    /// HTTP/2: this many subscriber streams per connection (absent: HTTP/1.1, one connection
+    /// per subscriber).
+    #[arg(long)]
+    pub streams_per_connection: Option<usize>,
 }
 
 /// Sent once every subscriber has connected or failed.
@@ -130,10 +146,28 @@ async fn work(args: WorkerArgs) -> anyhow::Result<()> {
         closed: Cell::new(0),
         last_connect: Cell::new(None),
     });
-    let request: Rc<[u8]> = subscribe_request(&target, &args.headers).into();
-
+    let alpn = if args.streams_per_connection.is_some() {
+        Alpn::H2
+    } else {
+        Alpn::Http1
+    };
+    let connector = Rc::new(Connector::new(&target, args.ca_file.as_deref(), alpn)?);
     let semaphore = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
-    {
+    if let Some(per) = args.streams_per_connection {
+        let request = Rc::new(H2Request::parse(&target, &args.headers)?);
+        let first_connection = args.first_index / per.max(1);
+        for (c, streams) in h2_spread(args.count, per).into_iter().enumerate() {
+            tokio::task::spawn_local(h2_connection(
+                shared.clone(),
+                connector.clone(),
+                request.clone(),
+                streams,
+                target.source_addr(first_connection + c),
+                semaphore.clone(),
+            ));
+        }
+    } else {
+        let request: Rc<[u8]> = subscribe_request(&target, &args.headers).into();
         let (shared, target) = (shared.clone(), target.clone());
         let (count, first, read_buffer) = (args.count, args.first_index, args.read_buffer);
         tokio::task::spawn_local(async move {
@@ -143,10 +177,10 @@ async fn work(args: WorkerArgs) -> anyhow::Result<()> {
                 };
                 tokio::task::spawn_local(subscribe(
                     shared.clone(),
-                    target.clone(),
+                    connector.clone(),
                     request.clone(),
                     index,
-                    first + index,
+                    target.source_addr(first + index),
                     read_buffer.max(512),
                     permit,
                 ));
@@ -280,13 +314,51 @@ fn subscribe_request(target: &Target, headers: &[String]) -> Vec<u8> {
     request.into_bytes()
 }
 
-/// One subscriber: connect, read the head, then account every event until the stream ends.
+impl Shared {
+    fn fail(&self, index: usize, err: &anyhow::Error) {
+        self.status.borrow_mut()[index] = Status::Failed;
+        self.failed.set(self.failed.get() + 1);
+        self.first_error
+            .borrow_mut()
+            .get_or_insert_with(|| format!("{err:#}"));
+    }
+
+    /// The response head arrived: the subscriber counts as connected from now.
+    fn open(&self, index: usize, began: Instant) {
+        let now = Instant::now();
+        self.status.borrow_mut()[index] = Status::Open;
+        self.connected.set(self.connected.get() + 1);
+        self.last_connect.set(Some(now));
+        tally::record_clamped(
+            &mut self.connect_us.borrow_mut(),
+            now.duration_since(began).as_micros() as u64,
+        );
+    }
+
+    fn close(&self, index: usize) {
+        self.status.borrow_mut()[index] = Status::Closed;
+        self.closed.set(self.closed.get() + 1);
+    }
+
+    /// Accounts the event-stream bytes `body` of subscriber `index`, received now.
+    fn receive(&self, index: usize, scanner: &mut LineScanner, body: &[u8]) {
+        let now_us = crate::now_us();
+        let mut tally = self.tally.borrow_mut();
+        scanner.feed(body, &mut |data| match data {
+            Data::Stamped { seq, ts_us, ack } => tally.record(index, seq, ts_us, ack, now_us),
+            Data::Foreign => tally.counts.foreign += 1,
+        });
+    }
+}
+
+/// One HTTP/1.1 subscriber: connect, read the head, then account every event until the stream
+/// ends.
 async fn subscribe(
     shared: Rc<Shared>,
-    target: Rc<Target>,
+    connector: Rc<Connector>,
     request: Rc<[u8]>,
     index: usize,
-    global_index: usize,
+    source: Option<SocketAddr>,
     read_buffer: usize,
     permit: OwnedSemaphorePermit,
 ) {
@@ -294,7 +366,7 @@ async fn subscribe(
     let mut buf = vec![0u8; read_buffer];
     let opened = tokio::time::timeout(
         CONNECT_TIMEOUT,
-        open(&target, &request, global_index, &mut buf),
+        open(&connector, source, &request, &mut buf),
     )
     .await
     .unwrap_or_else(|_| {
@@ -305,36 +377,14 @@ async fn subscribe(
     drop(permit);
     let (mut stream, head, body_start, filled) = match opened {
         Ok(opened) => opened,
-        Err(err) => {
-            shared.status.borrow_mut()[index] = Status::Failed;
-            shared.failed.set(shared.failed.get() + 1);
-            shared
-                .first_error
-                .borrow_mut()
-                .get_or_insert_with(|| format!("{err:#}"));
-            return;
-        }
+        Err(err) => return shared.fail(index, &err),
     };
-    let now = Instant::now();
-    shared.status.borrow_mut()[index] = Status::Open;
-    shared.connected.set(shared.connected.get() + 1);
-    shared.last_connect.set(Some(now));
-    tally::record_clamped(
-        &mut shared.connect_us.borrow_mut(),
-        now.duration_since(began).as_micros() as u64,
-    );
+    shared.open(index, began);
 
     let mut decoder = BodyDecoder::new(head.framing);
     let mut scanner = LineScanner::default();
     let mut consume = |bytes: &[u8]| -> anyhow::Result<()> {
-        let now_us = crate::now_us();
-        let mut tally = shared.tally.borrow_mut();
-        decoder.feed(bytes, |body| {
-            scanner.feed(body, &mut |data| match data {
-                Data::Stamped { seq, ts_us, ack } => tally.record(index, seq, ts_us, ack, now_us),
-                Data::Foreign => tally.counts.foreign += 1,
-            });
-        })
+        decoder.feed(bytes, |body| shared.receive(index, &mut scanner, body))
     };
     let mut result = consume(&buf[body_start..filled]);
     while result.is_ok() {
@@ -344,33 +394,18 @@ async fn subscribe(
             Err(err) => result = Err(err.into()),
         }
     }
-    shared.status.borrow_mut()[index] = Status::Closed;
-    shared.closed.set(shared.closed.get() + 1);
+    shared.close(index);
 }
 
-/// Connects from this subscriber's source address, sends the request and reads up to the end of
-/// the response head. Returns the stream, the head, and where the body starts in `buf[..filled]`.
+/// Connects from `source`, sends the request and reads up to the end of the response head.
+/// Returns the stream, the head, and where the body starts in `buf[..filled]`.
 async fn open(
-    target: &Target,
+    connector: &Connector,
+    source: Option<SocketAddr>,
     request: &[u8],
-    global_index: usize,
     buf: &mut [u8],
-) -> anyhow::Result<(TcpStream, http::Head, usize, usize)> {
-    let socket = if target.addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    if let Some(source) = target.source_addr(global_index) {
-        socket
-            .bind(source)
-            .with_context(|| format!("bind {source}"))?;
-    }
-    let mut stream = socket
-        .connect(target.addr)
-        .await
-        .with_context(|| format!("connect {}", target.addr))?;
-    stream.set_nodelay(true)?;
+) -> anyhow::Result<(Stream, http::Head, usize, usize)> {
+    let mut stream = connector.connect(source).await?;
     stream.write_all(request).await?;
     let mut filled = 0;
     loop {
@@ -392,6 +427,177 @@ async fn open(
             return Ok((stream, head, used, filled));
         }
     }
+}
+
+/// The subscribe request over HTTP/2: the same GET and headers, as an `http::Request`.
+#[derive(Debug)]
+struct H2Request {
+    uri: ::http::Uri,
+    headers: ::http::HeaderMap,
+}
+
+impl H2Request {
+    /// Parses the target and the extra `Name: value` headers once; what h2 would refuse is
+    /// refused here.
+    fn parse(target: &Target, headers: &[String]) -> anyhow::Result<Self> {
+        let uri: ::http::Uri = format!("https://{}{}", target.host_header, target.path)
+            .parse()
+            .context("the URL is not a valid HTTP/2 request target")?;
+        let mut map = ::http::HeaderMap::new();
+        map.insert(
+            ::http::header::ACCEPT,
+            ::http::HeaderValue::from_static("text/event-stream"),
+        );
+        map.insert(
+            ::http::header::CACHE_CONTROL,
+            ::http::HeaderValue::from_static("no-cache"),
+        );
+        for header in headers {
+            let Some((name, value)) = header.split_once(':') else {
+                bail!("{header:?}: expected \"Name: value\"");
+            };
+            let name = ::http::HeaderName::from_bytes(name.trim().as_bytes())
+                .with_context(|| format!("{header:?}: bad header name"))?;
+            let value = ::http::HeaderValue::from_str(value.trim())
+                .with_context(|| format!("{header:?}: bad header value"))?;
+            map.append(name, value);
+        }
+        Ok(Self { uri, headers: map })
+    }
+
+    fn build(&self) -> ::http::Request<()> {
+        let mut request = ::http::Request::new(());
+        *request.uri_mut() = self.uri.clone();
+        *request.headers_mut() = self.headers.clone();
+        request
+    }
+}
+
+/// The local indexes of the streams each HTTP/2 connection of this process carries:
+/// `streams_per_connection` each, the last one the rest.
+fn h2_spread(count: usize, streams_per_connection: usize) -> Vec<std::ops::Range<usize>> {
+    let per = streams_per_connection.max(1);
+    (0..count.div_ceil(per))
+        .map(|c| c * per..((c + 1) * per).min(count))
+        .collect()
+}
+
+/// One HTTP/2 connection: TLS with ALPN h2, then one subscribe stream per index in `streams`.
+/// If the connection cannot be made, each of its streams fails with that error.
+async fn h2_connection(
+    shared: Rc<Shared>,
+    connector: Rc<Connector>,
+    request: Rc<H2Request>,
+    streams: std::ops::Range<usize>,
+    source: Option<SocketAddr>,
+    semaphore: Arc<Semaphore>,
+) {
+    let Ok(permit) = semaphore.clone().acquire_owned().await else {
+        return;
+    };
+    let handshake = tokio::time::timeout(CONNECT_TIMEOUT, h2_handshake(&connector, source))
+        .await
+        .unwrap_or_else(|_| {
+            Err(anyhow::anyhow!(
+                "no HTTP/2 handshake within {CONNECT_TIMEOUT:?}"
+            ))
+        });
+    drop(permit);
+    let send = match handshake {
+        Ok(send) => send,
+        Err(err) => {
+            for index in streams {
+                shared.fail(index, &err);
+            }
+            return;
+        }
+    };
+    for index in streams {
+        let Ok(permit) = semaphore.clone().acquire_owned().await else {
+            return;
+        };
+        tokio::task::spawn_local(h2_subscribe(
+            shared.clone(),
+            send.clone(),
+            request.clone(),
+            index,
+            permit,
+        ));
+    }
+}
+
+/// Connects, checks that the server picked h2, and starts the connection's driver task.
+async fn h2_handshake(
+    connector: &Connector,
+    source: Option<SocketAddr>,
+) -> anyhow::Result<h2::client::SendRequest<bytes::Bytes>> {
+    // A server offering only http/1.1 usually ends the handshake with NoApplicationProtocol.
+    let stream = connector
+        .connect(source)
+        .await
+        .context("--http2 (TLS with ALPN h2)")?;
+    if stream.alpn() != Some(b"h2".as_slice()) {
+        bail!(
+            "--http2: the server did not pick h2 in ALPN (it picked {}); it must offer h2 over TLS",
+            stream
+                .alpn()
+                .map_or("none".to_owned(), |p| String::from_utf8_lossy(p)
+                    .into_owned())
+        );
+    }
+    let (send, connection) = h2::client::Builder::new()
+        .initial_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .handshake::<_, bytes::Bytes>(stream)
+        .await
+        .context("HTTP/2 handshake")?;
+    // A connection error ends every stream on it; the streams see and count that.
+    tokio::task::spawn_local(async move {
+        let _ = connection.await;
+    });
+    Ok(send)
+}
+
+/// One HTTP/2 subscriber: a stream on a shared connection, accounted like an HTTP/1.1 one;
+/// flow-control capacity is given back as soon as a DATA frame is accounted.
+async fn h2_subscribe(
+    shared: Rc<Shared>,
+    send: h2::client::SendRequest<bytes::Bytes>,
+    request: Rc<H2Request>,
+    index: usize,
+    permit: OwnedSemaphorePermit,
+) {
+    let began = Instant::now();
+    let opened = tokio::time::timeout(CONNECT_TIMEOUT, async {
+        let mut send = send.ready().await.context("HTTP/2 connection")?;
+        let (response, _) = send
+            .send_request(request.build(), true)
+            .context("HTTP/2 request")?;
+        let response = response.await.context("HTTP/2 response")?;
+        if response.status() != ::http::StatusCode::OK {
+            bail!("status {}", response.status().as_u16());
+        }
+        Ok(response.into_body())
+    })
+    .await
+    .unwrap_or_else(|_| {
+        Err(anyhow::anyhow!(
+            "no response head within {CONNECT_TIMEOUT:?} (a server allowing fewer concurrent \
+             streams than --connections gives each connection waits here)"
+        ))
+    });
+    drop(permit);
+    let mut body = match opened {
+        Ok(body) => body,
+        Err(err) => return shared.fail(index, &err),
+    };
+    shared.open(index, began);
+    let mut scanner = LineScanner::default();
+    while let Some(Ok(chunk)) = body.data().await {
+        shared.receive(index, &mut scanner, &chunk);
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    shared.close(index);
 }
 
 #[cfg(test)]

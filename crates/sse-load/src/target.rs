@@ -1,13 +1,24 @@
-//! Where the load goes: `http://host[:port]/path` URLs, resolved once and refused unless every
-//! address they name is on this machine's loopback (127.0.0.0/8 or ::1).
+//! Where the load goes: `http://` and `https://host[:port]/path` URLs, resolved once and refused
+//! unless every address they name is on this machine's loopback (127.0.0.0/8 or ::1).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 
 use anyhow::{Context as _, bail};
 
+/// Plain TCP or TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
 /// A parsed, resolved, loopback-only HTTP URL.
 #[derive(Debug, Clone)]
 pub struct Target {
+    pub scheme: Scheme,
+    /// The host as written, without brackets or port: the TLS server name (SNI and the name the
+    /// certificate must carry).
+    pub host: String,
     /// The `Host` header value, as written in the URL (with the port when one was given).
     pub host_header: String,
     /// The request target: path and query, `/` when the URL had none.
@@ -18,8 +29,12 @@ pub struct Target {
 impl Target {
     /// Parses `url` and resolves its host; every resolved address must be loopback.
     pub fn parse(url: &str) -> anyhow::Result<Self> {
-        let (authority, path) = split_url(url)?;
-        let (host, port) = split_authority(authority)?;
+        let (scheme, authority, path) = split_url(url)?;
+        let default_port = match scheme {
+            Scheme::Http => 80,
+            Scheme::Https => 443,
+        };
+        let (host, port) = split_authority(authority, default_port)?;
         let addrs: Vec<SocketAddr> = (host, port)
             .to_socket_addrs()
             .with_context(|| format!("cannot resolve {host}"))?
@@ -36,6 +51,8 @@ impl Target {
         // Prefer IPv4: subscribers spread over 127.0.0.x source addresses only there.
         let addr = addrs.iter().find(|a| a.is_ipv4()).unwrap_or(first);
         Ok(Self {
+            scheme,
+            host: host.to_owned(),
             host_header: authority.to_owned(),
             path: path.to_owned(),
             addr: *addr,
@@ -68,23 +85,27 @@ pub fn is_loopback(ip: IpAddr) -> bool {
     }
 }
 
-/// `http://authority/path?query` → (authority, "/path?query").
-fn split_url(url: &str) -> anyhow::Result<(&str, &str)> {
-    let Some(rest) = url.strip_prefix("http://") else {
-        bail!("{url}: only http:// URLs are supported");
+/// `http[s]://authority/path?query` → (scheme, authority, "/path?query").
+fn split_url(url: &str) -> anyhow::Result<(Scheme, &str, &str)> {
+    let (scheme, rest) = if let Some(rest) = url.strip_prefix("http://") {
+        (Scheme::Http, rest)
+    } else if let Some(rest) = url.strip_prefix("https://") {
+        (Scheme::Https, rest)
+    } else {
+        bail!("{url}: only http:// and https:// URLs are supported");
     };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
     if authority.is_empty() || authority.contains(['@', '?', '#']) {
-        bail!("{url}: expected http://host[:port]/path");
+        bail!("{url}: expected http[s]://host[:port]/path");
     }
-    Ok((authority, path))
+    Ok((scheme, authority, path))
 }
 
-/// `host`, `host:port`, `[v6]`, `[v6]:port` → (host without brackets, port; 80 by default).
-fn split_authority(authority: &str) -> anyhow::Result<(&str, u16)> {
+/// `host`, `host:port`, `[v6]`, `[v6]:port` → (host without brackets, port or `default_port`).
+fn split_authority(authority: &str, default_port: u16) -> anyhow::Result<(&str, u16)> {
     let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
         let Some((host, after)) = rest.split_once(']') else {
             bail!("{authority}: unclosed [");
@@ -100,7 +121,7 @@ fn split_authority(authority: &str) -> anyhow::Result<(&str, u16)> {
         Some(p) => p
             .parse()
             .with_context(|| format!("{authority}: bad port"))?,
-        None => 80,
+        None => default_port,
     };
     Ok((host, port))
 }
@@ -137,7 +158,8 @@ mod tests {
             "http://192.168.1.1:80/",
             "http://8.8.8.8/",
             "http://[2001:db8::1]/",
-            "https://127.0.0.1/",
+            "https://10.0.0.1/",
+            "ftp://127.0.0.1/",
             "127.0.0.1:80/x",
             "http://user@127.0.0.1/",
         ] {
@@ -145,6 +167,23 @@ mod tests {
         }
         assert!(is_loopback("::ffff:127.0.0.1".parse().unwrap()));
         assert!(!is_loopback("::ffff:10.0.0.1".parse().unwrap()));
+    }
+
+    /// `https://` URLs parse with port 443 by default and the host as the TLS server name.
+    #[test]
+    fn https_urls_parse_with_their_server_name() {
+        let t = Target::parse("https://localhost:8443/stream").unwrap();
+        assert_eq!(t.scheme, Scheme::Https);
+        assert_eq!((t.host.as_str(), t.addr.port()), ("localhost", 8443));
+        assert_eq!(t.host_header, "localhost:8443");
+        let t = Target::parse("https://127.0.0.1/x").unwrap();
+        assert_eq!((t.addr.port(), t.host.as_str()), (443, "127.0.0.1"));
+        let t = Target::parse("https://[::1]:9/").unwrap();
+        assert_eq!(t.host, "::1");
+        assert_eq!(
+            Target::parse("http://127.0.0.1/").unwrap().scheme,
+            Scheme::Http
+        );
     }
 
     /// Source addresses cycle over 127.0.0.2 ..= 127.0.0.254.
