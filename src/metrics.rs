@@ -37,7 +37,8 @@ pub struct LimitLabel {
 
 /// The `event` label of what ACME did (`--tls-acme`): a certificate served from the cache or
 /// newly issued, an order that failed (retried after a backoff), a cache that could not be
-/// read or written, a cached certificate that did not parse (a new one is ordered).
+/// read or written, a cached certificate or account key that did not parse (a new one is
+/// ordered, or made).
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AcmeEvent {
     pub event: &'static str,
@@ -58,6 +59,9 @@ impl AcmeEvent {
     };
     pub const CACHED_CERTIFICATE_REFUSED: Self = Self {
         event: "cached_certificate_refused",
+    };
+    pub const ACCOUNT_KEY_REFUSED: Self = Self {
+        event: "account_key_refused",
     };
 }
 
@@ -239,7 +243,8 @@ impl Metrics {
         registry.register(
             "acme_events",
             "What ACME (--tls-acme) did: cached_certificate, new_certificate, order_failed \
-             (retried after a backoff), cache_failed, cached_certificate_refused",
+             (retried after a backoff), cache_failed, cached_certificate_refused, \
+             account_key_refused",
             metrics.acme_events.clone(),
         );
         registry.register(

@@ -96,9 +96,11 @@ impl Application {
             (Some(cert), Some(key)) => Some(Arc::new(CertificateFiles::load(cert, key)?)),
             _ => None,
         };
-        // ACME's cache and CA file likewise; the CA is asked nothing until the server starts.
-        let acme = acme_options(&settings)?.map(Acme::new).transpose()?;
         let metrics = Metrics::new();
+        // ACME's cache and CA file likewise; the CA is asked nothing until the server starts.
+        let acme = acme_options(&settings)?
+            .map(|options| Acme::new(options, metrics.clone()))
+            .transpose()?;
         let limits = Limits {
             max_topics: settings.max_topics,
             max_topic_bytes: settings.max_topic_bytes,
@@ -205,7 +207,7 @@ impl Application {
             None => match acme {
                 Some(acme) => {
                     let config = acme.server_config()?;
-                    acme.start(tls_metrics);
+                    acme.start()?;
                     let server = server
                         .listen_rustls_0_23(listener, config)
                         .map_err(bind_error)?;

@@ -12,9 +12,16 @@ use std::{
 };
 
 use futures_util::StreamExt as _;
-use rustls::{ClientConfig, RootCertStore, ServerConfig, server::ResolvesServerCert};
-use rustls_acme::{AcmeConfig, AcmeState, EventError, EventOk, caches::DirCache};
-use rustls_pki_types::{CertificateDer, DnsName, pem::PemObject as _};
+use rustls::{
+    ClientConfig, RootCertStore, ServerConfig, crypto::ring::sign::any_ecdsa_type,
+    server::ResolvesServerCert,
+};
+use rustls_acme::{
+    AccountCache, AcmeConfig, AcmeState, CertCache, EventError, EventOk, caches::DirCache,
+};
+use rustls_pki_types::{
+    CertificateDer, DnsName, PrivateKeyDer, PrivatePkcs8KeyDer, pem::PemObject as _,
+};
 
 use super::{TlsError, provider};
 use crate::metrics::{AcmeEvent, Metrics};
@@ -122,12 +129,13 @@ pub struct AcmeOptions {
 pub struct Acme {
     state: AcmeState<io::Error, io::Error>,
     domains: String,
+    metrics: Arc<Metrics>,
 }
 
 impl Acme {
     /// Checks the cache directory and the extra CA. Nothing is asked of the CA before
     /// [`Acme::start`].
-    pub fn new(options: AcmeOptions) -> Result<Self, AcmeError> {
+    pub fn new(options: AcmeOptions, metrics: Arc<Metrics>) -> Result<Self, AcmeError> {
         prepare_cache(&options.cache)?;
         let mut roots = RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
@@ -150,7 +158,10 @@ impl Acme {
         let state = AcmeConfig::new_with_client_config(&domains, Arc::new(client))
             .directory(&options.directory)
             .contact(options.contact.iter().map(AcmeContact::as_str))
-            .cache(DirCache::new(options.cache.clone()))
+            .cache(CheckedCache {
+                files: DirCache::new(options.cache.clone()),
+                metrics: Arc::clone(&metrics),
+            })
             .state();
         log::info!(
             "ACME domains={} directory={} cache={}",
@@ -161,6 +172,7 @@ impl Acme {
         Ok(Self {
             domains: domains.join(","),
             state,
+            metrics,
         })
     }
 
@@ -174,11 +186,21 @@ impl Acme {
         Ok(config)
     }
 
-    /// Loads the cached certificate or orders one, on the current actix runtime, and keeps it
-    /// renewed for the life of the process. Until a certificate is there, TLS handshakes fail:
-    /// a fresh hub serves within seconds of the CA's validation.
-    pub fn start(self, metrics: Arc<Metrics>) {
-        drive(self.state, self.domains, metrics);
+    /// Loads the cached certificate or orders one, and keeps it renewed for the life of the
+    /// process, on a thread of its own (`sse-hub-acme`): key generation, signing and the cache's
+    /// file I/O never run on the broadcaster's thread. Until a certificate is there, TLS
+    /// handshakes fail: a fresh hub serves within seconds of the CA's validation.
+    pub fn start(self) -> Result<(), AcmeError> {
+        let Self {
+            state,
+            domains,
+            metrics,
+        } = self;
+        std::thread::Builder::new()
+            .name("sse-hub-acme".to_owned())
+            .spawn(move || async_io::block_on(drive(state, domains, metrics)))
+            .map_err(|err| TlsError::Config(format!("cannot start the ACME thread: {err}")))?;
+        Ok(())
     }
 }
 
@@ -186,45 +208,116 @@ impl Acme {
 /// there is no valid certificate, sleeps until renewal, and retries a failed order after 1 s,
 /// 2 s, 4 s … up to 2^16 s (rustls-acme's backoff). Each failure is logged once as it happens,
 /// so the log rate is bounded by that backoff; the certificate served so far stays.
-fn drive(mut state: AcmeState<io::Error, io::Error>, domains: String, metrics: Arc<Metrics>) {
-    actix_web::rt::spawn(async move {
-        while let Some(event) = state.next().await {
-            let (kind, outcome) = match event {
-                Ok(EventOk::DeployedCachedCert) => {
-                    log::info!("ACME certificate loaded from the cache domains={domains}");
-                    (AcmeEvent::CACHED_CERTIFICATE, None)
-                }
-                Ok(EventOk::DeployedNewCert) => {
-                    log::info!("ACME certificate issued and served domains={domains}");
-                    (AcmeEvent::NEW_CERTIFICATE, None)
-                }
-                Ok(EventOk::CertCacheStore | EventOk::AccountCacheStore) => {
-                    log::debug!("ACME cache written domains={domains}");
-                    continue;
-                }
-                Err(err) => {
-                    let kind = match &err {
-                        EventError::Order(_) | EventError::NewCertParse(_) => {
-                            AcmeEvent::ORDER_FAILED
-                        }
-                        EventError::CachedCertParse(_) => AcmeEvent::CACHED_CERTIFICATE_REFUSED,
-                        EventError::CertCacheLoad(_)
-                        | EventError::AccountCacheLoad(_)
-                        | EventError::CertCacheStore(_)
-                        | EventError::AccountCacheStore(_) => AcmeEvent::CACHE_FAILED,
-                    };
-                    (kind, Some(err))
-                }
-            };
-            metrics.acme_events.get_or_create(&kind).inc();
-            if let Some(err) = outcome {
-                log::warn!(
-                    "ACME {} domains={domains} error={err}; retried after a backoff",
-                    kind.event
-                );
+async fn drive(mut state: AcmeState<io::Error, io::Error>, domains: String, metrics: Arc<Metrics>) {
+    while let Some(event) = state.next().await {
+        let (kind, outcome) = match event {
+            Ok(EventOk::DeployedCachedCert) => {
+                log::info!("ACME certificate loaded from the cache domains={domains}");
+                (AcmeEvent::CACHED_CERTIFICATE, None)
             }
+            Ok(EventOk::DeployedNewCert) => {
+                log::info!("ACME certificate issued and served domains={domains}");
+                (AcmeEvent::NEW_CERTIFICATE, None)
+            }
+            Ok(EventOk::CertCacheStore | EventOk::AccountCacheStore) => {
+                log::debug!("ACME cache written domains={domains}");
+                continue;
+            }
+            Err(err) => {
+                let kind = match &err {
+                    EventError::Order(_) | EventError::NewCertParse(_) => AcmeEvent::ORDER_FAILED,
+                    EventError::CachedCertParse(_) => AcmeEvent::CACHED_CERTIFICATE_REFUSED,
+                    EventError::CertCacheLoad(_)
+                    | EventError::AccountCacheLoad(_)
+                    | EventError::CertCacheStore(_)
+                    | EventError::AccountCacheStore(_) => AcmeEvent::CACHE_FAILED,
+                };
+                (kind, Some(err))
+            }
+        };
+        metrics.acme_events.get_or_create(&kind).inc();
+        if let Some(err) = outcome {
+            log::warn!(
+                "ACME {} domains={domains} error={err}; retried after a backoff",
+                kind.event
+            );
         }
-    });
+    }
+}
+
+/// `--acme-cache`: rustls-acme's directory cache, with the account key parsed at this boundary.
+/// A key that does not parse (a torn write, an edited file) is refused, counted and logged, and
+/// a new account key replaces it; used as it is, it would fail every order, forever. (A cached
+/// certificate that does not parse is refused by rustls-acme, which orders a new one.)
+struct CheckedCache {
+    files: DirCache<PathBuf>,
+    metrics: Arc<Metrics>,
+}
+
+#[async_trait::async_trait]
+impl CertCache for CheckedCache {
+    type EC = io::Error;
+
+    async fn load_cert(
+        &self,
+        domains: &[String],
+        directory_url: &str,
+    ) -> Result<Option<Vec<u8>>, io::Error> {
+        self.files.load_cert(domains, directory_url).await
+    }
+
+    async fn store_cert(
+        &self,
+        domains: &[String],
+        directory_url: &str,
+        cert: &[u8],
+    ) -> Result<(), io::Error> {
+        self.files.store_cert(domains, directory_url, cert).await
+    }
+}
+
+#[async_trait::async_trait]
+impl AccountCache for CheckedCache {
+    type EA = io::Error;
+
+    async fn load_account(
+        &self,
+        contact: &[String],
+        directory_url: &str,
+    ) -> Result<Option<Vec<u8>>, io::Error> {
+        let key = self.files.load_account(contact, directory_url).await?;
+        match key {
+            Some(der) if !is_account_key(&der) => {
+                self.metrics
+                    .acme_events
+                    .get_or_create(&AcmeEvent::ACCOUNT_KEY_REFUSED)
+                    .inc();
+                log::warn!(
+                    "ACME account key in the cache is not a PKCS#8 ECDSA key ({} bytes): a new \
+                     account key replaces it",
+                    der.len()
+                );
+                Ok(None)
+            }
+            key => Ok(key),
+        }
+    }
+
+    async fn store_account(
+        &self,
+        contact: &[String],
+        directory_url: &str,
+        account: &[u8],
+    ) -> Result<(), io::Error> {
+        self.files
+            .store_account(contact, directory_url, account)
+            .await
+    }
+}
+
+/// Whether `der` is what rustls-acme stores as an account key: an ECDSA key in PKCS#8.
+fn is_account_key(der: &[u8]) -> bool {
+    any_ecdsa_type(&PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(der))).is_ok()
 }
 
 /// Creates the cache directory (0700: it holds the account key and certificate keys) when it
@@ -357,6 +450,15 @@ mod tests {
         fs::write(&file, b"x").expect("write");
         let err = prepare_cache(&file).expect_err("a file");
         assert!(err.to_string().starts_with("--acme-cache "), "{err}");
+    }
+
+    /// The account key check takes what rustls-acme generates and refuses anything else.
+    #[test]
+    fn account_keys_are_pkcs8_ecdsa() {
+        let key = rcgen::KeyPair::generate().expect("a P-256 key");
+        assert!(is_account_key(&key.serialize_der()));
+        assert!(!is_account_key(b""));
+        assert!(!is_account_key(&key.serialize_der()[..40]));
     }
 
     /// A CA file that is missing or holds no certificate is refused, naming the file.

@@ -505,10 +505,10 @@ fn order_is_retried_until_the_ca_answers() {
     assert_eq!(acme_events(&metrics, "new_certificate"), 1, "{metrics}");
 }
 
-/// A cached certificate that does not parse is refused and counted, and a new one is ordered
-/// (the account key in the same cache is kept).
+/// A cached certificate and account key that do not parse (torn writes) are refused and
+/// counted; a new account key is made and a new certificate ordered.
 #[test]
-fn corrupt_cached_certificate_is_replaced_by_a_new_order() {
+fn corrupt_cache_is_replaced_by_a_new_account_and_order() {
     // Arrange: a certificate issued and cached, then its cache file overwritten.
     let port = free_port();
     let pebble = Pebble::start(port);
@@ -517,18 +517,25 @@ fn corrupt_cached_certificate_is_replaced_by_a_new_order() {
     let mut hub = AcmeHub::spawn(port, &pebble.directory(), &pebble.ca_file(), cache.path());
     let (_, first) = hub.get_verified(port, &trusting_pebble, "/healthz");
     drop(hub);
-    let mut corrupted = 0;
+    let mut corrupted = Vec::new();
     for entry in std::fs::read_dir(cache.path()).expect("the cache") {
         let path = entry.expect("an entry").path();
-        if path
+        let name = path
             .file_name()
-            .is_some_and(|name| name.to_string_lossy().starts_with("cached_cert_"))
-        {
-            std::fs::write(&path, "-----BEGIN PRIVATE KEY-----\nnot base64\n").expect("write");
-            corrupted += 1;
+            .expect("a name")
+            .to_string_lossy()
+            .into_owned();
+        if name.starts_with("cached_cert_") || name.starts_with("cached_account_") {
+            let bytes = std::fs::read(&path).expect("read");
+            std::fs::write(&path, &bytes[..bytes.len() / 3]).expect("write");
+            corrupted.push(name);
         }
     }
-    assert_eq!(corrupted, 1, "one cached certificate file");
+    assert_eq!(
+        corrupted.len(),
+        2,
+        "a certificate and an account key: {corrupted:?}"
+    );
 
     // Act
     let mut hub = AcmeHub::spawn(port, &pebble.directory(), &pebble.ca_file(), cache.path());
@@ -541,5 +548,6 @@ fn corrupt_cached_certificate_is_replaced_by_a_new_order() {
         1,
         "{metrics}"
     );
+    assert_eq!(acme_events(&metrics, "account_key_refused"), 1, "{metrics}");
     assert_eq!(acme_events(&metrics, "new_certificate"), 1, "{metrics}");
 }
