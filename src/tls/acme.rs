@@ -237,10 +237,14 @@ async fn drive(mut state: AcmeState<io::Error, io::Error>, domains: String, metr
         };
         metrics.acme_events.get_or_create(&kind).inc();
         if let Some(err) = outcome {
-            log::warn!(
-                "ACME {} domains={domains} error={err}; retried after a backoff",
-                kind.event
-            );
+            let next = if kind == AcmeEvent::ORDER_FAILED {
+                "; ordered again after a backoff, the certificate served so far stays"
+            } else if kind == AcmeEvent::CACHED_CERTIFICATE_REFUSED {
+                "; a new certificate is ordered"
+            } else {
+                ""
+            };
+            log::warn!("ACME {} domains={domains} error={err}{next}", kind.event);
         }
     }
 }
