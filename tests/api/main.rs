@@ -3,6 +3,7 @@
 mod allocator;
 mod bad_input;
 mod browser;
+mod browser_http2;
 mod client_limits;
 mod cluster;
 mod durable;
