@@ -2,6 +2,8 @@
 #
 #   docker build -t sse-hub .
 #   docker run --rm -p 8080:8080 sse-hub
+#   docker run --rm -p 8443:8080 -v ./certs:/certs:ro -e SSE_HUB_TLS_CERT=/certs/cert.pem \
+#       -e SSE_HUB_TLS_KEY=/certs/key.pem sse-hub                      # HTTPS, HTTP/2
 #
 # Two stages: `builder` compiles the release binary on the official Rust image, and the runtime
 # stage is Debian bookworm-slim holding that binary and nothing of the toolchain.
@@ -56,9 +58,13 @@ RUN groupadd --gid 10001 sse-hub \
 
 COPY --from=builder /app/target/release/sse-hub /usr/local/bin/sse-hub
 
-# Where `--store file:/var/lib/sse-hub/history.redb` keeps the history. Owned by the hub's user,
-# so a named volume mounted here starts out writable by it (`-v sse-hub-data:/var/lib/sse-hub`).
-RUN mkdir -p /var/lib/sse-hub && chown 10001:10001 /var/lib/sse-hub
+# Where `--store file:/var/lib/sse-hub/history.redb` keeps the history, and where ACME keeps its
+# account and certificates (`SSE_HUB_ACME_CACHE=/var/lib/sse-hub/acme`). Owned by the hub's user,
+# so a named volume mounted here starts out writable by it (`-v sse-hub-data:/var/lib/sse-hub`);
+# the ACME cache is a volume of its own, so a certificate survives a new container (and the
+# CA's rate limits are not spent again) even when the history is kept in memory.
+RUN mkdir -p /var/lib/sse-hub/acme && chown -R 10001:10001 /var/lib/sse-hub
+VOLUME ["/var/lib/sse-hub/acme"]
 
 # Inside the image the hub listens on every interface; publish the port to choose who reaches
 # it (`-p 127.0.0.1:8080:8080` for this host only).
@@ -71,7 +77,12 @@ USER 10001:10001
 # inside `docker stop`'s 10 s grace period.
 STOPSIGNAL SIGTERM
 
-# `sse-hub healthcheck` asks /healthz on SSE_HUB_BIND over plain TCP: no curl in the image.
+# TLS (HTTP/2 and HTTP/1.1) with certificate files mounted read-only, reloaded when they change:
+#   -v ./certs:/certs:ro -e SSE_HUB_TLS_CERT=/certs/cert.pem -e SSE_HUB_TLS_KEY=/certs/key.pem
+# The files must be readable by uid 10001.
+
+# `sse-hub healthcheck` asks /healthz on SSE_HUB_BIND, over TLS when SSE_HUB_TLS_CERT and
+# SSE_HUB_TLS_KEY are set (the same variables the hub reads): no curl in the image.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=5s --retries=3 \
     CMD ["/usr/local/bin/sse-hub", "healthcheck"]
 

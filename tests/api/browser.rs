@@ -17,17 +17,18 @@ use crate::{
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
-const WAIT: Duration = Duration::from_secs(15);
+/// How long the browser may take to load a page or show an expected change.
+pub(crate) const WAIT: Duration = Duration::from_secs(15);
 
 /// A chromedriver process on a free port, killed on drop.
-struct Chromedriver {
+pub(crate) struct Chromedriver {
     child: Child,
     addr: SocketAddr,
     profile: PathBuf,
 }
 
 impl Chromedriver {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         for tool in [CHROMIUM, CHROMEDRIVER] {
             assert!(
                 Path::new(tool).exists(),
@@ -61,19 +62,32 @@ impl Chromedriver {
     }
 
     /// A headless Chromium session (flags this sandboxed, offline machine needs).
-    async fn browser(&self) -> Client {
+    pub(crate) async fn browser(&self) -> Client {
+        self.browser_with(&[]).await
+    }
+
+    /// A headless Chromium session started with `extra` command-line flags too.
+    pub(crate) async fn browser_with(&self, extra: &[String]) -> Client {
+        let mut args: Vec<String> = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-background-networking",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-component-update",
+            "--disable-sync",
+            "--window-size=1280,860",
+        ]
+        .map(str::to_owned)
+        .into();
+        args.push(format!("--user-data-dir={}", self.profile.display()));
+        args.extend_from_slice(extra);
         let mut caps = serde_json::Map::new();
         caps.insert(
             "goog:chromeOptions".to_owned(),
-            serde_json::json!({
-                "binary": CHROMIUM,
-                "args": [
-                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                    "--disable-background-networking", "--disable-quic", "--no-first-run",
-                    "--disable-component-update", "--disable-sync", "--window-size=1280,860",
-                    format!("--user-data-dir={}", self.profile.display()),
-                ],
-            }),
+            serde_json::json!({ "binary": CHROMIUM, "args": args }),
         );
         ClientBuilder::new(HttpConnector::new())
             .capabilities(caps)
@@ -98,7 +112,8 @@ fn artifact(name: &str) -> PathBuf {
     dir.join(name)
 }
 
-async fn wait_connected(browser: &Client) {
+/// Waits until the demo page says its own stream is connected.
+pub(crate) async fn wait_connected(browser: &Client) {
     browser
         .wait()
         .at_most(WAIT)

@@ -4,6 +4,7 @@ mod acme;
 mod allocator;
 mod bad_input;
 mod browser;
+mod browser_http2;
 mod client_limits;
 mod cluster;
 mod durable;
