@@ -60,11 +60,12 @@ COPY --from=builder /app/target/release/sse-hub /usr/local/bin/sse-hub
 
 # Where `--store file:/var/lib/sse-hub/history.redb` keeps the history, and where ACME keeps its
 # account and certificates (`SSE_HUB_ACME_CACHE=/var/lib/sse-hub/acme`). Owned by the hub's user,
-# so a named volume mounted here starts out writable by it (`-v sse-hub-data:/var/lib/sse-hub`);
-# the ACME cache is a volume of its own, so a certificate survives a new container (and the
-# CA's rate limits are not spent again) even when the history is kept in memory.
+# so a named volume mounted here starts out writable by it (`-v sse-hub-data:/var/lib/sse-hub`).
+# With ACME, mount a named volume on the cache (`-v sse-hub-acme:/var/lib/sse-hub/acme`), so a
+# certificate survives a new container (and the CA's rate limits are not spent again) even when
+# the history is kept in memory. No VOLUME line: it would leave an anonymous volume behind for
+# every container, ACME or not.
 RUN mkdir -p /var/lib/sse-hub/acme && chown -R 10001:10001 /var/lib/sse-hub
-VOLUME ["/var/lib/sse-hub/acme"]
 
 # Inside the image the hub listens on every interface; publish the port to choose who reaches
 # it (`-p 127.0.0.1:8080:8080` for this host only).
