@@ -146,10 +146,8 @@ async fn wait_served_by(ca: &TestCa, port: u16, what: &str) {
     }
 }
 
-/// Over TLS, one listener serves a stream over HTTP/2 to a client offering `h2` and over
-/// HTTP/1.1 to one offering only `http/1.1`; both receive a publish, byte for byte the same.
-#[actix_web::test]
-async fn streams_over_http2_and_http11_on_one_tls_listener() {
+/// A hub serving TLS with a certificate of its own CA (the returned directory holds the files).
+async fn spawn_tls_app() -> (TestCa, crate::helpers::TestApp, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("dir");
     let ca = TestCa::new("a");
     let (cert, key) = ca.leaf().write(dir.path());
@@ -158,6 +156,14 @@ async fn streams_over_http2_and_http11_on_one_tls_listener() {
         s.tls_key = Some(key);
     })
     .await;
+    (ca, app, dir)
+}
+
+/// Over TLS, one listener serves a stream over HTTP/2 to a client offering `h2` and over
+/// HTTP/1.1 to one offering only `http/1.1`; both receive a publish, byte for byte the same.
+#[actix_web::test]
+async fn streams_over_http2_and_http11_on_one_tls_listener() {
+    let (ca, app, _dir) = spawn_tls_app().await;
     let port = app.addr.port();
     let h2 = ca.client(true);
     let h1 = ca.client(false);
@@ -187,14 +193,7 @@ async fn streams_over_http2_and_http11_on_one_tls_listener() {
 /// browser reconnects.
 #[actix_web::test]
 async fn http2_streams_end_cleanly_on_shutdown() {
-    let dir = tempfile::tempdir().expect("dir");
-    let ca = TestCa::new("a");
-    let (cert, key) = ca.leaf().write(dir.path());
-    let app = spawn_app_with(|s| {
-        s.tls_cert = Some(cert);
-        s.tls_key = Some(key);
-    })
-    .await;
+    let (ca, app, _dir) = spawn_tls_app().await;
     let mut stream = subscribe(
         &ca.client(true),
         &https(app.addr.port(), "/stream?topic=t"),
