@@ -449,6 +449,11 @@ impl fmt::Display for Store {
 }
 
 impl Settings {
+    /// Whether the listener speaks TLS: certificate files, or certificates obtained by ACME.
+    pub fn serves_tls(&self) -> bool {
+        self.tls_cert.is_some() || !self.tls_acme.is_empty()
+    }
+
     /// The verification keys for both roles, from the key settings.
     pub fn keys(&self, hub: &HubUrl) -> Result<Keys, String> {
         let key = |role: Role| {

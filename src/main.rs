@@ -25,11 +25,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let outcome = match cli.command {
-        Some(Command::Healthcheck) => healthcheck::check(
-            cli.settings.bind,
-            cli.settings.tls_cert.is_some() || !cli.settings.tls_acme.is_empty(),
-        )
-        .map_err(|err| format!("healthcheck failed: {err}")),
+        Some(Command::Healthcheck) => {
+            healthcheck::check(cli.settings.bind, cli.settings.serves_tls())
+                .map_err(|err| format!("healthcheck failed: {err}"))
+        }
         Some(Command::Token(args)) => token(&cli.settings, &args).map(|jwt| println!("{jwt}")),
         None => serve(cli.settings),
     };
