@@ -189,6 +189,8 @@ pub struct Keys {
     /// Selectors one token may carry in all (`--max-token-selectors`): each is compiled and
     /// checked on every publish or kept by every stream the token opens.
     pub max_selectors: usize,
+    /// Whether the Mercure route takes 0.x tokens (`--mercure-mode`).
+    pub mode: Mode,
 }
 
 impl Default for Keys {
@@ -202,6 +204,7 @@ impl Default for Keys {
             max_matchers: crate::config::DEFAULT_MAX_TOPICS,
             max_matcher_bytes: crate::config::DEFAULT_MAX_TOPIC_BYTES,
             max_selectors: crate::config::DEFAULT_MAX_TOKEN_SELECTORS,
+            mode: Mode::Modern,
         }
     }
 }
@@ -213,6 +216,51 @@ impl Keys {
             Role::Subscriber => self.subscriber.as_ref(),
         }
     }
+
+    /// Refuses a 0.x token (one without `typ: at+jwt`) where modern mode takes only access
+    /// tokens.
+    fn check_legacy_allowed(&self, surface: Surface, role: Role) -> Result<(), HubError> {
+        if surface == Surface::Mercure && self.mode == Mode::Modern {
+            return Err(HubError::Unauthorized(format!(
+                "the {} token is a Mercure 0.x token (no `typ: at+jwt` header); the hub's \
+                 Mercure route is in modern mode and takes only Mercure 1.0 access tokens \
+                 (`--mercure-mode compat` also takes 0.x tokens)",
+                role.name()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Which Mercure clients the Mercure route serves (`--mercure-mode`). The hub's own `/stream` and
+/// `/publish` routes take both token kinds in either mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Mercure 1.0 only: access tokens (`typ: at+jwt`), `match*` parameters, 1.0 shapes.
+    Modern,
+    /// Mercure 0.x and 1.0 side by side: also 0.x tokens, `topic=` selectors with URI
+    /// templates, the `authorization` query parameter and the 0.x subscription API.
+    Compat,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Modern => "modern",
+            Self::Compat => "compat",
+        }
+    }
+}
+
+/// Which route a token is checked for: the kinds of token it takes, and whether publishing
+/// there needs a token at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// sse-hub's own `/stream` and `/publish`: both token kinds; open publishing without a
+    /// publisher key.
+    Hub,
+    /// `/.well-known/mercure`: a publisher token always; 0.x tokens only in compat mode.
+    Mercure,
 }
 
 /// Where a request may carry its token.
@@ -682,16 +730,16 @@ impl Grant {
     }
 }
 
-/// Checks the publisher token of `req`. `Ok(None)` when no publisher key is configured and
-/// `required` is false (open publishing); otherwise a token must be present and valid.
+/// Checks the publisher token of `req`. `Ok(None)` when no publisher key is configured on the
+/// hub's own routes (open publishing); otherwise a token must be present and valid.
 pub fn publisher_grant(
     req: &HttpRequest,
     keys: &Keys,
     cache: &SelectorCache,
-    required: bool,
+    surface: Surface,
 ) -> Result<Option<Grant>, HubError> {
     let Some(key) = keys.for_role(Role::Publisher) else {
-        return if required {
+        return if surface == Surface::Mercure {
             Err(HubError::TokenMissing(
                 "publishing here needs a JWT, and the hub has no publisher key configured"
                     .to_owned(),
@@ -709,6 +757,7 @@ pub fn publisher_grant(
         let token = verify_access_token(&token, key, Role::Publisher, keys, cache)?;
         return Ok(Some(Grant::from_details(token, |d| d.publish)));
     }
+    keys.check_legacy_allowed(surface, Role::Publisher)?;
     let verified = verify(&token, key, Role::Publisher, keys.leeway)?;
     check_selector_count(&verified, Role::Publisher, keys)?;
     let Some(publish) = verified.claims.mercure.publish.as_deref() else {
@@ -728,6 +777,7 @@ pub fn subscriber_grant(
     cache: &SelectorCache,
     anonymous: bool,
     sources: TokenSources,
+    surface: Surface,
 ) -> Result<Grant, HubError> {
     let token = token_from(req, sources)?;
     match (token, keys.for_role(Role::Subscriber)) {
@@ -743,6 +793,7 @@ pub fn subscriber_grant(
             Ok(Grant::from_details(token, |d| d.subscribe))
         }
         (Some(token), Some(key)) => {
+            keys.check_legacy_allowed(surface, Role::Subscriber)?;
             let verified = verify(&token, key, Role::Subscriber, keys.leeway)?;
             check_selector_count(&verified, Role::Subscriber, keys)?;
             let mut grant = Grant::from_claim(

@@ -12,7 +12,7 @@ use std::{
 use clap::{ArgAction, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::{
-    auth::{JwtAlgorithm, JwtKey, Keys, Role},
+    auth::{JwtAlgorithm, JwtKey, Keys, Mode, Role},
     tls::acme::{self, AcmeContact, AcmeDomain},
     url_pattern::HubUrl,
 };
@@ -78,6 +78,8 @@ pub const DEFAULT_JWT_LEEWAY: &str = "5s";
 /// Selectors listed in `/stats` (those with the most subscribers): enough to see what is hot,
 /// small enough that the answer stays within ~30 KB and its sort within the actor cheap.
 pub const DEFAULT_STATS_SELECTORS: usize = 100;
+/// Mercure 1.0 only: safe for a new hub (README, "Mercure modes").
+pub const DEFAULT_MERCURE_MODE: &str = "modern";
 /// Mercure's own development default: a hub behind a proxy sets its public URL here.
 pub const DEFAULT_HUB_URL: &str = "https://localhost/.well-known/mercure";
 
@@ -292,6 +294,12 @@ pub struct Settings {
     #[arg(long, env = "SSE_HUB_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
 
+    /// Which Mercure clients the Mercure route serves: `modern` (Mercure 1.0 only: access
+    /// tokens, `match*` parameters) or `compat` (0.x and 1.0 side by side: also 0.x tokens,
+    /// `topic=` with URI templates, `?authorization=`, the 0.x subscription API).
+    #[arg(long, env = "SSE_HUB_MERCURE_MODE", value_enum, default_value = DEFAULT_MERCURE_MODE)]
+    pub mercure_mode: Mode,
+
     /// Active subscriptions (Mercure): publish a private `mercure` event when a subscription
     /// starts or ends, and serve the subscription API under the hub's URL.
     #[arg(long, env = "SSE_HUB_SUBSCRIPTIONS", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
@@ -472,6 +480,7 @@ impl Settings {
             max_matchers: self.max_topics,
             max_matcher_bytes: self.max_topic_bytes,
             max_selectors: self.max_token_selectors,
+            mode: self.mercure_mode,
         })
     }
 

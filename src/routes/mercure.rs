@@ -45,7 +45,7 @@ async fn publish_form(
     payload: web::Payload,
     state: &AppState,
 ) -> Result<HttpResponse, HubError> {
-    let grant = auth::publisher_grant(&req, &state.keys, &state.selectors, true)?
+    let grant = auth::publisher_grant(&req, &state.keys, &state.selectors, auth::Surface::Mercure)?
         .ok_or(HubError::Internal)?;
     let content_type = req
         .headers()
@@ -159,6 +159,7 @@ pub async fn subscriptions(
         &state.selectors,
         false,
         auth::TokenSources::HeaderAndCookie,
+        auth::Surface::Mercure,
     )?;
     if !grant.allows(&topic) {
         return Err(HubError::Forbidden(format!(

@@ -44,7 +44,7 @@ async fn publish_body(
     state: &AppState,
 ) -> Result<HttpResponse, HubError> {
     let settings = &state.settings;
-    let grant = auth::publisher_grant(&req, &state.keys, &state.selectors, false)?;
+    let grant = auth::publisher_grant(&req, &state.keys, &state.selectors, auth::Surface::Hub)?;
     if let Some(length) = req
         .headers()
         .get(actix_web::http::header::CONTENT_LENGTH)

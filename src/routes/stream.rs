@@ -124,6 +124,23 @@ pub async fn open(
         version,
         selectors: requested,
     } = requested_selectors(&pairs, route)?;
+    let surface = match route {
+        Route::Stream => auth::Surface::Hub,
+        Route::Mercure => auth::Surface::Mercure,
+    };
+    if surface == auth::Surface::Mercure
+        && version == Version::Legacy
+        && state.keys.mode == auth::Mode::Modern
+        && !requested.is_empty()
+    {
+        return Err(HubError::Invalid {
+            what: "subscription",
+            reason: "`topic` selectors are Mercure 0.x; the hub's Mercure route is in modern \
+                     mode and takes `match`, `match_exact` or `match_urlpattern` \
+                     (`--mercure-mode compat` also takes `topic`)"
+                .to_owned(),
+        });
+    }
     let sources = match version {
         Version::Legacy => auth::TokenSources::WithQuery,
         Version::Current => auth::TokenSources::HeaderAndCookie,
@@ -134,6 +151,7 @@ pub async fn open(
         &state.selectors,
         state.settings.anonymous,
         sources,
+        surface,
     )?;
     if route == Route::Mercure && requested.is_empty() {
         return Err(HubError::Invalid {

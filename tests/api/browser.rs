@@ -239,7 +239,11 @@ source.onopen = async () => {
 /// and does not see the private update.
 #[actix_web::test]
 async fn browser_page_speaks_mercure() {
-    let app = spawn_app_with(|s| s.jwt_key = Some(KEY.to_owned())).await;
+    let app = spawn_app_with(|s| {
+        s.jwt_key = Some(KEY.to_owned());
+        s.mercure_mode = sse_hub::auth::Mode::Compat;
+    })
+    .await;
     let driver = Chromedriver::start();
     let browser = driver.browser().await;
     browser.goto(&app.url("/")).await.expect("the page loads");
@@ -336,6 +340,7 @@ async fn browser_page_speaks_mercure_1_and_0_side_by_side() {
     let app = spawn_app_with(|s| {
         s.jwt_key = Some(KEY.to_owned());
         s.jwt_issuer = Some("https://issuer.example".to_owned());
+        s.mercure_mode = sse_hub::auth::Mode::Compat;
     })
     .await;
     let driver = Chromedriver::start();

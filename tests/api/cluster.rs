@@ -1096,7 +1096,7 @@ async fn a_repeated_mercure_id_resumes_after_its_first_occurrence_on_any_node() 
         "repeat",
         Persistence::Off,
         &["A", "B", "C"],
-        &["--jwt-key", key],
+        &["--jwt-key", key, "--mercure-mode", "compat"],
     )
     .await;
     let (a, b, c) = (cluster.node(0), cluster.node(1), cluster.node(2));
@@ -1146,7 +1146,14 @@ async fn subscription_events_reach_every_node() {
         "subscriptions",
         Persistence::Off,
         &["A", "B"],
-        &["--jwt-key", key, "--subscriptions", "true"],
+        &[
+            "--jwt-key",
+            key,
+            "--subscriptions",
+            "true",
+            "--mercure-mode",
+            "compat",
+        ],
     )
     .await;
     let (a, b) = (cluster.node(0), cluster.node(1));

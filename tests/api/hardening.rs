@@ -120,7 +120,11 @@ async fn selector_memory_is_bounded_in_bytes() {
 /// U+FFFD in it.
 #[actix_web::test]
 async fn invalid_utf8_after_percent_decoding_is_refused() {
-    let app = spawn_app_with(|s| s.jwt_key = Some(crate::mercure::KEY.to_owned())).await;
+    let app = spawn_app_with(|s| {
+        s.jwt_key = Some(crate::mercure::KEY.to_owned());
+        s.mercure_mode = sse_hub::auth::Mode::Compat;
+    })
+    .await;
     let publisher = token(&["*"], &[]);
     let mut subscriber = app.subscribe("/stream?topic=ok").await;
 

@@ -8,7 +8,7 @@ use std::{
 
 use actix_web::http::StatusCode;
 use serde_json::json;
-use sse_hub::auth::{self, Claims, JwtAlgorithm, MercureClaim};
+use sse_hub::auth::{self, Claims, JwtAlgorithm, MercureClaim, Mode};
 
 use crate::helpers::{TestApp, assert_json_error, query, spawn_app_with};
 
@@ -32,8 +32,13 @@ pub fn token(publish: &[&str], subscribe: &[&str]) -> String {
     auth::sign(&claims(publish, subscribe, None), KEY, JwtAlgorithm::Hs256).expect("signs")
 }
 
+/// A hub that takes 0.x clients on its Mercure route (compat mode), verifying with [`KEY`].
 async fn mercure_app() -> TestApp {
-    spawn_app_with(|s| s.jwt_key = Some(KEY.to_owned())).await
+    spawn_app_with(|s| {
+        s.jwt_key = Some(KEY.to_owned());
+        s.mercure_mode = Mode::Compat;
+    })
+    .await
 }
 
 /// Posts a Mercure update form with an optional bearer token.
@@ -333,6 +338,7 @@ async fn rs256_tokens_from_a_generated_key_pair() {
     let app = spawn_app_with(|s| {
         s.jwt_key = Some(public.clone());
         s.jwt_alg = JwtAlgorithm::Rs256;
+        s.mercure_mode = Mode::Compat;
     })
     .await;
     let rs = |publish: &[&str], subscribe: &[&str]| {
@@ -407,6 +413,7 @@ async fn anonymous_subscribers_can_be_refused() {
     let app = spawn_app_with(|s| {
         s.jwt_key = Some(KEY.to_owned());
         s.anonymous = false;
+        s.mercure_mode = Mode::Compat;
     })
     .await;
     let (status, body) = app.get(&subscribe_path("*")).await;
@@ -567,6 +574,7 @@ async fn stream_ends_when_the_subscriber_token_expires() {
     let app = spawn_app_with(|s| {
         s.jwt_key = Some(KEY.to_owned());
         s.jwt_leeway = Duration::ZERO;
+        s.mercure_mode = Mode::Compat;
     })
     .await;
     // Expires between 1.5 and 2.5 s from now (exp is in whole seconds).

@@ -12,7 +12,10 @@ use awc::ClientResponse;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::{Value, json};
-use sse_hub::config::{DEFAULT_HUB_URL, Settings};
+use sse_hub::{
+    auth::Mode,
+    config::{DEFAULT_HUB_URL, Settings},
+};
 
 use crate::{
     helpers::{SseStream, TestApp, assert_json_error, query, spawn_app_with},
@@ -150,6 +153,11 @@ fn v1_subscriber_with_payload(topic: &str, payload: Value) -> String {
 /// A hub that verifies HS256 tokens with [`KEY`] and accepts 1.0 tokens from [`ISSUER`].
 async fn v1_app() -> TestApp {
     v1_app_with(|_| {}).await
+}
+
+/// [`v1_app`] in compat mode: 0.x tokens and `topic=` beside 1.0 ones.
+async fn v1_compat_app() -> TestApp {
+    v1_app_with(|s| s.mercure_mode = Mode::Compat).await
 }
 
 async fn v1_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
@@ -436,7 +444,7 @@ fn matchers_of(collection: &Value) -> Vec<(String, String)> {
 #[actix_web::test]
 async fn v0_and_v1_subscribers_receive_the_same_public_update() {
     // Arrange
-    let app = v1_app().await;
+    let app = v1_compat_app().await;
     let topic = "https://example.com/books/1";
     let mut v0 = app.subscribe(&hub_path(&[("topic", topic)])).await;
     let mut v1 = subscribe(&app, &[("match", topic)], None).await;
@@ -454,7 +462,7 @@ async fn v0_and_v1_subscribers_receive_the_same_public_update() {
 #[actix_web::test]
 async fn v0_and_v1_tokens_both_publish() {
     // Arrange
-    let app = v1_app().await;
+    let app = v1_compat_app().await;
     let mut subscriber = subscribe(&app, &[("match", TOPIC)], None).await;
 
     // Act
@@ -838,7 +846,7 @@ async fn valid_v1_token_variants_are_accepted() {
 #[actix_web::test]
 async fn jwt_typ_token_without_mercure_claim_grants_nothing() {
     // Arrange
-    let app = v1_app().await;
+    let app = v1_compat_app().await;
     let mut subscriber = subscribe(&app, &[("match", "*")], None).await;
     let token = sign(
         &header(Algorithm::HS256, "JWT"),
@@ -871,11 +879,15 @@ async fn jwt_typ_token_without_mercure_claim_grants_nothing() {
 }
 
 /// A hub without `--jwt-issuer` refuses every `at+jwt` token with 401 `invalid_token`, on
-/// publish and subscribe; 0.x tokens keep working there.
+/// publish and subscribe; 0.x tokens keep working there (in compat mode).
 #[actix_web::test]
 async fn hub_without_issuer_refuses_every_v1_token() {
     // Arrange
-    let app = spawn_app_with(|s| s.jwt_key = Some(KEY.to_owned())).await;
+    let app = spawn_app_with(|s| {
+        s.jwt_key = Some(KEY.to_owned());
+        s.mercure_mode = Mode::Compat;
+    })
+    .await;
     let cases = [
         ("typ at+jwt", v1_publisher()),
         (
@@ -1167,7 +1179,7 @@ async fn private_update_on_replay_reaches_only_granted_subscribers() {
 #[actix_web::test]
 async fn publication_rules_refuse_reserved_and_malformed_fields() {
     // Arrange
-    let app = v1_app().await;
+    let app = v1_compat_app().await;
     let mut subscriber = subscribe(&app, &[("match", "*")], None).await;
     let cases: [(&str, &[(&str, &str)]); 16] = [
         ("topic *", &[("topic", "*")]),
@@ -1465,7 +1477,7 @@ async fn v1_resume_header_names_the_requested_id_or_earliest() {
 #[actix_web::test]
 async fn v0_resume_header_names_the_requested_id_or_the_newest() {
     // Arrange
-    let app = v1_app().await;
+    let app = v1_compat_app().await;
     let publisher = v1_publisher();
     let mut ids = Vec::new();
     for n in 0..3 {
