@@ -46,6 +46,10 @@ pub enum HubError {
     /// The `Authorization` header is not `Bearer <token>` (400, `invalid_request`).
     #[error("{0}")]
     TokenMalformed(String),
+    /// A token from the cookie on a request from a foreign origin (400, `invalid_request`):
+    /// cross-site request forgery.
+    #[error("{0}")]
+    CrossOrigin(String),
     /// A valid token that does not allow this (403, `insufficient_scope`).
     #[error("{0}")]
     Forbidden(String),
@@ -81,6 +85,7 @@ impl HubError {
             Self::ClientLimit(_) => "client_limit",
             Self::TokenMissing(_) | Self::Unauthorized(_) => "unauthorized",
             Self::TokenMalformed(_) => "invalid",
+            Self::CrossOrigin(_) => "cross_origin",
             Self::Forbidden(_) => "forbidden",
             Self::ShuttingDown => "shutting_down",
             Self::NotStored => "not_stored",
@@ -102,7 +107,7 @@ impl ResponseError for HubError {
             Self::BodyTooLarge { .. } | Self::UpdateTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::DuplicateId(_) => StatusCode::CONFLICT,
             Self::TokenMissing(_) | Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Self::TokenMalformed(_) => StatusCode::BAD_REQUEST,
+            Self::TokenMalformed(_) | Self::CrossOrigin(_) => StatusCode::BAD_REQUEST,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::TooMany { .. } => StatusCode::BAD_REQUEST,
             Self::ClientLimit(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -139,7 +144,7 @@ impl ResponseError for HubError {
             Self::Unauthorized(_) => {
                 response.insert_header((WWW_AUTHENTICATE, "Bearer error=\"invalid_token\""));
             }
-            Self::TokenMalformed(_) => {
+            Self::TokenMalformed(_) | Self::CrossOrigin(_) => {
                 response.insert_header((WWW_AUTHENTICATE, "Bearer error=\"invalid_request\""));
             }
             Self::Forbidden(_) => {

@@ -772,15 +772,19 @@ impl Broadcaster {
                 ReplayFrom::After(id) if replay.found => Some(id.into()),
                 _ => None,
             };
+            let mut sent = replay.events.iter().filter(|e| subscriber.wants(e));
+            let first = sent.next();
             if !replay.found {
+                // The oldest event this subscriber is sent, never the history's oldest: that
+                // one may be of a topic it did not ask for, or private.
                 let data = serde_json::json!({
                     "lastEventId": last_event_id,
-                    "oldestId": self.history.oldest_id().as_deref(),
+                    "oldestId": first.map(|event| &*event.id),
                 })
                 .to_string();
                 opening.push(reset_frame(&data));
             }
-            for event in replay.events.iter().filter(|e| subscriber.wants(e)) {
+            for event in first.into_iter().chain(sent) {
                 opening.push(event.frame.clone());
             }
         }

@@ -21,6 +21,47 @@ use crate::{
 /// The hub's path, as clients discover it.
 pub const PATH: &str = "/.well-known/mercure";
 
+/// What RFC 9728 puts before a protected resource's path to name its metadata document.
+pub const METADATA_PREFIX: &str = "/.well-known/oauth-protected-resource";
+
+/// The URL of the hub's protected resource metadata (RFC 9728 section 3.1): the well-known
+/// prefix inserted between the hub URL's origin and its path.
+pub fn metadata_url(hub: &HubUrl) -> String {
+    let origin = super::csrf::origin_of(hub.as_str()).unwrap_or_default();
+    format!("{origin}{METADATA_PREFIX}{}", hub.path())
+}
+
+/// `GET /.well-known/oauth-protected-resource/.well-known/mercure`: the hub's OAuth 2.0
+/// protected resource metadata (RFC 9728), served when the hub verifies tokens: the resource
+/// identifier tokens' `aud` names, the issuers it trusts, how tokens may be presented.
+pub async fn metadata(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, HubError> {
+    if state.keys.publisher.is_none() && state.keys.subscriber.is_none() {
+        return Err(HubError::NotFound {
+            method: req.method().to_string(),
+            path: req.path().to_owned(),
+        });
+    }
+    let mut document = serde_json::json!({
+        "resource": state.keys.audience,
+        // The cookie is not an RFC 6750 method: `mercure_cookie` names it instead.
+        "bearer_methods_supported": ["header"],
+        "authorization_details_types_supported": [auth::DETAIL_TYPE],
+        "mercure_cookie": auth::ACCESS_TOKEN_COOKIE,
+    });
+    if let Some(issuer) = &state.keys.issuer {
+        document["authorization_servers"] = serde_json::json!([issuer]);
+    }
+    if state.settings.subscriptions {
+        document["mercure_subscriptions"] = serde_json::Value::Bool(true);
+    }
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "max-age=300"))
+        .json(document))
+}
+
 /// `GET /.well-known/mercure?match=<matcher>` (1.0) or `?topic=<selector>` (0.x): at least
 /// one; replay and private events as on `/stream`.
 pub async fn subscribe(
@@ -45,6 +86,7 @@ async fn publish_form(
     payload: web::Payload,
     state: &AppState,
 ) -> Result<HttpResponse, HubError> {
+    state.check_origin(&req, super::csrf::Action::Publish)?;
     let grant = auth::publisher_grant(&req, &state.keys, &state.selectors, auth::Surface::Mercure)?
         .ok_or(HubError::Internal)?;
     let content_type = req
@@ -74,7 +116,13 @@ async fn publish_form(
         // Mercure ids are IRIs: the hub makes a time-ordered `urn:uuid:` one.
         id: Some(form.id.unwrap_or_else(subscriptions::new_event_id)),
         event_type: form.event_type,
-        retry_ms: form.retry.as_deref().map(parse_retry).transpose()?,
+        // An empty `retry` is no retry, as the reference hub reads it.
+        retry_ms: form
+            .retry
+            .as_deref()
+            .filter(|retry| !retry.is_empty())
+            .map(parse_retry)
+            .transpose()?,
         private: form.private,
         // Mercure accepts a repeated id; a resume from it starts after its first occurrence.
         repeatable_id: true,

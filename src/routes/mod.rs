@@ -1,5 +1,6 @@
 //! The route table: every HTTP surface of the hub, and the request parsing they share.
 
+mod csrf;
 mod demo;
 mod mercure;
 mod ops;
@@ -10,7 +11,13 @@ use std::sync::Arc;
 
 use actix::{Addr, Handler, MailboxError, Message};
 use actix_cors::Cors;
-use actix_web::{HttpRequest, HttpResponse, http::header, middleware::DefaultHeaders, web};
+use actix_web::{
+    HttpRequest, HttpResponse,
+    dev::{ServiceRequest, ServiceResponse},
+    http::header,
+    middleware::DefaultHeaders,
+    web,
+};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt as _;
 
@@ -25,6 +32,7 @@ use crate::{
     metrics::Metrics,
     reply,
     topic::SelectorCache,
+    url_pattern::HubUrl,
 };
 
 pub use mercure::PATH as MERCURE_PATH;
@@ -70,6 +78,16 @@ impl AppState {
         }
     }
 
+    /// Refuses a cookie-authenticated request from a foreign origin (see [`csrf::check`]).
+    fn check_origin(&self, req: &HttpRequest, action: csrf::Action) -> Result<(), HubError> {
+        csrf::check(
+            req,
+            action,
+            &self.settings.cors_allowed_origins,
+            self.selectors.hub(),
+        )
+    }
+
     /// Registers a subscriber: replays what it missed and hands over its channel.
     pub async fn subscribe(&self, msg: Subscribe) -> Result<Subscription, HubError> {
         match self.ask(msg).await?? {
@@ -89,10 +107,22 @@ impl AppState {
 pub fn configure(settings: &Settings) -> impl Fn(&mut web::ServiceConfig) + Clone + use<> {
     let cors_origin = settings.cors_origin.clone();
     let allowed_origins = settings.cors_allowed_origins.clone();
+    // Validated at start-up; a URL that does not parse here only loses the challenges' pointer.
+    let hub = HubUrl::parse(&settings.hub_url).ok();
+    let metadata_url = hub.as_ref().map(mercure::metadata_url);
+    let metadata_paths: Vec<String> = std::iter::once(mercure::PATH)
+        .chain(hub.as_ref().map(HubUrl::path))
+        .map(|path| format!("{}{path}", mercure::METADATA_PREFIX))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
     move |cfg: &mut web::ServiceConfig| {
+        let challenges = ChallengeMetadata(metadata_url.clone());
         cfg.service(
             web::resource(mercure::PATH)
                 .wrap(mercure_cors(&allowed_origins))
+                .wrap(security_headers())
+                .wrap_fn(challenges.clone().wrap())
                 .get(mercure::subscribe)
                 .post(mercure::publish)
                 .default_service(web::to(method_not_allowed)),
@@ -103,8 +133,18 @@ pub fn configure(settings: &Settings) -> impl Fn(&mut web::ServiceConfig) + Clon
                 format!("{}/subscriptions/{{rest:.*}}", mercure::PATH),
             ])
             .wrap(mercure_cors(&allowed_origins))
+            .wrap(security_headers())
+            .wrap_fn(challenges.wrap())
             .get(mercure::subscriptions)
             .default_service(web::to(method_not_allowed)),
+        );
+        cfg.service(
+            web::resource(metadata_paths.clone())
+                // Clients read it cross-origin to discover the hub's identity (RFC 9728).
+                .wrap(DefaultHeaders::new().add((header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")))
+                .wrap(security_headers())
+                .get(mercure::metadata)
+                .default_service(web::to(method_not_allowed)),
         );
         cfg.service(
             web::scope("")
@@ -116,6 +156,86 @@ pub fn configure(settings: &Settings) -> impl Fn(&mut web::ServiceConfig) + Clon
                 .configure(quick_start)
                 .default_service(web::to(not_found)),
         );
+    }
+}
+
+/// Headers the Mercure routes send whatever they answer (as the reference hub does): no
+/// content sniffing, no framing, nothing loaded on the strength of a hub response.
+/// (`X-XSS-Protection` is not sent: browsers removed the filter it switched on.)
+fn security_headers() -> DefaultHeaders {
+    DefaultHeaders::new()
+        .add((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .add((header::X_FRAME_OPTIONS, "DENY"))
+        .add((
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; frame-ancestors 'none'",
+        ))
+}
+
+/// Adds `resource_metadata="<url>"` (RFC 9728 section 5.1) to the `WWW-Authenticate: Bearer`
+/// challenges of the Mercure routes, when the hub serves that document (it verifies tokens).
+#[derive(Clone)]
+struct ChallengeMetadata(Option<String>);
+
+impl ChallengeMetadata {
+    #[allow(clippy::type_complexity)]
+    fn wrap<S, B>(
+        self,
+    ) -> impl Fn(
+        ServiceRequest,
+        &S,
+    ) -> futures_util::future::LocalBoxFuture<
+        'static,
+        Result<ServiceResponse<B>, actix_web::Error>,
+    > + Clone
+    + 'static
+    where
+        S: actix_web::dev::Service<
+                ServiceRequest,
+                Response = ServiceResponse<B>,
+                Error = actix_web::Error,
+            >,
+        S::Future: 'static,
+        B: 'static,
+    {
+        move |req: ServiceRequest, service: &S| {
+            let url = self.0.clone().filter(|_| {
+                req.app_data::<web::Data<AppState>>().is_some_and(|state| {
+                    state.keys.publisher.is_some() || state.keys.subscriber.is_some()
+                })
+            });
+            let answer = service.call(req);
+            Box::pin(async move {
+                let mut response = answer.await?;
+                if let Some(url) = url {
+                    add_resource_metadata(response.headers_mut(), &url);
+                }
+                Ok(response)
+            })
+        }
+    }
+}
+
+/// `Bearer` becomes `Bearer resource_metadata="url"`, `Bearer error="x"` becomes
+/// `Bearer error="x", resource_metadata="url"`; other headers are left alone.
+fn add_resource_metadata(headers: &mut header::HeaderMap, url: &str) {
+    let Some(challenge) = headers
+        .get(header::WWW_AUTHENTICATE)
+        .and_then(|value| value.to_str().ok())
+    else {
+        return;
+    };
+    let Some(params) = challenge.strip_prefix("Bearer") else {
+        return;
+    };
+    let pointer = format!("resource_metadata=\"{url}\"");
+    let value = if params.trim().is_empty() {
+        format!("Bearer {pointer}")
+    } else {
+        format!("Bearer {}, {pointer}", params.trim())
+    };
+    if let Ok(value) = header::HeaderValue::from_str(&value) {
+        headers.insert(header::WWW_AUTHENTICATE, value);
     }
 }
 

@@ -44,6 +44,7 @@ async fn publish_body(
     state: &AppState,
 ) -> Result<HttpResponse, HubError> {
     let settings = &state.settings;
+    state.check_origin(&req, super::csrf::Action::Publish)?;
     let grant = auth::publisher_grant(&req, &state.keys, &state.selectors, auth::Surface::Hub)?;
     if let Some(length) = req
         .headers()

@@ -93,6 +93,14 @@ fn requested_selectors(
             what: "subscription",
             reason: format!("the value of `{key}` {why}"),
         })?;
+        // An empty exact matcher is accepted, as the reference hub does: it names the empty
+        // topic, which no publish can have. An empty URL pattern is no pattern.
+        if value.is_empty() && kind == MatcherType::UrlPattern {
+            return Err(HubError::Invalid {
+                what: "subscription",
+                reason: format!("the value of `{key}` must not be empty"),
+            });
+        }
         matchers.push((kind, value.as_str()));
     }
     let (version, mut selectors) = match (topics.is_empty(), matchers.is_empty()) {
@@ -141,6 +149,7 @@ pub async fn open(
                 .to_owned(),
         });
     }
+    state.check_origin(req, super::csrf::Action::Read)?;
     let sources = match version {
         Version::Legacy => auth::TokenSources::WithQuery,
         Version::Current => auth::TokenSources::HeaderAndCookie,
@@ -160,7 +169,11 @@ pub async fn open(
                 .to_owned(),
         });
     }
-    let texts: Vec<&str> = requested.iter().map(|(_, text)| *text).collect();
+    let texts: Vec<&str> = requested
+        .iter()
+        .map(|(_, text)| *text)
+        .filter(|text| version == Version::Legacy || !text.is_empty())
+        .collect();
     check_topics(&texts, &state.limits, "topic selectors")?;
     // The client's share: a subscriber slot now, each costly selector as it is compiled; the
     // stream's body holds it, so all of it comes back when the stream ends.
@@ -194,7 +207,16 @@ pub async fn open(
         selectors.push(selector);
     }
     let last_event_id = last_event_id(req, &pairs)?;
+    if route == Route::Stream && last_event_id.as_deref() == Some("") {
+        return Err(HubError::InvalidField {
+            field: "Last-Event-ID",
+            reason: "must not be empty",
+        });
+    }
+    // On the Mercure route an empty cursor is no cursor (as the reference hub reads it):
+    // nothing is replayed, but the client asked, so a 1.0 one is told where its stream starts.
     let resumes = last_event_id.is_some();
+    let last_event_id = last_event_id.filter(|id| !id.is_empty());
     let active = (route == Route::Mercure && state.settings.subscriptions).then(|| {
         // Each as the client asked for it (`match_urlpattern=*` is a `urlpattern`
         // subscription, though it compiles to the wildcard).
@@ -257,7 +279,8 @@ pub async fn open(
 }
 
 /// The resume point: the `Last-Event-ID` header, else the `lastEventID` or `last_event_id`
-/// query parameter. Malformed values are refused rather than ignored.
+/// query parameter. Malformed values are refused rather than ignored; an empty one is
+/// returned as it is (the caller reads it as no cursor).
 fn last_event_id(
     req: &HttpRequest,
     pairs: &[(String, String)],
@@ -277,7 +300,7 @@ fn last_event_id(
             None => query_value(pairs, "last_event_id")?.map(str::to_owned),
         },
     };
-    if let Some(id) = &value {
+    if let Some(id) = value.as_deref().filter(|id| !id.is_empty()) {
         event::validate_id(id, "Last-Event-ID")?;
         if id.chars().any(char::is_control) {
             return Err(HubError::InvalidField {

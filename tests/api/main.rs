@@ -13,6 +13,7 @@ mod hardening;
 mod helpers;
 mod http_layer;
 mod mercure;
+mod mercure_safety;
 mod mercure_v1;
 mod ops;
 mod properties;

@@ -23,13 +23,13 @@ use crate::{
 };
 
 /// The hub's path: the default `--hub-url`'s, and the root of its reserved namespace.
-const HUB: &str = "/.well-known/mercure";
+pub(crate) const HUB: &str = "/.well-known/mercure";
 /// The `iss` the hub is configured to trust (`--jwt-issuer`).
-const ISSUER: &str = "https://issuer.example";
+pub(crate) const ISSUER: &str = "https://issuer.example";
 /// The `type` of a Mercure authorization detail.
 const DETAIL_TYPE: &str = "https://mercure.rocks/authorization-detail";
 /// A topic no test treats specially.
-const TOPIC: &str = "https://example.com/a";
+pub(crate) const TOPIC: &str = "https://example.com/a";
 /// How long the subscription API may take to forget a subscriber that left.
 const POLL_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -43,7 +43,7 @@ fn unix_now() -> Duration {
 
 /// Every claim RFC 9068 requires (issued now, valid for an hour, for the default audience,
 /// which is the default hub URL), with `details` as `authorization_details`.
-fn v1_claims(details: Value) -> Value {
+pub(crate) fn v1_claims(details: Value) -> Value {
     static JTI: AtomicU64 = AtomicU64::new(0);
     let now = unix_now().as_secs();
     json!({
@@ -59,7 +59,7 @@ fn v1_claims(details: Value) -> Value {
 }
 
 /// A JWS header with `typ` (`at+jwt` marks a Mercure 1.0 token).
-fn header(alg: Algorithm, typ: &str) -> Header {
+pub(crate) fn header(alg: Algorithm, typ: &str) -> Header {
     Header {
         typ: Some(typ.to_owned()),
         ..Header::new(alg)
@@ -67,13 +67,13 @@ fn header(alg: Algorithm, typ: &str) -> Header {
 }
 
 /// Signs `claims` with [`KEY`] under `header`.
-fn sign(header: &Header, claims: &Value) -> String {
+pub(crate) fn sign(header: &Header, claims: &Value) -> String {
     jsonwebtoken::encode(header, claims, &EncodingKey::from_secret(KEY.as_bytes()))
         .expect("an HMAC key signs any claims")
 }
 
 /// A valid Mercure 1.0 access token (`typ: at+jwt`, HS256 with [`KEY`]) granting `details`.
-fn v1_token(details: Value) -> String {
+pub(crate) fn v1_token(details: Value) -> String {
     sign(&header(Algorithm::HS256, "at+jwt"), &v1_claims(details))
 }
 
@@ -119,22 +119,22 @@ fn base64url(bytes: &[u8]) -> String {
 }
 
 /// A Mercure authorization detail granting `actions` on `topics` (topic matcher objects).
-fn grant(actions: &[&str], topics: Value) -> Value {
+pub(crate) fn grant(actions: &[&str], topics: Value) -> Value {
     json!({ "type": DETAIL_TYPE, "actions": actions, "topics": topics })
 }
 
 /// Details granting `publish` on every topic.
-fn publish_everything() -> Value {
+pub(crate) fn publish_everything() -> Value {
     json!([grant(&["publish"], json!([{ "match": "*" }]))])
 }
 
 /// A 1.0 token that may publish to every topic.
-fn v1_publisher() -> String {
+pub(crate) fn v1_publisher() -> String {
     v1_token(publish_everything())
 }
 
 /// A 1.0 token that may receive private updates on `topics` (topic matcher objects).
-fn v1_subscriber(topics: Value) -> String {
+pub(crate) fn v1_subscriber(topics: Value) -> String {
     v1_token(json!([grant(&["subscribe"], topics)]))
 }
 
@@ -151,16 +151,16 @@ fn v1_subscriber_with_payload(topic: &str, payload: Value) -> String {
 // ------------------------------------------------------------------- the hub, requests
 
 /// A hub that verifies HS256 tokens with [`KEY`] and accepts 1.0 tokens from [`ISSUER`].
-async fn v1_app() -> TestApp {
+pub(crate) async fn v1_app() -> TestApp {
     v1_app_with(|_| {}).await
 }
 
 /// [`v1_app`] in compat mode: 0.x tokens and `topic=` beside 1.0 ones.
-async fn v1_compat_app() -> TestApp {
+pub(crate) async fn v1_compat_app() -> TestApp {
     v1_app_with(|s| s.mercure_mode = Mode::Compat).await
 }
 
-async fn v1_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
+pub(crate) async fn v1_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
     spawn_app_with(|s| {
         s.jwt_key = Some(KEY.to_owned());
         s.jwt_issuer = Some(ISSUER.to_owned());
@@ -171,14 +171,14 @@ async fn v1_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
 
 /// An answer, read whole; an event stream's body never ends, so it is left unread (empty).
 #[derive(Debug)]
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: String,
+pub(crate) struct Reply {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: String,
 }
 
 impl Reply {
-    async fn read(mut response: ClientResponse) -> Self {
+    pub(crate) async fn read(mut response: ClientResponse) -> Self {
         let status = response.status();
         let headers = response.headers().clone();
         let is_stream = header_value(&headers, "content-type")
@@ -196,7 +196,7 @@ impl Reply {
         }
     }
 
-    fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         header_value(&self.headers, name)
     }
 }
@@ -207,16 +207,16 @@ fn header_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(|value| value.to_str().expect("an ASCII header value"))
 }
 
-fn bearer(token: &str) -> String {
+pub(crate) fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
 
 /// The hub's path with `pairs` as its query, each value percent-encoded.
-fn hub_path(pairs: &[(&str, &str)]) -> String {
+pub(crate) fn hub_path(pairs: &[(&str, &str)]) -> String {
     format!("{HUB}?{}", query(pairs))
 }
 
-async fn get(app: &TestApp, path: &str, headers: &[(&str, &str)]) -> Reply {
+pub(crate) async fn get(app: &TestApp, path: &str, headers: &[(&str, &str)]) -> Reply {
     let mut request = app.client.get(app.url(path));
     for header in headers {
         request = request.insert_header(*header);
@@ -225,7 +225,11 @@ async fn get(app: &TestApp, path: &str, headers: &[(&str, &str)]) -> Reply {
 }
 
 /// Posts an update form to the hub, with `token` as a bearer token if given.
-async fn post_update(app: &TestApp, token: Option<&str>, fields: &[(&str, &str)]) -> Reply {
+pub(crate) async fn post_update(
+    app: &TestApp,
+    token: Option<&str>,
+    fields: &[(&str, &str)],
+) -> Reply {
     let mut request = app
         .client
         .post(app.url(HUB))
@@ -241,7 +245,7 @@ async fn post_update(app: &TestApp, token: Option<&str>, fields: &[(&str, &str)]
 }
 
 /// Publishes with `token`, fails unless the hub answers 200, and returns the id it answered.
-async fn publish(app: &TestApp, token: &str, fields: &[(&str, &str)]) -> String {
+pub(crate) async fn publish(app: &TestApp, token: &str, fields: &[(&str, &str)]) -> String {
     let reply = post_update(app, Some(token), fields).await;
     assert_eq!(
         reply.status,
@@ -254,7 +258,11 @@ async fn publish(app: &TestApp, token: &str, fields: &[(&str, &str)]) -> String 
 
 /// Subscribes with `pairs` as the query and `token` as a bearer token if given; returns when
 /// the subscriber is registered.
-async fn subscribe(app: &TestApp, pairs: &[(&str, &str)], token: Option<&str>) -> SseStream {
+pub(crate) async fn subscribe(
+    app: &TestApp,
+    pairs: &[(&str, &str)],
+    token: Option<&str>,
+) -> SseStream {
     let path = hub_path(pairs);
     match token {
         Some(token) => {
@@ -279,7 +287,7 @@ async fn assert_next_event(stream: &mut SseStream, id: &str, data: &str, case: &
 
 /// Asserts an RFC 6750 refusal: `status`, a `WWW-Authenticate: Bearer` challenge carrying
 /// `error="<error>"` (or no error code at all when `error` is `None`), and a JSON error body.
-fn assert_challenge(reply: &Reply, status: StatusCode, error: Option<&str>, case: &str) {
+pub(crate) fn assert_challenge(reply: &Reply, status: StatusCode, error: Option<&str>, case: &str) {
     assert_eq!(reply.status, status, "{case}: {}", reply.body);
     let challenge = reply
         .header("www-authenticate")
@@ -302,7 +310,7 @@ fn assert_challenge(reply: &Reply, status: StatusCode, error: Option<&str>, case
 }
 
 /// Asserts a JSON error reply with `status` whose message contains `needle`.
-fn assert_refused(reply: &Reply, status: StatusCode, needle: &str, case: &str) {
+pub(crate) fn assert_refused(reply: &Reply, status: StatusCode, needle: &str, case: &str) {
     assert_eq!(reply.status, status, "{case}: {}", reply.body);
     assert_json_error(reply.status, &reply.body, status, needle);
 }
