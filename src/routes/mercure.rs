@@ -201,6 +201,17 @@ pub async fn subscriptions(
         },
         _ => return Err(not_found()),
     };
+    if let Filter::Matcher { match_type, .. } | Filter::One { match_type, .. } = &filter
+        && !KNOWN_MATCH_TYPES.contains(&match_type.as_str())
+    {
+        return Err(HubError::Invalid {
+            what: "subscription path",
+            reason: format!(
+                "unknown matcher type `{match_type}` (the hub knows {})",
+                KNOWN_MATCH_TYPES.join(", ")
+            ),
+        });
+    }
     let grant = auth::subscriber_grant(
         &req,
         &state.keys,
@@ -221,18 +232,50 @@ pub async fn subscriptions(
     } else {
         subscriptions::collection(&topic, found.documents)
     };
+    // A strong validator of this answer: the document and the cursor, hashed.
+    let body = serde_json::to_vec(&document).map_err(|_| HubError::Internal)?;
     let cursor = found.newest_id.as_deref().unwrap_or("earliest");
+    let etag = {
+        use std::hash::Hasher;
+        // `new()` has fixed keys: a document's tag is the same on every call and every node
+        // running this build.
+        let mut hasher = std::hash::DefaultHasher::new();
+        hasher.write(&body);
+        hasher.write(cursor.as_bytes());
+        format!("\"{:016x}{:08x}\"", hasher.finish(), body.len())
+    };
     let link = format!(
         "<{}>; rel=\"mercure\"; last-event-id=\"{}\"; type=\"mercure\"; \
          content-type=\"application/json\"",
         hub.as_str(),
         cursor.replace('\\', "\\\\").replace('"', "\\\"")
     );
-    Ok(HttpResponse::Ok()
+    let matches = req
+        .headers()
+        .get(header::IF_NONE_MATCH)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|tags| {
+            tags.split(',')
+                .map(|tag| tag.trim().trim_start_matches("W/"))
+                .any(|tag| tag == etag || tag == "*")
+        });
+    let mut response = if matches {
+        HttpResponse::NotModified()
+    } else {
+        HttpResponse::Ok()
+    };
+    response
         .insert_header((header::LINK, link))
         .insert_header((header::CACHE_CONTROL, "must-revalidate"))
-        .json(document))
+        .insert_header((header::ETAG, etag));
+    if matches {
+        return Ok(response.finish());
+    }
+    Ok(response.content_type("application/json").body(body))
 }
+
+/// The `match_type`s a subscription API path may name: 1.0's, and the 0.x URI templates'.
+const KNOWN_MATCH_TYPES: [&str; 3] = ["exact", "urlpattern", "uritemplate"];
 
 /// The fields of a Mercure update form.
 #[derive(Debug, Default)]

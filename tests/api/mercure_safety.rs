@@ -488,3 +488,76 @@ async fn empty_match_and_empty_retry_are_accepted() {
         (Some("d"), None)
     );
 }
+
+// ------------------------------------------------------------------ subscription API
+
+/// An unknown matcher type in a subscription API path is `400` naming it (not an empty list).
+#[actix_web::test]
+async fn subscription_api_refuses_an_unknown_matcher_type() {
+    // Arrange
+    let app = v1_app_with(|s| s.subscriptions = true).await;
+    let reader = bearer(&v1_subscriber(json!([{ "match": "*" }])));
+
+    // Act
+    let unknown = get(
+        &app,
+        &format!("{HUB}/subscriptions/regex/x"),
+        &[("authorization", &reader)],
+    )
+    .await;
+    let known = get(
+        &app,
+        &format!("{HUB}/subscriptions/exact/x"),
+        &[("authorization", &reader)],
+    )
+    .await;
+
+    // Assert
+    assert_json_error(
+        unknown.status,
+        &unknown.body,
+        StatusCode::BAD_REQUEST,
+        "unknown matcher type `regex`",
+    );
+    assert_eq!(known.status, StatusCode::OK, "{}", known.body);
+}
+
+/// Subscription API answers carry an `ETag`; `If-None-Match` with it is `304` without a body
+/// while nothing changed, and a new subscription makes a new tag (and a `200`).
+#[actix_web::test]
+async fn subscription_api_answers_304_while_unchanged() {
+    // Arrange
+    let app = v1_app_with(|s| s.subscriptions = true).await;
+    let reader = bearer(&v1_subscriber(json!([{ "match": "*" }])));
+    let path = format!("{HUB}/subscriptions");
+    let _one = subscribe(&app, &[("match", TOPIC)], None).await;
+
+    // Act
+    let first = get(&app, &path, &[("authorization", &reader)]).await;
+    let etag = first.header("etag").unwrap_or_default().to_owned();
+    let again = get(
+        &app,
+        &path,
+        &[("authorization", &reader), ("if-none-match", &etag)],
+    )
+    .await;
+    let _two = subscribe(&app, &[("match", "https://example.com/other")], None).await;
+    let changed = get(
+        &app,
+        &path,
+        &[("authorization", &reader), ("if-none-match", &etag)],
+    )
+    .await;
+
+    // Assert
+    assert_eq!(first.status, StatusCode::OK, "{}", first.body);
+    assert!(
+        etag.starts_with('"') && etag.len() > 2,
+        "a strong entity tag: {etag:?}"
+    );
+    assert_eq!(again.status, StatusCode::NOT_MODIFIED);
+    assert_eq!(again.body, "");
+    assert_eq!(again.header("etag"), Some(etag.as_str()));
+    assert_eq!(changed.status, StatusCode::OK);
+    assert_ne!(changed.header("etag"), Some(etag.as_str()));
+}
