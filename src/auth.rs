@@ -4,15 +4,19 @@
 
 use std::{
     collections::HashSet,
+    sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use actix_web::{HttpRequest, http::header};
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
+use jsonwebtoken::{
+    Algorithm, AlgorithmFamily, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::{
     error::HubError,
+    issuers::Issuer,
     topic::{MatcherType, Selector, SelectorCache, SelectorError},
     url_pattern::check_value,
 };
@@ -47,8 +51,8 @@ impl Role {
 /// A verification key and the one algorithm it accepts.
 #[derive(Clone)]
 pub struct JwtKey {
-    key: DecodingKey,
-    algorithm: Algorithm,
+    pub(crate) key: DecodingKey,
+    pub(crate) algorithm: Algorithm,
 }
 
 impl std::fmt::Debug for JwtKey {
@@ -60,14 +64,28 @@ impl std::fmt::Debug for JwtKey {
 }
 
 impl JwtKey {
-    /// `material` is the shared secret (HS256) or a PEM public key (RS256); `@path` reads it
-    /// from a file.
+    /// `material` is the shared secret (HS*) or a PEM public key (RS*, PS*, ES*, EdDSA); `@path`
+    /// reads it from a file. A PEM key given with an HMAC algorithm is refused: it would make
+    /// the public key a shared secret anyone could sign with.
     pub fn new(material: &str, algorithm: JwtAlgorithm) -> Result<Self, String> {
         let material = read_material(material)?;
-        let key = match algorithm {
-            JwtAlgorithm::Hs256 => DecodingKey::from_secret(&material),
-            JwtAlgorithm::Rs256 => DecodingKey::from_rsa_pem(&material)
-                .map_err(|err| format!("not an RSA public key in PEM form: {err}"))?,
+        let pem = |kind: &str, parsed: jsonwebtoken::errors::Result<DecodingKey>| {
+            parsed.map_err(|err| format!("not {kind} public key in PEM form ({algorithm}): {err}"))
+        };
+        let key = match Algorithm::from(algorithm).family() {
+            AlgorithmFamily::Hmac => {
+                if material.windows(10).any(|w| w == b"-----BEGIN") {
+                    return Err(format!(
+                        "a PEM key cannot be used with {algorithm}, an HMAC algorithm (its \
+                         public key would become a shared secret): give the algorithm of the \
+                         key pair (RS256, ES256, EdDSA, ...)"
+                    ));
+                }
+                DecodingKey::from_secret(&material)
+            }
+            AlgorithmFamily::Rsa => pem("an RSA", DecodingKey::from_rsa_pem(&material))?,
+            AlgorithmFamily::Ec => pem("an EC", DecodingKey::from_ec_pem(&material))?,
+            AlgorithmFamily::Ed => pem("an Ed25519", DecodingKey::from_ed_pem(&material))?,
         };
         Ok(Self {
             key,
@@ -83,20 +101,73 @@ fn read_material(material: &str) -> Result<Vec<u8>, String> {
     }
 }
 
-/// The signing algorithms a key may be configured for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+/// The signing algorithms a key may be configured for (`none` is not one of them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
 pub enum JwtAlgorithm {
     #[value(name = "HS256")]
-    Hs256,
+    HS256,
+    #[value(name = "HS384")]
+    HS384,
+    #[value(name = "HS512")]
+    HS512,
     #[value(name = "RS256")]
-    Rs256,
+    RS256,
+    #[value(name = "RS384")]
+    RS384,
+    #[value(name = "RS512")]
+    RS512,
+    #[value(name = "PS256")]
+    PS256,
+    #[value(name = "ES256")]
+    ES256,
+    #[value(name = "ES384")]
+    ES384,
+    #[value(name = "EdDSA")]
+    EdDSA,
+}
+
+impl JwtAlgorithm {
+    /// Every algorithm, in the order `--help` lists them.
+    pub const ALL: [Self; 10] = [
+        Self::HS256,
+        Self::HS384,
+        Self::HS512,
+        Self::RS256,
+        Self::RS384,
+        Self::RS512,
+        Self::PS256,
+        Self::ES256,
+        Self::ES384,
+        Self::EdDSA,
+    ];
+
+    /// The algorithm a JWS header names, if it is one of these.
+    pub fn from_jws(algorithm: Algorithm) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|a| Algorithm::from(*a) == algorithm)
+    }
+}
+
+impl std::fmt::Display for JwtAlgorithm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self:?}")
+    }
 }
 
 impl From<JwtAlgorithm> for Algorithm {
     fn from(algorithm: JwtAlgorithm) -> Self {
         match algorithm {
-            JwtAlgorithm::Hs256 => Algorithm::HS256,
-            JwtAlgorithm::Rs256 => Algorithm::RS256,
+            JwtAlgorithm::HS256 => Algorithm::HS256,
+            JwtAlgorithm::HS384 => Algorithm::HS384,
+            JwtAlgorithm::HS512 => Algorithm::HS512,
+            JwtAlgorithm::RS256 => Algorithm::RS256,
+            JwtAlgorithm::RS384 => Algorithm::RS384,
+            JwtAlgorithm::RS512 => Algorithm::RS512,
+            JwtAlgorithm::PS256 => Algorithm::PS256,
+            JwtAlgorithm::ES256 => Algorithm::ES256,
+            JwtAlgorithm::ES384 => Algorithm::ES384,
+            JwtAlgorithm::EdDSA => Algorithm::EdDSA,
         }
     }
 }
@@ -191,6 +262,8 @@ pub struct Keys {
     pub max_selectors: usize,
     /// Whether the Mercure route takes 0.x tokens (`--mercure-mode`).
     pub mode: Mode,
+    /// Further issuers of access tokens, each with its own keys (`--issuers`).
+    pub issuers: Vec<Arc<Issuer>>,
 }
 
 impl Default for Keys {
@@ -205,6 +278,7 @@ impl Default for Keys {
             max_matcher_bytes: crate::config::DEFAULT_MAX_TOPIC_BYTES,
             max_selectors: crate::config::DEFAULT_MAX_TOKEN_SELECTORS,
             mode: Mode::Modern,
+            issuers: Vec::new(),
         }
     }
 }
@@ -215,6 +289,39 @@ impl Keys {
             Role::Publisher => self.publisher.as_ref(),
             Role::Subscriber => self.subscriber.as_ref(),
         }
+    }
+
+    /// Whether any token can verify for `role`: a key from the flags, or an issuer trusted for
+    /// it.
+    pub fn verifies(&self, role: Role) -> bool {
+        self.for_role(role).is_some() || self.issuers.iter().any(|issuer| issuer.trusts(role))
+    }
+
+    /// Whether any token can verify, for either role: the hub is a protected resource.
+    pub fn verifies_any(&self) -> bool {
+        self.verifies(Role::Publisher) || self.verifies(Role::Subscriber)
+    }
+
+    /// The issuers access tokens may come from: `--jwt-issuer` and the `--issuers` file's.
+    pub fn issuer_names(&self) -> Vec<&str> {
+        self.issuer
+            .as_deref()
+            .into_iter()
+            .chain(self.issuers.iter().map(|issuer| issuer.iss.as_str()))
+            .collect()
+    }
+
+    /// The key that verifies a 0.x token for `role`: the flags' (`--jwt-key`, ...). A 0.x
+    /// token names no issuer, so no `--issuers` key is tried on it.
+    fn legacy_key(&self, role: Role) -> Result<&JwtKey, HubError> {
+        self.for_role(role).ok_or_else(|| {
+            HubError::Unauthorized(format!(
+                "the {} token is a Mercure 0.x token, and the hub has no {} key for those \
+                 (--jwt-key); `--issuers` keys verify only access tokens",
+                role.name(),
+                role.name()
+            ))
+        })
     }
 
     /// Refuses a 0.x token (one without `typ: at+jwt`) where modern mode takes only access
@@ -323,12 +430,11 @@ pub struct Verified {
 }
 
 /// Why a token did not decode, after "the publisher token ..." (both token kinds).
-fn why_not_decoded(err: &jsonwebtoken::errors::Error, key: &JwtKey, role: Role) -> String {
+fn why_not_decoded(err: &jsonwebtoken::errors::Error, algorithm: Algorithm, role: Role) -> String {
     match err.kind() {
         ErrorKind::InvalidSignature => "has an invalid signature".to_owned(),
         ErrorKind::InvalidAlgorithm => format!(
-            "is not signed with {:?}, the algorithm configured for {}s",
-            key.algorithm,
+            "is not signed with {algorithm:?}, the algorithm configured for {}s",
             role.name()
         ),
         _ => format!("is not a valid JWT ({err})"),
@@ -383,28 +489,23 @@ pub struct AccessToken {
 /// algorithm only, `iss` equal to the configured issuer, `aud` naming the hub, `exp` present,
 /// `nbf` and `exp` with the leeway, and every Mercure authorization detail well formed (one
 /// that is not makes the whole token invalid). Every failure is `invalid_token`.
-pub fn verify_access_token(
+pub async fn verify_access_token(
     token: &str,
-    key: &JwtKey,
     role: Role,
     keys: &Keys,
     cache: &SelectorCache,
 ) -> Result<AccessToken, HubError> {
     let refused =
         |reason: String| HubError::Unauthorized(format!("the {} token {reason}", role.name()));
-    let Some(issuer) = keys.issuer.as_deref() else {
-        return Err(refused(
-            "is a Mercure 1.0 access token, and the hub has no issuer configured (--jwt-issuer)"
-                .to_owned(),
-        ));
-    };
-    let mut validation = Validation::new(key.algorithm);
+    let (key, algorithm, issuer) = access_token_key(token, role, keys).await.map_err(refused)?;
+    let issuer = issuer.as_str();
+    let mut validation = Validation::new(algorithm);
     validation.required_spec_claims = ["exp", "iss", "aud"].map(str::to_owned).into();
     validation.validate_exp = false;
     validation.validate_nbf = false;
     validation.set_issuer(&[issuer]);
     validation.set_audience(&[&keys.audience]);
-    let claims = jsonwebtoken::decode::<AccessClaims>(token, &key.key, &validation)
+    let claims = jsonwebtoken::decode::<AccessClaims>(token, &key, &validation)
         .map(|data| data.claims)
         .map_err(|err| {
             refused(match err.kind() {
@@ -416,7 +517,7 @@ pub fn verify_access_token(
                     )
                 }
                 ErrorKind::MissingRequiredClaim(claim) => format!("has no `{claim}` claim"),
-                _ => why_not_decoded(&err, key, role),
+                _ => why_not_decoded(&err, algorithm, role),
             })
         })?;
     let times = Claims {
@@ -442,6 +543,52 @@ pub fn verify_access_token(
     Ok(AccessToken {
         details,
         valid_until,
+    })
+}
+
+/// The key, algorithm and issuer an access token is verified with, picked by its (not yet
+/// verified) `iss`: `--jwt-issuer` with the flags' keys, else the `--issuers` entry of that
+/// name, whose key set is asked for the header's `kid`. The error completes "the token ...".
+async fn access_token_key(
+    token: &str,
+    role: Role,
+    keys: &Keys,
+) -> Result<(DecodingKey, Algorithm, String), String> {
+    #[derive(Deserialize)]
+    struct Iss {
+        #[serde(default)]
+        iss: Option<serde_json::Value>,
+    }
+    let header =
+        jsonwebtoken::decode_header(token).map_err(|err| format!("is not a valid JWT ({err})"))?;
+    let claimed = jsonwebtoken::dangerous::insecure_decode_claims::<Iss>(token)
+        .map_err(|err| format!("is not a valid JWT ({err})"))?
+        .iss;
+    let Some(serde_json::Value::String(iss)) = claimed else {
+        return Err("has no `iss` claim".to_owned());
+    };
+    if keys.issuer.as_deref() == Some(iss.as_str())
+        && let Some(key) = keys.for_role(role)
+    {
+        return Ok((key.key.clone(), key.algorithm, iss));
+    }
+    if let Some(issuer) = keys.issuers.iter().find(|issuer| issuer.iss == iss) {
+        let key = issuer
+            .key_for(role, header.alg, header.kid.as_deref())
+            .await?;
+        return Ok((key, header.alg, iss));
+    }
+    let trusted = keys.issuer_names();
+    Err(if trusted.is_empty() {
+        "is a Mercure 1.0 access token, and the hub has no issuer configured (--jwt-issuer, \
+         --issuers)"
+            .to_owned()
+    } else {
+        format!(
+            "is not issued by an issuer the hub trusts for {}s (iss `{iss}`; trusted: {})",
+            role.name(),
+            trusted.join(", ")
+        )
     })
 }
 
@@ -624,7 +771,7 @@ pub fn verify(
     validation.validate_aud = false;
     let claims = jsonwebtoken::decode::<Claims>(token, &key.key, &validation)
         .map(|data| data.claims)
-        .map_err(|err| refused(why_not_decoded(&err, key, role)))?;
+        .map_err(|err| refused(why_not_decoded(&err, key.algorithm, role)))?;
     let valid_until =
         valid_until(&claims, SystemTime::now(), leeway).map_err(|why| refused(why.to_owned()))?;
     Ok(Verified {
@@ -732,13 +879,13 @@ impl Grant {
 
 /// Checks the publisher token of `req`. `Ok(None)` when no publisher key is configured on the
 /// hub's own routes (open publishing); otherwise a token must be present and valid.
-pub fn publisher_grant(
+pub async fn publisher_grant(
     req: &HttpRequest,
     keys: &Keys,
     cache: &SelectorCache,
     surface: Surface,
 ) -> Result<Option<Grant>, HubError> {
-    let Some(key) = keys.for_role(Role::Publisher) else {
+    if !keys.verifies(Role::Publisher) {
         return if surface == Surface::Mercure {
             Err(HubError::TokenMissing(
                 "publishing here needs a JWT, and the hub has no publisher key configured"
@@ -754,10 +901,11 @@ pub fn publisher_grant(
         )
     })?;
     if is_access_token(&token, Role::Publisher)? {
-        let token = verify_access_token(&token, key, Role::Publisher, keys, cache)?;
+        let token = verify_access_token(&token, Role::Publisher, keys, cache).await?;
         return Ok(Some(Grant::from_details(token, |d| d.publish)));
     }
     keys.check_legacy_allowed(surface, Role::Publisher)?;
+    let key = keys.legacy_key(Role::Publisher)?;
     let verified = verify(&token, key, Role::Publisher, keys.leeway)?;
     check_selector_count(&verified, Role::Publisher, keys)?;
     let Some(publish) = verified.claims.mercure.publish.as_deref() else {
@@ -771,7 +919,7 @@ pub fn publisher_grant(
 /// Checks the subscriber token of `req`, if any: its `mercure.subscribe` claim (0.x) or its
 /// `subscribe` details (1.0) say which private events it may receive. Without a token the
 /// subscriber is anonymous (refused when `anonymous` is false).
-pub fn subscriber_grant(
+pub async fn subscriber_grant(
     req: &HttpRequest,
     keys: &Keys,
     cache: &SelectorCache,
@@ -779,32 +927,35 @@ pub fn subscriber_grant(
     sources: TokenSources,
     surface: Surface,
 ) -> Result<Grant, HubError> {
-    let token = token_from(req, sources)?;
-    match (token, keys.for_role(Role::Subscriber)) {
-        (None, _) if anonymous => Ok(Grant::default()),
-        (None, _) => Err(HubError::TokenMissing(
-            "subscribing needs a subscriber JWT".to_owned(),
-        )),
-        (Some(_), None) => Err(HubError::Unauthorized(
+    let Some(token) = token_from(req, sources)? else {
+        return if anonymous {
+            Ok(Grant::default())
+        } else {
+            Err(HubError::TokenMissing(
+                "subscribing needs a subscriber JWT".to_owned(),
+            ))
+        };
+    };
+    if !keys.verifies(Role::Subscriber) {
+        return Err(HubError::Unauthorized(
             "a token was given, but the hub has no subscriber key configured".to_owned(),
-        )),
-        (Some(token), Some(key)) if is_access_token(&token, Role::Subscriber)? => {
-            let token = verify_access_token(&token, key, Role::Subscriber, keys, cache)?;
-            Ok(Grant::from_details(token, |d| d.subscribe))
-        }
-        (Some(token), Some(key)) => {
-            keys.check_legacy_allowed(surface, Role::Subscriber)?;
-            let verified = verify(&token, key, Role::Subscriber, keys.leeway)?;
-            check_selector_count(&verified, Role::Subscriber, keys)?;
-            let mut grant = Grant::from_claim(
-                verified.claims.mercure.subscribe.as_deref(),
-                verified.valid_until,
-                cache,
-            )?;
-            grant.payloads = vec![(vec![Selector::Any], verified.claims.mercure.payload)];
-            Ok(grant)
-        }
+        ));
     }
+    if is_access_token(&token, Role::Subscriber)? {
+        let token = verify_access_token(&token, Role::Subscriber, keys, cache).await?;
+        return Ok(Grant::from_details(token, |d| d.subscribe));
+    }
+    keys.check_legacy_allowed(surface, Role::Subscriber)?;
+    let key = keys.legacy_key(Role::Subscriber)?;
+    let verified = verify(&token, key, Role::Subscriber, keys.leeway)?;
+    check_selector_count(&verified, Role::Subscriber, keys)?;
+    let mut grant = Grant::from_claim(
+        verified.claims.mercure.subscribe.as_deref(),
+        verified.valid_until,
+        cache,
+    )?;
+    grant.payloads = vec![(vec![Selector::Any], verified.claims.mercure.payload)];
+    Ok(grant)
 }
 
 /// Whether `req` may see which selectors subscribers use (the per-selector breakdown of
@@ -816,28 +967,29 @@ pub fn subscriber_grant(
 /// can be sent a private event, everyone may.
 ///
 /// `Ok(false)` without the header; a token that does not verify is 401, one without `*` 403.
-pub fn may_see_selectors(
+pub async fn may_see_selectors(
     req: &HttpRequest,
     keys: &Keys,
     cache: &SelectorCache,
 ) -> Result<bool, HubError> {
-    if keys.publisher.is_none() && keys.subscriber.is_none() {
+    if !keys.verifies(Role::Publisher) && !keys.verifies(Role::Subscriber) {
         return Ok(true);
     }
     let Some(token) = bearer_token(req)? else {
         return Ok(false);
     };
-    let Some(key) = keys.for_role(Role::Publisher) else {
+    if !keys.verifies(Role::Publisher) {
         return Err(HubError::Forbidden(
             "the hub has no publisher key, so no token can show subscriber selectors".to_owned(),
         ));
-    };
+    }
     let everything = if is_access_token(&token, Role::Publisher)? {
-        let token = verify_access_token(&token, key, Role::Publisher, keys, cache)?;
+        let token = verify_access_token(&token, Role::Publisher, keys, cache).await?;
         Grant::from_details(token, |d| d.publish)
             .selectors
             .contains(&Selector::Any)
     } else {
+        let key = keys.legacy_key(Role::Publisher)?;
         let verified = verify(&token, key, Role::Publisher, keys.leeway)?;
         let publish = verified.claims.mercure.publish.unwrap_or_default();
         publish.iter().any(|selector| selector == "*")
@@ -866,10 +1018,14 @@ fn sign_with(
     algorithm: JwtAlgorithm,
 ) -> Result<String, String> {
     let material = read_material(material)?;
-    let key = match algorithm {
-        JwtAlgorithm::Hs256 => EncodingKey::from_secret(&material),
-        JwtAlgorithm::Rs256 => EncodingKey::from_rsa_pem(&material)
-            .map_err(|err| format!("not an RSA private key in PEM form: {err}"))?,
+    let pem = |kind: &str, parsed: jsonwebtoken::errors::Result<EncodingKey>| {
+        parsed.map_err(|err| format!("not {kind} private key in PEM form: {err}"))
+    };
+    let key = match Algorithm::from(algorithm).family() {
+        AlgorithmFamily::Hmac => EncodingKey::from_secret(&material),
+        AlgorithmFamily::Rsa => pem("an RSA", EncodingKey::from_rsa_pem(&material))?,
+        AlgorithmFamily::Ec => pem("an EC", EncodingKey::from_ec_pem(&material))?,
+        AlgorithmFamily::Ed => pem("an Ed25519", EncodingKey::from_ed_pem(&material))?,
     };
     jsonwebtoken::encode(header, claims, &key).map_err(|err| err.to_string())
 }
@@ -897,7 +1053,7 @@ mod tests {
     const SECRET: &str = "!ChangeThisMercureHubJWTSecretKey!";
 
     fn hs_key() -> JwtKey {
-        JwtKey::new(SECRET, JwtAlgorithm::Hs256).expect("a key")
+        JwtKey::new(SECRET, JwtAlgorithm::HS256).expect("a key")
     }
 
     fn token(publish: &[&str], exp: Option<u64>) -> String {
@@ -910,7 +1066,7 @@ mod tests {
             exp,
             nbf: None,
         };
-        sign(&claims, SECRET, JwtAlgorithm::Hs256).expect("signs")
+        sign(&claims, SECRET, JwtAlgorithm::HS256).expect("signs")
     }
 
     const LEEWAY: Duration = Duration::from_secs(5);
@@ -950,7 +1106,7 @@ mod tests {
         let err = verify(&expired, &hs_key(), Role::Publisher, LEEWAY).expect_err("expired");
         assert!(err.to_string().contains("expired"), "{err}");
 
-        let other = JwtKey::new("another secret", JwtAlgorithm::Hs256).expect("key");
+        let other = JwtKey::new("another secret", JwtAlgorithm::HS256).expect("key");
         let err =
             verify(&token(&["*"], None), &other, Role::Publisher, LEEWAY).expect_err("bad sig");
         assert!(err.to_string().contains("invalid signature"), "{err}");
@@ -1013,7 +1169,7 @@ mod tests {
                 nbf: Some(nbf),
                 ..Claims::default()
             };
-            sign(&claims, SECRET, JwtAlgorithm::Hs256).expect("signs")
+            sign(&claims, SECRET, JwtAlgorithm::HS256).expect("signs")
         };
         let err = verify(&sign_nbf(now() + 60), &hs_key(), Role::Subscriber, LEEWAY)
             .expect_err("not valid yet");
@@ -1042,8 +1198,8 @@ mod tests {
 
     /// The `/stats` breakdown: open on a keyless hub; otherwise only for a header token that
     /// may publish to `*` (401 for a bad token, 403 for a narrower one), never from a cookie.
-    #[test]
-    fn selectors_are_shown_to_publishers_of_everything() {
+    #[actix_web::test]
+    async fn selectors_are_shown_to_publishers_of_everything() {
         let cache = SelectorCache::new(crate::topic::SelectorLimits::default());
         let bearer = |token: &str| {
             TestRequest::default()
@@ -1052,7 +1208,9 @@ mod tests {
         };
         let anonymous = TestRequest::default().to_http_request();
         assert_eq!(
-            may_see_selectors(&anonymous, &Keys::default(), &cache).ok(),
+            may_see_selectors(&anonymous, &Keys::default(), &cache)
+                .await
+                .ok(),
             Some(true)
         );
 
@@ -1063,11 +1221,13 @@ mod tests {
             ..Keys::default()
         };
         assert_eq!(
-            may_see_selectors(&anonymous, &keys, &cache).ok(),
+            may_see_selectors(&anonymous, &keys, &cache).await.ok(),
             Some(false)
         );
         assert_eq!(
-            may_see_selectors(&bearer(&token(&["*"], None)), &keys, &cache).ok(),
+            may_see_selectors(&bearer(&token(&["*"], None)), &keys, &cache)
+                .await
+                .ok(),
             Some(true)
         );
         let cookie = TestRequest::default()
@@ -1076,7 +1236,10 @@ mod tests {
                 token(&["*"], None),
             ))
             .to_http_request();
-        assert_eq!(may_see_selectors(&cookie, &keys, &cache).ok(), Some(false));
+        assert_eq!(
+            may_see_selectors(&cookie, &keys, &cache).await.ok(),
+            Some(false)
+        );
         let access = |publish: &str| {
             let claims = serde_json::json!({
                 "iss": "https://issuer.example",
@@ -1086,21 +1249,24 @@ mod tests {
                     "type": DETAIL_TYPE, "actions": ["publish"], "topics": [{"match": publish}],
                 }],
             });
-            sign_access_token(&claims, SECRET, JwtAlgorithm::Hs256).expect("signs")
+            sign_access_token(&claims, SECRET, JwtAlgorithm::HS256).expect("signs")
         };
         let with_issuer = Keys {
             issuer: Some("https://issuer.example".to_owned()),
             ..keys.clone()
         };
         assert_eq!(
-            may_see_selectors(&bearer(&access("*")), &with_issuer, &cache).ok(),
+            may_see_selectors(&bearer(&access("*")), &with_issuer, &cache)
+                .await
+                .ok(),
             Some(true)
         );
-        let narrow = may_see_selectors(&bearer(&access("a")), &with_issuer, &cache);
+        let narrow = may_see_selectors(&bearer(&access("a")), &with_issuer, &cache).await;
         assert!(matches!(narrow, Err(HubError::Forbidden(_))), "{narrow:?}");
-        let narrow = may_see_selectors(&bearer(&token(&["a", "{x}"], None)), &keys, &cache);
+        let narrow = may_see_selectors(&bearer(&token(&["a", "{x}"], None)), &keys, &cache).await;
         assert!(matches!(narrow, Err(HubError::Forbidden(_))), "{narrow:?}");
-        let expired = may_see_selectors(&bearer(&token(&["*"], Some(now() - 60))), &keys, &cache);
+        let expired =
+            may_see_selectors(&bearer(&token(&["*"], Some(now() - 60))), &keys, &cache).await;
         assert!(
             matches!(expired, Err(HubError::Unauthorized(_))),
             "{expired:?}"
@@ -1111,10 +1277,13 @@ mod tests {
             ..keys
         };
         assert_eq!(
-            may_see_selectors(&anonymous, &subscriber_only, &cache).ok(),
+            may_see_selectors(&anonymous, &subscriber_only, &cache)
+                .await
+                .ok(),
             Some(false)
         );
-        let no_key = may_see_selectors(&bearer(&token(&["*"], None)), &subscriber_only, &cache);
+        let no_key =
+            may_see_selectors(&bearer(&token(&["*"], None)), &subscriber_only, &cache).await;
         assert!(matches!(no_key, Err(HubError::Forbidden(_))), "{no_key:?}");
     }
 

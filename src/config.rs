@@ -6,6 +6,7 @@ use std::{
     net::{IpAddr, SocketAddr},
     path::PathBuf,
     str::FromStr,
+    sync::Arc,
     time::Duration,
 };
 
@@ -13,6 +14,8 @@ use clap::{ArgAction, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::{
     auth::{JwtAlgorithm, JwtKey, Keys, Mode, Role},
+    issuers,
+    metrics::Metrics,
     tls::acme::{self, AcmeContact, AcmeDomain},
     url_pattern::HubUrl,
 };
@@ -78,6 +81,12 @@ pub const DEFAULT_JWT_LEEWAY: &str = "5s";
 /// Selectors listed in `/stats` (those with the most subscribers): enough to see what is hot,
 /// small enough that the answer stays within ~30 KB and its sort within the actor cheap.
 pub const DEFAULT_STATS_SELECTORS: usize = 100;
+/// Identity providers rotate keys over days; five minutes bounds how long a retired key
+/// stays trusted.
+pub const DEFAULT_JWKS_REFRESH: &str = "5m";
+/// A new key is picked up on its first token; a flood of unknown `kid`s costs one fetch per
+/// this.
+pub const DEFAULT_JWKS_MIN_REFRESH: &str = "30s";
 /// Mercure 1.0 only: safe for a new hub (README, "Mercure modes").
 pub const DEFAULT_MERCURE_MODE: &str = "modern";
 /// Mercure's own development default: a hub behind a proxy sets its public URL here.
@@ -244,12 +253,14 @@ pub struct Settings {
     #[arg(long, env = "SSE_HUB_MAX_SELECTOR_BYTES_PER_CLIENT", default_value_t = DEFAULT_MAX_SELECTOR_BYTES_PER_CLIENT)]
     pub max_selector_bytes_per_client: usize,
 
-    /// JWT key for both roles: the HS256 secret, or an RS256 public key in PEM (`@path` reads a
-    /// file). Setting a publisher key makes POST /publish require a publisher token.
+    /// JWT key for both roles: an HMAC secret (HS256/384/512), or a public key in PEM for
+    /// RS*, PS256, ES256/384 or EdDSA (`@path` reads a file). Setting a publisher key makes
+    /// POST /publish require a publisher token.
     #[arg(long, env = "SSE_HUB_JWT_KEY", hide_env_values = true)]
     pub jwt_key: Option<String>,
 
-    /// Algorithm of `--jwt-key`.
+    /// Algorithm of `--jwt-key`: the only one its tokens may use (a PEM key with an HMAC
+    /// algorithm is refused).
     #[arg(long, env = "SSE_HUB_JWT_ALG", value_enum, default_value = "HS256")]
     pub jwt_alg: JwtAlgorithm,
 
@@ -288,6 +299,21 @@ pub struct Settings {
     /// without it every such token is refused.
     #[arg(long, env = "SSE_HUB_JWT_ISSUER")]
     pub jwt_issuer: Option<String>,
+
+    /// More issuers of Mercure 1.0 access tokens, each with its own keys: a TOML file of
+    /// `[[issuer]]` tables (`iss`, and `secret`, `pem` with `alg`, or `jwks` as an https:// URL
+    /// or file://PATH; optionally per role, and an `algorithms` allowlist). See README.
+    #[arg(long, env = "SSE_HUB_ISSUERS")]
+    pub issuers: Option<String>,
+
+    /// How often the issuers' JWK Sets are fetched again in the background.
+    #[arg(long, env = "SSE_HUB_JWKS_REFRESH", default_value = DEFAULT_JWKS_REFRESH, value_parser = humantime::parse_duration)]
+    pub jwks_refresh: Duration,
+
+    /// At most how often a token naming a key its issuer's set lacks makes the hub fetch the
+    /// set again (a flood of unknown `kid`s cannot make it hammer the provider).
+    #[arg(long, env = "SSE_HUB_JWKS_MIN_REFRESH", default_value = DEFAULT_JWKS_MIN_REFRESH, value_parser = humantime::parse_duration)]
+    pub jwks_min_refresh: Duration,
 
     /// The hub's resource identifier, which a Mercure 1.0 token's `aud` must contain
     /// (default: `--hub-url`).
@@ -462,8 +488,23 @@ impl Settings {
         self.tls_cert.is_some() || !self.tls_acme.is_empty()
     }
 
-    /// The verification keys for both roles, from the key settings.
-    pub fn keys(&self, hub: &HubUrl) -> Result<Keys, String> {
+    /// The verification keys for both roles, from the key settings, and the `--issuers`
+    /// file's issuers (their JWK Sets' reads counted in `metrics`).
+    pub fn keys(&self, hub: &HubUrl, metrics: &Arc<Metrics>) -> Result<Keys, String> {
+        let issuers = match &self.issuers {
+            Some(path) => issuers::load(
+                path,
+                issuers::Refresh {
+                    every: self.jwks_refresh,
+                    at_most_every: self.jwks_min_refresh,
+                },
+                metrics,
+            )?
+            .into_iter()
+            .map(Arc::new)
+            .collect(),
+            None => Vec::new(),
+        };
         let key = |role: Role| {
             self.key_material(role)
                 .map(|(material, alg)| {
@@ -481,6 +522,7 @@ impl Settings {
             max_matcher_bytes: self.max_topic_bytes,
             max_selectors: self.max_token_selectors,
             mode: self.mercure_mode,
+            issuers,
         })
     }
 

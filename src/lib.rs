@@ -1,7 +1,8 @@
 //! sse-hub: a Server-Sent Events hub on actix.
 //!
-//! - [`auth`]: Mercure JWTs (HS256, RS256): token sources, verification, 0.x claims and 1.0
-//!   access tokens' authorization details.
+//! - [`auth`]: Mercure JWTs (HMAC, RSA, ECDSA, EdDSA): token sources, verification, 0.x claims
+//!   and 1.0 access tokens' authorization details, modern and compat modes.
+//! - [`issuers`]: trusted issuers of access tokens (`--issuers`), their keys and JWK Sets.
 //! - [`config`]: settings, as flags with `SSE_HUB_*` environment twins, and their defaults.
 //! - [`client`]: what one client (a source address) may hold: subscribers and selector bytes.
 //! - [`startup`]: builds the broadcaster and the HTTP server; main and the tests share it.
@@ -31,6 +32,7 @@ pub mod error;
 pub mod event;
 pub mod event_log;
 pub mod healthcheck;
+pub mod issuers;
 pub mod metrics;
 pub mod queue;
 pub mod reply;

@@ -50,17 +50,23 @@ fn serve(settings: Settings) -> Result<(), String> {
     })
 }
 
-/// Signs a token for the configured publisher key (an HS256 secret, or with `--private-key`
-/// for RS256).
+/// Signs a token for the configured publisher key (an HMAC secret, or with `--private-key`
+/// for a key pair's algorithm).
 fn token(settings: &Settings, args: &TokenArgs) -> Result<String, String> {
     let (secret, algorithm) = settings.key_material(Role::Publisher).ok_or(
         "no key configured: pass --jwt-key (or SSE_HUB_JWT_KEY) before `token`".to_owned(),
     )?;
-    let material = match (algorithm, &args.private_key) {
-        (JwtAlgorithm::Hs256, _) => secret,
-        (JwtAlgorithm::Rs256, Some(private_key)) => private_key.as_str(),
-        (JwtAlgorithm::Rs256, None) => {
-            return Err("the publisher key is RS256: pass --private-key to sign".to_owned());
+    let hmac = matches!(
+        algorithm,
+        JwtAlgorithm::HS256 | JwtAlgorithm::HS384 | JwtAlgorithm::HS512
+    );
+    let material = match (hmac, &args.private_key) {
+        (true, _) => secret,
+        (false, Some(private_key)) => private_key.as_str(),
+        (false, None) => {
+            return Err(format!(
+                "the publisher key is {algorithm}: pass --private-key to sign"
+            ));
         }
     };
     let now = SystemTime::now()

@@ -35,6 +35,21 @@ pub struct LimitLabel {
     pub limit: &'static str,
 }
 
+/// The `result` label of a JWK Set read: `ok`, `failed`, or `throttled` (not read: a read on
+/// demand happened less than `--jwks-min-refresh` ago).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JwksRefresh {
+    pub result: &'static str,
+}
+
+impl JwksRefresh {
+    pub const OK: Self = Self { result: "ok" };
+    pub const FAILED: Self = Self { result: "failed" };
+    pub const THROTTLED: Self = Self {
+        result: "throttled",
+    };
+}
+
 /// The `event` label of what ACME did (`--tls-acme`): a certificate served from the cache or
 /// newly issued, an order that failed (retried after a backoff), a cache that could not be
 /// read or written, a cached certificate or account key that did not parse (a new one is
@@ -103,6 +118,10 @@ pub struct Metrics {
     pub tls_reload_failures: Counter,
     /// What ACME did, by event (`--tls-acme`).
     pub acme_events: Family<AcmeEvent, Counter>,
+    /// Reads of issuers' JWK Sets, by result (`--issuers`).
+    pub jwks_refreshes: Family<JwksRefresh, Counter>,
+    /// Keys of a JWK Set skipped (malformed, for encryption, a secret, an unknown algorithm).
+    pub jwks_keys_refused: Counter,
 }
 
 impl Metrics {
@@ -134,6 +153,8 @@ impl Metrics {
             tls_reloads: Counter::default(),
             tls_reload_failures: Counter::default(),
             acme_events: Family::default(),
+            jwks_refreshes: Family::default(),
+            jwks_keys_refused: Counter::default(),
             // Filled below, once every metric exists to be registered.
             registry: Registry::default(),
         };
@@ -239,6 +260,19 @@ impl Metrics {
             "tls_reloads",
             "Certificates loaded again from --tls-cert and --tls-key (changed on disk, or SIGHUP)",
             metrics.tls_reloads.clone(),
+        );
+        registry.register(
+            "jwks_refreshes",
+            "Reads of issuers' JWK Sets (--issuers), by result: ok, failed (the keys held are \
+             kept), throttled (a token named an unknown key within --jwks-min-refresh of the \
+             last read on demand)",
+            metrics.jwks_refreshes.clone(),
+        );
+        registry.register(
+            "jwks_keys_refused",
+            "Keys of a JWK Set skipped: malformed, for encryption, a shared secret, or an \
+             unknown algorithm",
+            metrics.jwks_keys_refused.clone(),
         );
         registry.register(
             "acme_events",

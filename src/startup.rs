@@ -13,6 +13,7 @@ use actix_web::{
 };
 
 use crate::{
+    auth,
     broadcaster::{Broadcaster, BroadcasterConfig, Shutdown, Window},
     client::{ClientLimits, Clients},
     config::Settings,
@@ -77,7 +78,18 @@ impl Application {
     /// an actix system.
     pub fn build(settings: Settings) -> Result<Self, StartupError> {
         let hub = HubUrl::parse(&settings.hub_url).map_err(StartupError::HubUrl)?;
-        let keys = settings.keys(&hub).map_err(StartupError::Keys)?;
+        let metrics = Metrics::new();
+        let keys = settings.keys(&hub, &metrics).map_err(StartupError::Keys)?;
+        if keys.mode == auth::Mode::Modern
+            && keys.issuer_names().is_empty()
+            && (keys.publisher.is_some() || keys.subscriber.is_some())
+        {
+            log::warn!(
+                "keys are configured but no issuer (--jwt-issuer, --issuers): in modern mode \
+                 (--mercure-mode) the Mercure route accepts no token; 0.x clients need \
+                 --mercure-mode compat"
+            );
+        }
         if settings.cors_allowed_origins.len() > 1
             && settings.cors_allowed_origins.iter().any(|o| o == "*")
         {
@@ -96,7 +108,6 @@ impl Application {
             (Some(cert), Some(key)) => Some(Arc::new(CertificateFiles::load(cert, key)?)),
             _ => None,
         };
-        let metrics = Metrics::new();
         // ACME's cache and CA file likewise; the CA is asked nothing until the server starts.
         let acme = acme_options(&settings)?
             .map(|options| Acme::new(options, metrics.clone()))
@@ -142,6 +153,8 @@ impl Application {
             }
         }
         .start();
+        // The issuers' JWK Sets: read now, then every --jwks-refresh, on this system's arbiter.
+        crate::issuers::start_refresh(&keys.issuers, settings.jwks_refresh);
         let tls_metrics = metrics.clone();
         let state = AppState {
             ready,

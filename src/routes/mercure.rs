@@ -38,7 +38,7 @@ pub async fn metadata(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, HubError> {
-    if state.keys.publisher.is_none() && state.keys.subscriber.is_none() {
+    if !state.keys.verifies_any() {
         return Err(HubError::NotFound {
             method: req.method().to_string(),
             path: req.path().to_owned(),
@@ -51,8 +51,9 @@ pub async fn metadata(
         "authorization_details_types_supported": [auth::DETAIL_TYPE],
         "mercure_cookie": auth::ACCESS_TOKEN_COOKIE,
     });
-    if let Some(issuer) = &state.keys.issuer {
-        document["authorization_servers"] = serde_json::json!([issuer]);
+    let issuers = state.keys.issuer_names();
+    if !issuers.is_empty() {
+        document["authorization_servers"] = serde_json::json!(issuers);
     }
     if state.settings.subscriptions {
         document["mercure_subscriptions"] = serde_json::Value::Bool(true);
@@ -87,7 +88,8 @@ async fn publish_form(
     state: &AppState,
 ) -> Result<HttpResponse, HubError> {
     state.check_origin(&req, super::csrf::Action::Publish)?;
-    let grant = auth::publisher_grant(&req, &state.keys, &state.selectors, auth::Surface::Mercure)?
+    let grant = auth::publisher_grant(&req, &state.keys, &state.selectors, auth::Surface::Mercure)
+        .await?
         .ok_or(HubError::Internal)?;
     let content_type = req
         .headers()
@@ -219,7 +221,8 @@ pub async fn subscriptions(
         false,
         auth::TokenSources::HeaderAndCookie,
         auth::Surface::Mercure,
-    )?;
+    )
+    .await?;
     if !grant.allows(&topic) {
         return Err(HubError::Forbidden(format!(
             "the token does not allow subscribing to `{topic}`"

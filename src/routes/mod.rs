@@ -200,9 +200,8 @@ impl ChallengeMetadata {
     {
         move |req: ServiceRequest, service: &S| {
             let url = self.0.clone().filter(|_| {
-                req.app_data::<web::Data<AppState>>().is_some_and(|state| {
-                    state.keys.publisher.is_some() || state.keys.subscriber.is_some()
-                })
+                req.app_data::<web::Data<AppState>>()
+                    .is_some_and(|state| state.keys.verifies_any())
             });
             let answer = service.call(req);
             Box::pin(async move {

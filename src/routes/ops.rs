@@ -15,7 +15,8 @@ const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 /// (see [`auth::may_see_selectors`]), also the subscribers per selector, the
 /// `--stats-selectors` with the most subscribers.
 pub async fn stats(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, HubError> {
-    let selectors = auth::may_see_selectors(&req, &state.keys, &state.selectors)?
+    let selectors = auth::may_see_selectors(&req, &state.keys, &state.selectors)
+        .await?
         .then_some(state.settings.stats_selectors);
     let stats = state.ask(GetStats { selectors }).await?;
     Ok(HttpResponse::Ok().json(stats))

@@ -45,7 +45,8 @@ async fn publish_body(
 ) -> Result<HttpResponse, HubError> {
     let settings = &state.settings;
     state.check_origin(&req, super::csrf::Action::Publish)?;
-    let grant = auth::publisher_grant(&req, &state.keys, &state.selectors, auth::Surface::Hub)?;
+    let grant =
+        auth::publisher_grant(&req, &state.keys, &state.selectors, auth::Surface::Hub).await?;
     if let Some(length) = req
         .headers()
         .get(actix_web::http::header::CONTENT_LENGTH)

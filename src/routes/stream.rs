@@ -161,7 +161,8 @@ pub async fn open(
         state.settings.anonymous,
         sources,
         surface,
-    )?;
+    )
+    .await?;
     if route == Route::Mercure && requested.is_empty() {
         return Err(HubError::Invalid {
             what: "subscription",

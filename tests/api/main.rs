@@ -12,6 +12,7 @@ mod first_run;
 mod hardening;
 mod helpers;
 mod http_layer;
+mod issuers;
 mod mercure;
 mod mercure_safety;
 mod mercure_v1;

@@ -29,7 +29,7 @@ fn claims(publish: &[&str], subscribe: &[&str], exp: Option<u64>) -> Claims {
 
 /// An HS256 token for `KEY`.
 pub fn token(publish: &[&str], subscribe: &[&str]) -> String {
-    auth::sign(&claims(publish, subscribe, None), KEY, JwtAlgorithm::Hs256).expect("signs")
+    auth::sign(&claims(publish, subscribe, None), KEY, JwtAlgorithm::HS256).expect("signs")
 }
 
 /// A hub that takes 0.x clients on its Mercure route (compat mode), verifying with [`KEY`].
@@ -128,13 +128,13 @@ async fn bad_publisher_tokens_are_refused() {
     let expired = auth::sign(
         &claims(&["*"], &[], Some(now - 60)),
         KEY,
-        JwtAlgorithm::Hs256,
+        JwtAlgorithm::HS256,
     )
     .expect("signs");
     let wrong_key = auth::sign(
         &claims(&["*"], &[], None),
         "another key",
-        JwtAlgorithm::Hs256,
+        JwtAlgorithm::HS256,
     )
     .expect("signs");
     // {"alg":"none","typ":"JWT"} . {"mercure":{"publish":["*"]}} . (empty signature)
@@ -146,7 +146,7 @@ async fn bad_publisher_tokens_are_refused() {
         &jsonwebtoken::EncodingKey::from_secret(KEY.as_bytes()),
     )
     .expect("signs");
-    let no_claim = auth::sign(&Claims::default(), KEY, JwtAlgorithm::Hs256).expect("signs");
+    let no_claim = auth::sign(&Claims::default(), KEY, JwtAlgorithm::HS256).expect("signs");
     let narrow = token(&["https://example.com/books/{id}"], &[]);
 
     let cases: [(Option<&str>, &str, StatusCode, &str); 7] = [
@@ -337,7 +337,7 @@ async fn rs256_tokens_from_a_generated_key_pair() {
     let (private, public) = rsa_key_pair();
     let app = spawn_app_with(|s| {
         s.jwt_key = Some(public.clone());
-        s.jwt_alg = JwtAlgorithm::Rs256;
+        s.jwt_alg = JwtAlgorithm::RS256;
         s.mercure_mode = Mode::Compat;
     })
     .await;
@@ -345,7 +345,7 @@ async fn rs256_tokens_from_a_generated_key_pair() {
         auth::sign(
             &claims(publish, subscribe, None),
             &private,
-            JwtAlgorithm::Rs256,
+            JwtAlgorithm::RS256,
         )
         .expect("signs")
     };
