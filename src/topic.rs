@@ -13,7 +13,7 @@ use std::{
     },
 };
 
-use crate::url_pattern::{HubUrl, UrlPatternMatcher};
+use crate::url_pattern::{HubUrl, TopicUrl, UrlPatternMatcher};
 use regex_automata::{
     Anchored, Input,
     dfa::{Automaton, StartKind, dense, sparse},
@@ -38,6 +38,30 @@ pub enum Selector {
     UrlPattern(Arc<Pattern>),
 }
 
+/// A topic of one event, parsed as a URL at most once, however many URL patterns it is
+/// matched against (the first one parses it).
+#[derive(Debug)]
+pub struct ParsedTopic<'a> {
+    pub text: &'a str,
+    url: std::cell::OnceCell<Option<TopicUrl>>,
+}
+
+impl<'a> ParsedTopic<'a> {
+    pub fn new(text: &'a str) -> Self {
+        Self {
+            text,
+            url: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// The topic as a URL, parsed with `pattern`'s hub URL if no one parsed it yet.
+    pub fn url(&self, pattern: &Pattern) -> Option<&TopicUrl> {
+        self.url
+            .get_or_init(|| pattern.matcher.parse_topic(self.text))
+            .as_ref()
+    }
+}
+
 /// A compiled URL pattern, shared by everyone who uses the same text (one compiled pattern
 /// keeps tens of kilobytes of regular expressions), its bytes counted in its cache's budget.
 pub struct Pattern {
@@ -49,6 +73,19 @@ pub struct Pattern {
 impl Pattern {
     pub fn matches(&self, topic: &str) -> bool {
         self.matcher.matches(topic)
+    }
+
+    /// As [`matches`](Self::matches), parsing the topic only if no pattern did before.
+    pub fn matches_parsed(&self, topic: &ParsedTopic<'_>) -> bool {
+        topic
+            .url(self)
+            .is_some_and(|url| self.matcher.matches_url(url))
+    }
+
+    /// The literal hostname (if it is one) and start of the pathname of every topic it
+    /// matches.
+    pub fn prefilter_key(&self) -> (Option<String>, String) {
+        self.matcher.prefilter_key()
     }
 
     pub fn as_str(&self) -> &str {
@@ -130,6 +167,14 @@ impl Selector {
             Selector::Exact(exact) => exact == topic,
             Selector::Template(template) => template.matches(topic),
             Selector::UrlPattern(pattern) => pattern.matches(topic),
+        }
+    }
+
+    /// As [`matches`](Self::matches), for a topic URL patterns parse once per event.
+    pub fn matches_parsed(&self, topic: &ParsedTopic<'_>) -> bool {
+        match self {
+            Selector::UrlPattern(pattern) => pattern.matches_parsed(topic),
+            other => other.matches(topic.text),
         }
     }
 
@@ -287,6 +332,11 @@ impl Template {
         Compiled::build(source, max_bytes).map(|compiled| Template {
             compiled: Arc::new(compiled),
         })
+    }
+
+    /// The literal text before the first expression: every topic it matches starts with it.
+    pub fn literal_prefix(&self) -> &str {
+        &self.compiled.source[..self.compiled.prefix_len]
     }
 
     /// Whether `topic` is a possible expansion of the template.

@@ -17,9 +17,7 @@ use regex_automata::{Anchored, Input};
 use url::Url;
 use urlpattern::matcher::InnerMatcher;
 use urlpattern::regexp::RegExp;
-use urlpattern::{
-    RegexSyntax, UrlPattern, UrlPatternInit, UrlPatternMatchInput, UrlPatternOptions,
-};
+use urlpattern::{RegexSyntax, UrlPattern, UrlPatternInit, UrlPatternOptions};
 
 /// The hub's public URL (`--hub-url`): the base relative URL patterns and topics resolve against,
 /// and whose path is the reserved namespace.
@@ -100,6 +98,74 @@ impl HubUrl {
     /// `reference` resolved against the hub URL with the WHATWG URL parser.
     fn resolve(&self, reference: &str) -> Result<Url, url::ParseError> {
         Url::options().base_url(Some(&self.url)).parse(reference)
+    }
+
+    /// `topic` resolved against this URL and split into the components URL patterns compare,
+    /// once for every pattern an event is matched against; `None` if it does not parse.
+    pub fn parse_topic(&self, topic: &str) -> Option<TopicUrl> {
+        let url = self.resolve(topic).ok()?;
+        // As the urlpattern crate reads a parsed URL for `test`.
+        Some(TopicUrl {
+            protocol: url.scheme().to_owned(),
+            username: url.username().to_owned(),
+            password: url.password().unwrap_or_default().to_owned(),
+            hostname: url.host_str().unwrap_or_default().to_owned(),
+            port: url::quirks::port(&url).to_owned(),
+            pathname: url::quirks::pathname(&url).to_owned(),
+            search: url.query().unwrap_or_default().to_owned(),
+            hash: url.fragment().unwrap_or_default().to_owned(),
+            base: self.url.as_str().into(),
+            text: topic.into(),
+        })
+    }
+}
+
+/// A topic as URL patterns see it: resolved against the hub URL, split into components.
+#[derive(Debug, Clone)]
+pub struct TopicUrl {
+    protocol: String,
+    username: String,
+    password: String,
+    hostname: String,
+    port: String,
+    pathname: String,
+    search: String,
+    hash: String,
+    /// The hub URL it was resolved against: a pattern compiled against another one re-parses.
+    base: Box<str>,
+    /// The topic as published.
+    text: Box<str>,
+}
+
+impl TopicUrl {
+    pub fn hostname(&self) -> &str {
+        &self.hostname
+    }
+
+    pub fn pathname(&self) -> &str {
+        &self.pathname
+    }
+}
+
+/// Characters of a URL Pattern component string that start something other than a literal.
+const SPECIAL: [char; 9] = [':', '*', '(', ')', '{', '}', '\\', '?', '+'];
+
+/// The literal start of a URL Pattern component string. A modifier (`?`, `+`) may apply to
+/// the character before it, and a name, wildcard or group takes the segment delimiter before
+/// it (`/` or `.`) into its part (`/books/:id?` matches `/books`), so that character is left
+/// out too: a shorter prefix only lets more patterns through the prefilter, never fewer.
+fn literal_prefix(pattern: &str) -> &str {
+    let Some(at) = pattern.find(SPECIAL) else {
+        return pattern;
+    };
+    let before = &pattern[..at];
+    match before.chars().last() {
+        Some(last)
+            if matches!(pattern.as_bytes()[at], b'?' | b'+') || matches!(last, '/' | '.') =>
+        {
+            &before[..before.len() - last.len_utf8()]
+        }
+        _ => before,
     }
 }
 
@@ -192,14 +258,45 @@ impl UrlPatternMatcher {
 
     /// Whether `topic` matches: the topic resolved against the hub URL (a topic that does not parse → false).
     pub fn matches(&self, topic: &str) -> bool {
-        let Ok(url) = self.0.base.resolve(topic) else {
-            return false;
-        };
-        // `test` only fails for an input it has to parse itself; ours is parsed already.
         self.0
-            .pattern
-            .test(UrlPatternMatchInput::Url(url))
-            .unwrap_or(false)
+            .base
+            .parse_topic(topic)
+            .is_some_and(|url| self.matches_url(&url))
+    }
+
+    /// `topic` parsed against the hub URL this pattern was compiled against.
+    pub fn parse_topic(&self, topic: &str) -> Option<TopicUrl> {
+        self.0.base.parse_topic(topic)
+    }
+
+    /// Whether the parsed `topic` matches: each component's matcher, as the urlpattern
+    /// crate's `test` runs them, without parsing the topic again.
+    pub fn matches_url(&self, topic: &TopicUrl) -> bool {
+        if *topic.base != *self.0.base.as_str() {
+            // Parsed against another hub URL (never within one hub): parse it again.
+            return self.matches(&topic.text);
+        }
+        let pattern = &self.0.pattern;
+        pattern.protocol.matcher.matches(&topic.protocol).is_some()
+            && pattern.username.matcher.matches(&topic.username).is_some()
+            && pattern.password.matcher.matches(&topic.password).is_some()
+            && pattern.hostname.matcher.matches(&topic.hostname).is_some()
+            && pattern.port.matcher.matches(&topic.port).is_some()
+            && pattern.pathname.matcher.matches(&topic.pathname).is_some()
+            && pattern.search.matcher.matches(&topic.search).is_some()
+            && pattern.hash.matcher.matches(&topic.hash).is_some()
+    }
+
+    /// What every topic this pattern matches starts with: its hostname when that is literal,
+    /// and the literal start of its pathname (before the first name, wildcard, group, regexp
+    /// or escape). An index keyed by these finds the patterns worth running for a topic.
+    pub fn prefilter_key(&self) -> (Option<String>, String) {
+        let hostname = &self.0.pattern.hostname.pattern_string;
+        let host = (!hostname.contains(SPECIAL)).then(|| hostname.clone());
+        (
+            host,
+            literal_prefix(&self.0.pattern.pathname.pattern_string).to_owned(),
+        )
     }
 
     /// The pattern as written.
@@ -422,6 +519,21 @@ pub fn check_value(value: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A pattern component's literal start stops before names, wildcards, groups, escapes,
+    /// and the character a modifier applies to.
+    #[test]
+    fn literal_prefixes_of_pattern_strings() {
+        assert_eq!(literal_prefix("/books/:id"), "/books");
+        assert_eq!(literal_prefix("/books/:id?"), "/books");
+        assert_eq!(literal_prefix("/books/*"), "/books");
+        assert_eq!(literal_prefix("/books/1"), "/books/1");
+        assert_eq!(literal_prefix("/books/x?"), "/books/");
+        assert_eq!(literal_prefix("/b(o+)ks"), "/b");
+        assert_eq!(literal_prefix("/a\\:b"), "/a");
+        assert_eq!(literal_prefix("*"), "");
+        assert_eq!(literal_prefix("/é+"), "/");
+    }
 
     const LIMIT: usize = 1 << 20;
 

@@ -14,17 +14,17 @@
 //! pending, so nothing observes an event in the history that subscribers have not been sent.
 
 mod history;
+mod index;
 mod shared;
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashSet},
     sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use actix::prelude::*;
 use bytes::Bytes;
-use indexmap::IndexSet;
 use serde::Serialize;
 use slab::Slab;
 use tokio::sync::oneshot;
@@ -38,8 +38,9 @@ use crate::{
     metrics::{self, Metrics},
     queue::{self, PushError},
     subscriptions::{ActiveSubscriber, Filter},
-    topic::Selector,
+    topic::{ParsedTopic, Selector},
 };
+use index::TopicIndex;
 
 /// What the broadcaster needs from the settings.
 #[derive(Debug, Clone)]
@@ -206,6 +207,11 @@ const MAX_ROUND: usize = 256;
 #[rtype(result = "()")]
 struct FanOut;
 
+/// An event's topics, each parsed as a URL at most once (by the first URL pattern to ask).
+fn parsed(event: &Event) -> Vec<ParsedTopic<'_>> {
+    event.topics.iter().map(|t| ParsedTopic::new(t)).collect()
+}
+
 /// Name of the event that tells a resuming subscriber its `Last-Event-ID` is not in the history.
 pub const RESET_EVENT: &str = "reset";
 
@@ -220,12 +226,12 @@ struct Subscriber {
 }
 
 impl Subscriber {
-    fn may_receive(&self, event: &Event) -> bool {
+    /// Whether its token lets it receive `event` (of `topics`, parsed once for the event).
+    fn may_receive(&self, event: &Event, topics: &[ParsedTopic<'_>]) -> bool {
         !event.private
-            || event
-                .topics
+            || topics
                 .iter()
-                .any(|t| self.private_selectors.iter().any(|s| s.matches(t)))
+                .any(|t| self.private_selectors.iter().any(|s| s.matches_parsed(t)))
     }
 
     /// The one rule for "this event is for this subscriber"; the index finds the same set.
@@ -235,87 +241,7 @@ impl Subscriber {
                 .topics
                 .iter()
                 .any(|t| self.selectors.iter().any(|s| s.matches(t)));
-        selected && self.may_receive(event)
-    }
-}
-
-/// Finds candidate subscribers without looking at the others: exact topics by hash, `*` and
-/// selector-less subscribers in one set, templates and URL patterns grouped so each is matched
-/// once per topic.
-#[derive(Debug, Default)]
-struct TopicIndex {
-    any: IndexSet<usize>,
-    exact: HashMap<String, IndexSet<usize>>,
-    /// Templates and URL patterns, each matched once per topic for all its subscribers.
-    patterns: HashMap<Selector, IndexSet<usize>>,
-}
-
-impl TopicIndex {
-    fn insert(&mut self, key: usize, selectors: &[Selector]) {
-        if selectors.is_empty() {
-            self.any.insert(key);
-        }
-        for selector in selectors {
-            match selector {
-                Selector::Any => {
-                    self.any.insert(key);
-                }
-                Selector::Exact(topic) => {
-                    self.exact.entry(topic.clone()).or_default().insert(key);
-                }
-                Selector::Template(_) | Selector::UrlPattern(_) => {
-                    self.patterns
-                        .entry(selector.clone())
-                        .or_default()
-                        .insert(key);
-                }
-            }
-        }
-    }
-
-    fn remove(&mut self, key: usize, selectors: &[Selector]) {
-        if selectors.is_empty() {
-            self.any.swap_remove(&key);
-        }
-        for selector in selectors {
-            match selector {
-                Selector::Any => {
-                    self.any.swap_remove(&key);
-                }
-                Selector::Exact(topic) => {
-                    if let Some(set) = self.exact.get_mut(topic) {
-                        set.swap_remove(&key);
-                        if set.is_empty() {
-                            self.exact.remove(topic);
-                        }
-                    }
-                }
-                Selector::Template(_) | Selector::UrlPattern(_) => {
-                    if let Some(set) = self.patterns.get_mut(selector) {
-                        set.swap_remove(&key);
-                        if set.is_empty() {
-                            self.patterns.remove(selector);
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// Calls `f` for every subscriber whose selectors match one of `topics` (possibly more
-    /// than once for overlapping selectors: the caller deduplicates).
-    fn for_each_candidate(&self, topics: &[String], mut f: impl FnMut(usize)) {
-        self.any.iter().for_each(|&k| f(k));
-        for topic in topics {
-            if let Some(set) = self.exact.get(topic) {
-                set.iter().for_each(|&k| f(k));
-            }
-            for (selector, set) in &self.patterns {
-                if selector.matches(topic) {
-                    set.iter().for_each(|&k| f(k));
-                }
-            }
-        }
+        selected && self.may_receive(event, &parsed(event))
     }
 }
 
@@ -520,11 +446,12 @@ impl Broadcaster {
         // yields them, without collecting them first.
         let (subscribers, woken, removals) =
             (&mut self.subscribers, &mut self.woken, &mut self.removals);
-        self.index.for_each_candidate(&event.topics, |key| {
+        let topics = parsed(event);
+        self.index.for_each_candidate(&topics, |key| {
             let Some(subscriber) = subscribers.get_mut(key) else {
                 return;
             };
-            if subscriber.stamp == stamp || !subscriber.may_receive(event) {
+            if subscriber.stamp == stamp || !subscriber.may_receive(event, &topics) {
                 return;
             }
             subscriber.stamp = stamp;
@@ -1268,20 +1195,53 @@ mod delivery_properties {
 
     use super::*;
 
+    /// URL patterns with and without literal hosts and path starts, modifiers, groups and
+    /// relative ones: the prefilter must find every one that matches.
+    const URL_PATTERNS: [&str; 8] = [
+        "https://example.com/books/:id",
+        "https://example.com/books/*",
+        "https://*.example.com/x/:y",
+        "/rel/:a",
+        "https://example.com/books/:id?",
+        "https://example.com/:any/1",
+        "https://example.com/b(o+)ks/1",
+        "https://example.com/books/1",
+    ];
+
     /// Selectors over a handful of topics, so that random ones overlap often.
     fn selector() -> impl Strategy<Value = Selector> {
-        prop::sample::select(vec![
-            "*",
-            "a",
-            "b",
-            "urn:x/1",
-            "urn:x/{id}",
-            "urn:{+rest}",
-            "urn:x/{id}{?q}",
-            "{+all}",
-            "urn:y/{a}/{b}",
-        ])
-        .prop_map(|text| Selector::parse(text).expect("valid selector"))
+        static CACHE: std::sync::LazyLock<crate::topic::SelectorCache> =
+            std::sync::LazyLock::new(|| {
+                crate::topic::SelectorCache::new(crate::topic::SelectorLimits::default())
+            });
+        prop::sample::select(
+            [
+                "*",
+                "a",
+                "b",
+                "urn:x/1",
+                "urn:x/{id}",
+                "urn:{+rest}",
+                "urn:x/{id}{?q}",
+                "{+all}",
+                "urn:y/{a}/{b}",
+                "urn:x/",
+                "https://example.com/books/{id}",
+            ]
+            .into_iter()
+            .map(|text| (text, false))
+            .chain(URL_PATTERNS.into_iter().map(|text| (text, true)))
+            .collect::<Vec<_>>(),
+        )
+        .prop_map(|(text, url_pattern)| {
+            if url_pattern {
+                CACHE
+                    .get_typed(crate::topic::MatcherType::UrlPattern, text)
+                    .expect("valid URL pattern")
+            } else {
+                Selector::parse(text).expect("valid selector")
+            }
+        })
     }
 
     fn topic() -> impl Strategy<Value = String> {
@@ -1295,6 +1255,17 @@ mod delivery_properties {
             "urn:y/1/2",
             "urn:y/1",
             "urn:x/{id}",
+            "https://example.com/books/1",
+            "https://example.com/books/",
+            "https://example.com/books",
+            "https://example.com/boooks/1",
+            "https://a.example.com/x/2",
+            "https://localhost/rel/3",
+            "/rel/4",
+            "https://example.com/x/1",
+            "https://example.com/books/1?q",
+            "https://EXAMPLE.com/books/%31",
+            "not a url",
         ])
         .prop_map(str::to_owned)
     }
@@ -1350,9 +1321,10 @@ mod delivery_properties {
 
             for event in &events {
                 let mut live = BTreeSet::new();
-                index.for_each_candidate(&event.topics, |key| {
+                let topics = parsed(event);
+                index.for_each_candidate(&topics, |key| {
                     if let Some(subscriber) = registry.get(key)
-                        && subscriber.may_receive(event)
+                        && subscriber.may_receive(event, &topics)
                     {
                         live.insert(key);
                     }
