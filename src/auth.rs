@@ -14,9 +14,11 @@ use jsonwebtoken::{
 };
 use serde::{Deserialize, Serialize};
 
+pub use crate::keys::{JwtAlgorithm, JwtKey, Role};
 use crate::{
     error::HubError,
-    issuers::Issuer,
+    keys::Issuer,
+    keys::read_material,
     topic::{MatcherType, Selector, SelectorCache, SelectorError},
     url_pattern::check_value,
 };
@@ -31,146 +33,6 @@ pub const DETAIL_TYPE: &str = "https://mercure.rocks/authorization-detail";
 pub const MAX_DETAILS: usize = 32;
 /// The query parameter for clients that can set neither a header nor a cookie.
 pub const QUERY_NAME: &str = "authorization";
-
-/// The two roles a token can be checked for; each may have its own key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    Publisher,
-    Subscriber,
-}
-
-impl Role {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Publisher => "publisher",
-            Self::Subscriber => "subscriber",
-        }
-    }
-}
-
-/// A verification key and the one algorithm it accepts.
-#[derive(Clone)]
-pub struct JwtKey {
-    pub(crate) key: DecodingKey,
-    pub(crate) algorithm: Algorithm,
-}
-
-impl std::fmt::Debug for JwtKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JwtKey")
-            .field("algorithm", &self.algorithm)
-            .finish_non_exhaustive()
-    }
-}
-
-impl JwtKey {
-    /// `material` is the shared secret (HS*) or a PEM public key (RS*, PS*, ES*, EdDSA); `@path`
-    /// reads it from a file. A PEM key given with an HMAC algorithm is refused: it would make
-    /// the public key a shared secret anyone could sign with.
-    pub fn new(material: &str, algorithm: JwtAlgorithm) -> Result<Self, String> {
-        let material = read_material(material)?;
-        let pem = |kind: &str, parsed: jsonwebtoken::errors::Result<DecodingKey>| {
-            parsed.map_err(|err| format!("not {kind} public key in PEM form ({algorithm}): {err}"))
-        };
-        let key = match Algorithm::from(algorithm).family() {
-            AlgorithmFamily::Hmac => {
-                if material.windows(10).any(|w| w == b"-----BEGIN") {
-                    return Err(format!(
-                        "a PEM key cannot be used with {algorithm}, an HMAC algorithm (its \
-                         public key would become a shared secret): give the algorithm of the \
-                         key pair (RS256, ES256, EdDSA, ...)"
-                    ));
-                }
-                DecodingKey::from_secret(&material)
-            }
-            AlgorithmFamily::Rsa => pem("an RSA", DecodingKey::from_rsa_pem(&material))?,
-            AlgorithmFamily::Ec => pem("an EC", DecodingKey::from_ec_pem(&material))?,
-            AlgorithmFamily::Ed => pem("an Ed25519", DecodingKey::from_ed_pem(&material))?,
-        };
-        Ok(Self {
-            key,
-            algorithm: algorithm.into(),
-        })
-    }
-}
-
-fn read_material(material: &str) -> Result<Vec<u8>, String> {
-    match material.strip_prefix('@') {
-        Some(path) => std::fs::read(path).map_err(|err| format!("cannot read {path}: {err}")),
-        None => Ok(material.as_bytes().to_vec()),
-    }
-}
-
-/// The signing algorithms a key may be configured for (`none` is not one of them).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
-pub enum JwtAlgorithm {
-    #[value(name = "HS256")]
-    HS256,
-    #[value(name = "HS384")]
-    HS384,
-    #[value(name = "HS512")]
-    HS512,
-    #[value(name = "RS256")]
-    RS256,
-    #[value(name = "RS384")]
-    RS384,
-    #[value(name = "RS512")]
-    RS512,
-    #[value(name = "PS256")]
-    PS256,
-    #[value(name = "ES256")]
-    ES256,
-    #[value(name = "ES384")]
-    ES384,
-    #[value(name = "EdDSA")]
-    EdDSA,
-}
-
-impl JwtAlgorithm {
-    /// Every algorithm, in the order `--help` lists them.
-    pub const ALL: [Self; 10] = [
-        Self::HS256,
-        Self::HS384,
-        Self::HS512,
-        Self::RS256,
-        Self::RS384,
-        Self::RS512,
-        Self::PS256,
-        Self::ES256,
-        Self::ES384,
-        Self::EdDSA,
-    ];
-
-    /// The algorithm a JWS header names, if it is one of these.
-    pub fn from_jws(algorithm: Algorithm) -> Option<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|a| Algorithm::from(*a) == algorithm)
-    }
-}
-
-impl std::fmt::Display for JwtAlgorithm {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{self:?}")
-    }
-}
-
-impl From<JwtAlgorithm> for Algorithm {
-    fn from(algorithm: JwtAlgorithm) -> Self {
-        match algorithm {
-            JwtAlgorithm::HS256 => Algorithm::HS256,
-            JwtAlgorithm::HS384 => Algorithm::HS384,
-            JwtAlgorithm::HS512 => Algorithm::HS512,
-            JwtAlgorithm::RS256 => Algorithm::RS256,
-            JwtAlgorithm::RS384 => Algorithm::RS384,
-            JwtAlgorithm::RS512 => Algorithm::RS512,
-            JwtAlgorithm::PS256 => Algorithm::PS256,
-            JwtAlgorithm::ES256 => Algorithm::ES256,
-            JwtAlgorithm::ES384 => Algorithm::ES384,
-            JwtAlgorithm::EdDSA => Algorithm::EdDSA,
-        }
-    }
-}
 
 /// The claims the hub reads: `{"mercure": {"publish": [...], "subscribe": [...]}}`, and the
 /// time claims `exp` and `nbf` (seconds since the epoch; a fractional NumericDate, as

@@ -14,7 +14,7 @@ use clap::{ArgAction, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::{
     auth::{JwtAlgorithm, JwtKey, Keys, Mode, Role},
-    issuers,
+    keys,
     metrics::Metrics,
     tls::acme::{self, AcmeContact, AcmeDomain},
     url_pattern::HubUrl,
@@ -492,9 +492,9 @@ impl Settings {
     /// file's issuers (their JWK Sets' reads counted in `metrics`).
     pub fn keys(&self, hub: &HubUrl, metrics: &Arc<Metrics>) -> Result<Keys, String> {
         let issuers = match &self.issuers {
-            Some(path) => issuers::load(
+            Some(path) => keys::load(
                 path,
-                issuers::Refresh {
+                keys::Refresh {
                     every: self.jwks_refresh,
                     at_most_every: self.jwks_min_refresh,
                 },

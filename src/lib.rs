@@ -2,7 +2,8 @@
 //!
 //! - [`auth`]: Mercure JWTs (HMAC, RSA, ECDSA, EdDSA): token sources, verification, 0.x claims
 //!   and 1.0 access tokens' authorization details, modern and compat modes.
-//! - [`issuers`]: trusted issuers of access tokens (`--issuers`), their keys and JWK Sets.
+//! - [`keys`]: signing algorithms, configured keys, trusted issuers (`--issuers`) and their
+//!   JWK Sets.
 //! - [`config`]: settings, as flags with `SSE_HUB_*` environment twins, and their defaults.
 //! - [`client`]: what one client (a source address) may hold: subscribers and selector bytes.
 //! - [`startup`]: builds the broadcaster and the HTTP server; main and the tests share it.
@@ -32,7 +33,7 @@ pub mod error;
 pub mod event;
 pub mod event_log;
 pub mod healthcheck;
-pub mod issuers;
+pub mod keys;
 pub mod metrics;
 pub mod queue;
 pub mod reply;

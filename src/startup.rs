@@ -154,7 +154,7 @@ impl Application {
         }
         .start();
         // The issuers' JWK Sets: read now, then every --jwks-refresh, on this system's arbiter.
-        crate::issuers::start_refresh(&keys.issuers, settings.jwks_refresh);
+        crate::keys::start_refresh(&keys.issuers, settings.jwks_refresh);
         let tls_metrics = metrics.clone();
         let state = AppState {
             ready,
