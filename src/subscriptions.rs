@@ -42,6 +42,9 @@ pub struct ActiveSubscription {
     pub matcher: String,
     pub subscriber: Arc<str>,
     pub payload: Option<Value>,
+    /// In compat mode, `{hub path}/subscriptions/{topic}/{subscriber}`: the topic of its
+    /// Mercure 0.x events and the `id` of its 0.x document.
+    pub legacy_topic: Option<String>,
 }
 
 impl ActiveSubscription {
@@ -61,19 +64,46 @@ impl ActiveSubscription {
         document
     }
 
-    /// The private update that announces this subscription's start (`active`) or end.
-    pub fn event(&self, active: bool) -> EventDraft {
-        EventDraft {
-            topics: vec![self.topic.clone()],
-            data: self.document(active).to_string(),
-            id: Some(new_event_id()),
-            event_type: Some(EVENT_TYPE.to_owned()),
-            retry_ms: None,
-            private: true,
-            repeatable_id: true,
+    /// Its Mercure 0.x document (JSON-LD), in compat mode: `@context`, `id` (the 0.x event
+    /// topic), `type: Subscription`, `topic` (the selector), `subscriber`, `active`, `payload`.
+    pub fn legacy_document(&self, active: bool) -> Option<Value> {
+        let id = self.legacy_topic.as_ref()?;
+        let mut document = json!({
+            "@context": LEGACY_CONTEXT,
+            "id": id,
+            "type": "Subscription",
+            "topic": self.matcher,
+            "subscriber": &*self.subscriber,
+            "active": active,
+        });
+        if let (Some(payload), Some(fields)) = (&self.payload, document.as_object_mut()) {
+            fields.insert("payload".to_owned(), payload.clone());
         }
+        Some(document)
+    }
+
+    /// The private updates that announce this subscription's start (`active`) or end: the
+    /// 1.0 one, and in compat mode the 0.x one, so watchers of either protocol see every
+    /// subscriber.
+    pub fn events(&self, active: bool) -> impl Iterator<Item = EventDraft> + '_ {
+        let current = (self.topic.clone(), self.document(active));
+        let legacy = self.legacy_topic.clone().zip(self.legacy_document(active));
+        std::iter::once(current)
+            .chain(legacy)
+            .map(|(topic, document)| EventDraft {
+                topics: vec![topic],
+                data: document.to_string(),
+                id: Some(new_event_id()),
+                event_type: Some(EVENT_TYPE.to_owned()),
+                retry_ms: None,
+                private: true,
+                repeatable_id: true,
+            })
     }
 }
+
+/// The JSON-LD `@context` of Mercure 0.x subscription documents.
+pub const LEGACY_CONTEXT: &str = "https://mercure.rocks/";
 
 /// A subscriber on the hub route, as active subscriptions see it: a hub-made id, unique per
 /// connection (never from the client), and one subscription per matcher.
@@ -86,12 +116,18 @@ pub struct ActiveSubscriber {
 impl ActiveSubscriber {
     /// The updates announcing the start (`active`) or the end of each of its subscriptions.
     pub fn events(&self, active: bool) -> impl Iterator<Item = EventDraft> + '_ {
-        self.subscriptions.iter().map(move |s| s.event(active))
+        self.subscriptions
+            .iter()
+            .flat_map(move |s| s.events(active))
     }
 
     /// A new subscriber with a random `urn:uuid:` id, subscribed with each `(match_type,
-    /// matcher, payload)`.
-    pub fn new(hub_path: &str, matchers: Vec<(MatcherType, String, Option<Value>)>) -> Self {
+    /// matcher, payload)`; `legacy` (compat mode) gives each subscription its 0.x topic too.
+    pub fn new(
+        hub_path: &str,
+        matchers: Vec<(MatcherType, String, Option<Value>)>,
+        legacy: bool,
+    ) -> Self {
         let id: Arc<str> = format!("urn:uuid:{}", uuid::Uuid::new_v4()).into();
         let subscriptions = matchers
             .into_iter()
@@ -101,6 +137,14 @@ impl ActiveSubscriber {
                     matcher_path(hub_path, match_type.name(), &matcher),
                     segment(&id)
                 ),
+                legacy_topic: legacy.then(|| {
+                    format!(
+                        "{}/{}/{}",
+                        collection_path(hub_path),
+                        segment(&matcher),
+                        segment(&id)
+                    )
+                }),
                 match_type,
                 matcher,
                 subscriber: id.clone(),
@@ -129,6 +173,15 @@ pub enum Filter {
         matcher: String,
         subscriber: String,
     },
+    /// Mercure 0.x, `/subscriptions/{topic}`: the subscriptions of one selector text.
+    Topic {
+        topic: String,
+    },
+    /// Mercure 0.x, `/subscriptions/{topic}/{subscriber}`.
+    TopicOne {
+        topic: String,
+        subscriber: String,
+    },
 }
 
 impl Filter {
@@ -148,8 +201,23 @@ impl Filter {
                     && &subscription.matcher == matcher
                     && &*subscription.subscriber == subscriber
             }
+            Self::Topic { topic } => &subscription.matcher == topic,
+            Self::TopicOne { topic, subscriber } => {
+                &subscription.matcher == topic && &*subscription.subscriber == subscriber
+            }
         }
     }
+}
+
+/// A Mercure 0.x collection document (JSON-LD), with its `lastEventID` cursor.
+pub fn legacy_collection(id: &str, subscriptions: Vec<Value>, last_event_id: &str) -> Value {
+    json!({
+        "@context": LEGACY_CONTEXT,
+        "id": id,
+        "type": "Subscriptions",
+        "lastEventID": last_event_id,
+        "subscriptions": subscriptions,
+    })
 }
 
 /// A collection document: `{"id", "type": "subscriptions", "subscriptions": [...]}`.
@@ -176,6 +244,7 @@ mod tests {
                 "https://example.com/:selector".to_owned(),
                 Some(json!({"foo": "bar"})),
             )],
+            false,
         );
         assert!(subscriber.id.starts_with("urn:uuid:"));
         let subscription = &subscriber.subscriptions[0];
@@ -195,7 +264,7 @@ mod tests {
         assert_eq!(document["active"], true);
         assert_eq!(document["payload"], json!({"foo": "bar"}));
 
-        let event = subscription.event(false);
+        let event = subscription.events(false).next().expect("the 1.0 event");
         assert!(event.private && event.repeatable_id);
         assert_eq!(event.event_type.as_deref(), Some(EVENT_TYPE));
         assert_eq!(event.topics, std::slice::from_ref(&subscription.topic));
@@ -216,8 +285,11 @@ mod tests {
     /// Filters select by matcher type and text, and by subscriber.
     #[test]
     fn filters_select_by_matcher_and_subscriber() {
-        let subscriber =
-            ActiveSubscriber::new("/h", vec![(MatcherType::Exact, "a".to_owned(), None)]);
+        let subscriber = ActiveSubscriber::new(
+            "/h",
+            vec![(MatcherType::Exact, "a".to_owned(), None)],
+            false,
+        );
         let subscription = &subscriber.subscriptions[0];
         assert!(Filter::All.selects(subscription));
         let matcher = |t: &str, m: &str| Filter::Matcher {

@@ -37,7 +37,7 @@ use crate::{
     event_log::{Batch, CommitError, EventLog, MemoryLog, Recovered, redis::RedisLog},
     metrics::{self, Metrics},
     queue::{self, PushError},
-    subscriptions::{ActiveSubscriber, Filter},
+    subscriptions::{ActiveSubscriber, ActiveSubscription, Filter},
     topic::{ParsedTopic, Selector},
 };
 use index::TopicIndex;
@@ -856,7 +856,7 @@ pub struct ListSubscriptions(pub Filter);
 /// API's reconciliation cursor).
 #[derive(Debug)]
 pub struct SubscriptionList {
-    pub documents: Vec<serde_json::Value>,
+    pub subscriptions: Vec<ActiveSubscription>,
     pub newest_id: Option<Arc<str>>,
 }
 
@@ -869,16 +869,16 @@ impl Handler<ListSubscriptions> for Broadcaster {
         _: &mut Self::Context,
     ) -> Self::Result {
         self.fan_out_pending();
-        let documents = self
+        let subscriptions = self
             .subscribers
             .iter()
             .filter_map(|(_, subscriber)| subscriber.active.as_deref())
             .flat_map(|active| &active.subscriptions)
             .filter(|subscription| filter.selects(subscription))
-            .map(|subscription| subscription.document(true))
+            .cloned()
             .collect();
         MessageResult(SubscriptionList {
-            documents,
+            subscriptions,
             newest_id: self.history.newest_id(),
         })
     }

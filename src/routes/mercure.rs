@@ -190,8 +190,18 @@ pub async fn subscriptions(
                 .map(|s| s.into_owned())
         })
         .collect();
+    let compat = state.keys.mode == auth::Mode::Compat;
+    let known = |name: &str| KNOWN_MATCH_TYPES.contains(&name);
     let filter = match segments.ok_or_else(not_found)?.as_slice() {
         [] => Filter::All,
+        // Mercure 0.x (compat mode): `/subscriptions/{topic}[/{subscriber}]`.
+        [topic] if compat => Filter::Topic {
+            topic: topic.clone(),
+        },
+        [topic, subscriber] if compat && !known(topic) => Filter::TopicOne {
+            topic: topic.clone(),
+            subscriber: subscriber.clone(),
+        },
         [match_type, matcher] => Filter::Matcher {
             match_type: match_type.clone(),
             matcher: matcher.clone(),
@@ -204,7 +214,7 @@ pub async fn subscriptions(
         _ => return Err(not_found()),
     };
     if let Filter::Matcher { match_type, .. } | Filter::One { match_type, .. } = &filter
-        && !KNOWN_MATCH_TYPES.contains(&match_type.as_str())
+        && !known(match_type)
     {
         return Err(HubError::Invalid {
             what: "subscription path",
@@ -214,6 +224,7 @@ pub async fn subscriptions(
             ),
         });
     }
+    state.check_origin(&req, super::csrf::Action::Read)?;
     let grant = auth::subscriber_grant(
         &req,
         &state.keys,
@@ -223,21 +234,40 @@ pub async fn subscriptions(
         auth::Surface::Mercure,
     )
     .await?;
+    // The 0.x shape for a 0.x path, or for the collection asked with a 0.x token.
+    let legacy = matches!(filter, Filter::Topic { .. } | Filter::TopicOne { .. })
+        || (compat
+            && filter == Filter::All
+            && auth::token_from(&req, auth::TokenSources::HeaderAndCookie)?
+                .map(|token| auth::is_access_token(&token, auth::Role::Subscriber))
+                .transpose()?
+                == Some(false));
     if !grant.allows(&topic) {
         return Err(HubError::Forbidden(format!(
             "the token does not allow subscribing to `{topic}`"
         )));
     }
-    let one = matches!(filter, Filter::One { .. });
+    let one = matches!(filter, Filter::One { .. } | Filter::TopicOne { .. });
     let found = state.ask(ListSubscriptions(filter)).await?;
-    let document = if one {
-        found.documents.into_iter().next().ok_or_else(not_found)?
-    } else {
-        subscriptions::collection(&topic, found.documents)
+    let cursor = found.newest_id.as_deref().unwrap_or("earliest");
+    let documents: Vec<serde_json::Value> = found
+        .subscriptions
+        .iter()
+        .filter_map(|subscription| {
+            if legacy {
+                subscription.legacy_document(true)
+            } else {
+                Some(subscription.document(true))
+            }
+        })
+        .collect();
+    let document = match (one, legacy) {
+        (true, _) => documents.into_iter().next().ok_or_else(not_found)?,
+        (false, true) => subscriptions::legacy_collection(&topic, documents, cursor),
+        (false, false) => subscriptions::collection(&topic, documents),
     };
     // A strong validator of this answer: the document and the cursor, hashed.
     let body = serde_json::to_vec(&document).map_err(|_| HubError::Internal)?;
-    let cursor = found.newest_id.as_deref().unwrap_or("earliest");
     let etag = {
         use std::hash::Hasher;
         // `new()` has fixed keys: a document's tag is the same on every call and every node
@@ -274,7 +304,13 @@ pub async fn subscriptions(
     if matches {
         return Ok(response.finish());
     }
-    Ok(response.content_type("application/json").body(body))
+    // Mercure 0.x asks for JSON-LD's type, 1.0 for plain JSON.
+    let content_type = if legacy {
+        "application/ld+json"
+    } else {
+        "application/json"
+    };
+    Ok(response.content_type(content_type).body(body))
 }
 
 /// The `match_type`s a subscription API path may name: 1.0's, and the 0.x URI templates'.

@@ -231,6 +231,7 @@ pub async fn open(
         Box::new(ActiveSubscriber::new(
             state.selectors.hub().path(),
             matchers,
+            state.keys.mode == auth::Mode::Compat,
         ))
     });
 

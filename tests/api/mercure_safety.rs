@@ -561,3 +561,143 @@ async fn subscription_api_answers_304_while_unchanged() {
     assert_eq!(changed.status, StatusCode::OK);
     assert_ne!(changed.header("etag"), Some(etag.as_str()));
 }
+
+/// In compat mode the subscription API and events also speak Mercure 0.x: a 0.x watcher of
+/// `/.well-known/mercure/subscriptions/{topic}/{subscriber}` receives a JSON-LD `Subscription`
+/// event for a new subscriber, and the API answers `application/ld+json` documents with
+/// `@context` and `lastEventID` on `/subscriptions`, `/subscriptions/{topic}` and
+/// `/subscriptions/{topic}/{subscriber}`.
+#[actix_web::test]
+async fn compat_mode_serves_the_0x_subscription_api_and_events() {
+    // Arrange
+    let app = v1_app_with(|s| {
+        s.subscriptions = true;
+        s.mercure_mode = Mode::Compat;
+    })
+    .await;
+    let watcher_token = v0_token(&[], &["*"]);
+    let bearer_header = bearer(&watcher_token);
+    let template = "/.well-known/mercure/subscriptions/{topic}/{subscriber}";
+    let mut watcher = app
+        .subscribe_with(
+            &hub_path(&[("topic", template)]),
+            &[("authorization", &bearer_header)],
+        )
+        .await;
+    let books = "https://example.com/books/1";
+
+    // Act
+    let _bob = app.subscribe(&hub_path(&[("topic", books)])).await;
+    let event = loop {
+        let frame = watcher.next_event().await;
+        let data: Value =
+            serde_json::from_str(frame.data.as_deref().unwrap_or_default()).expect("JSON");
+        if data["topic"] == books {
+            break (frame, data);
+        }
+    };
+    let subscriber = event.1["subscriber"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let encode = |text: &str| {
+        percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
+    };
+    let auth = [("authorization", bearer_header.as_str())];
+    let all = get(&app, &format!("{HUB}/subscriptions"), &auth).await;
+    let by_topic = get(
+        &app,
+        &format!("{HUB}/subscriptions/{}", encode(books)),
+        &auth,
+    )
+    .await;
+    let one = get(
+        &app,
+        &format!(
+            "{HUB}/subscriptions/{}/{}",
+            encode(books),
+            encode(&subscriber)
+        ),
+        &auth,
+    )
+    .await;
+
+    // Assert
+    let (frame, data) = event;
+    assert_eq!(frame.event.as_deref(), Some("mercure"));
+    assert_eq!(data["@context"], "https://mercure.rocks/");
+    assert_eq!(data["type"], "Subscription");
+    assert_eq!(data["active"], true);
+    assert_eq!(
+        data["id"],
+        format!(
+            "/.well-known/mercure/subscriptions/{}/{}",
+            encode(books),
+            encode(&subscriber)
+        )
+        .replace("%2E", ".")
+        .replace("%2D", "-")
+    );
+    for (case, reply) in [("all", &all), ("by topic", &by_topic), ("one", &one)] {
+        assert_eq!(reply.status, StatusCode::OK, "{case}: {}", reply.body);
+        assert_eq!(
+            reply.header("content-type"),
+            Some("application/ld+json"),
+            "{case}"
+        );
+    }
+    let all: Value = serde_json::from_str(&all.body).expect("JSON");
+    assert_eq!(all["type"], "Subscriptions");
+    assert_eq!(all["@context"], "https://mercure.rocks/");
+    assert!(all["lastEventID"].is_string(), "{all}");
+    let by_topic: Value = serde_json::from_str(&by_topic.body).expect("JSON");
+    assert_eq!(
+        by_topic["subscriptions"].as_array().map(Vec::len),
+        Some(1),
+        "{by_topic}"
+    );
+    let one: Value = serde_json::from_str(&one.body).expect("JSON");
+    assert_eq!(one, data);
+}
+
+/// In modern mode the 0.x paths are not served (`/subscriptions/{topic}` is 404) and a new
+/// subscriber is announced once, in the 1.0 shape only.
+#[actix_web::test]
+async fn modern_mode_announces_subscriptions_in_the_1_0_shape_only() {
+    // Arrange
+    let app = v1_app_with(|s| s.subscriptions = true).await;
+    let reader = v1_subscriber(json!([{ "match": "*" }]));
+    let mut watcher = subscribe(&app, &[("match", "*")], Some(&reader)).await;
+
+    // Act
+    let _bob = subscribe(&app, &[("match", TOPIC)], None).await;
+    let mut announced = Vec::new();
+    let marker = publish(
+        &app,
+        &v1_publisher(),
+        &[("topic", TOPIC), ("data", "marker")],
+    )
+    .await;
+    loop {
+        let frame = watcher.next_event().await;
+        if frame.id.as_deref() == Some(marker.as_str()) {
+            break;
+        }
+        announced.push(frame.data.unwrap_or_default());
+    }
+    let legacy_path = get(
+        &app,
+        &format!("{HUB}/subscriptions/x"),
+        &[("authorization", &bearer(&reader))],
+    )
+    .await;
+
+    // Assert
+    let bob: Vec<&String> = announced
+        .iter()
+        .filter(|data| data.contains(TOPIC))
+        .collect();
+    assert_eq!(bob.len(), 1, "{announced:?}");
+    assert!(!bob[0].contains("@context"), "{}", bob[0]);
+    assert_eq!(legacy_path.status, StatusCode::NOT_FOUND);
+}
