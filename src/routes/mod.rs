@@ -109,7 +109,7 @@ pub fn configure(settings: &Settings) -> impl Fn(&mut web::ServiceConfig) + Clon
     let allowed_origins = settings.cors_allowed_origins.clone();
     // Validated at start-up; a URL that does not parse here only loses the challenges' pointer.
     let hub = HubUrl::parse(&settings.hub_url).ok();
-    let metadata_url = hub.as_ref().map(mercure::metadata_url);
+    let metadata_url: Option<Arc<str>> = hub.as_ref().map(|hub| mercure::metadata_url(hub).into());
     let metadata_paths: Vec<String> = std::iter::once(mercure::PATH)
         .chain(hub.as_ref().map(HubUrl::path))
         .map(|path| format!("{}{path}", mercure::METADATA_PREFIX))
@@ -175,7 +175,7 @@ fn security_headers() -> DefaultHeaders {
 /// Adds `resource_metadata="<url>"` (RFC 9728 section 5.1) to the `WWW-Authenticate: Bearer`
 /// challenges of the Mercure routes, when the hub serves that document (it verifies tokens).
 #[derive(Clone)]
-struct ChallengeMetadata(Option<String>);
+struct ChallengeMetadata(Option<Arc<str>>);
 
 impl ChallengeMetadata {
     #[allow(clippy::type_complexity)]
