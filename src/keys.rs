@@ -455,7 +455,7 @@ fn key_source(
 pub fn start_refresh(issuers: &[Arc<Issuer>], every: Duration) {
     for issuer in issuers {
         for set in issuer.sets() {
-            if set.file.is_some() {
+            if matches!(set.location, Location::File(_)) {
                 continue;
             }
             let set = set.clone();
@@ -490,8 +490,6 @@ struct SetKey {
 /// failed read keeps the keys held.
 pub struct JwkSetCache {
     location: Location,
-    /// `Some` for a `file://` set (also kept in `location`).
-    file: Option<String>,
     iss: String,
     keys: RwLock<Arc<Vec<SetKey>>>,
     /// When a read on demand last started: at most one per `at_most_every`.
@@ -518,10 +516,10 @@ impl JwkSetCache {
         at_most_every: Duration,
         metrics: Arc<Metrics>,
     ) -> Result<Self, String> {
-        let (location, file) = if let Some(path) = jwks.strip_prefix("file://") {
-            (Location::File(path.to_owned()), Some(path.to_owned()))
+        let location = if let Some(path) = jwks.strip_prefix("file://") {
+            Location::File(path.to_owned())
         } else if jwks.starts_with("https://") || is_loopback_http(jwks) {
-            (Location::Url(jwks.to_owned()), None)
+            Location::Url(jwks.to_owned())
         } else {
             return Err(format!(
                 "`jwks = \"{jwks}\"`: use an https:// URL (http:// only to a loopback address: \
@@ -530,14 +528,13 @@ impl JwkSetCache {
         };
         let cache = Self {
             location,
-            file,
             iss: iss.to_owned(),
             keys: RwLock::new(Arc::new(Vec::new())),
             last_on_demand: Mutex::new(None),
             at_most_every,
             metrics,
         };
-        if let Some(path) = &cache.file {
+        if let Location::File(path) = &cache.location {
             let bytes = read_capped(path)?;
             let keys = cache.parse(&bytes)?;
             if keys.is_empty() {
@@ -881,7 +878,6 @@ secrett = "s""#,
     fn one_bad_key_does_not_cost_the_others() {
         let cache = JwkSetCache {
             location: Location::Url("https://x/j".to_owned()),
-            file: None,
             iss: "https://x".to_owned(),
             keys: RwLock::new(Arc::new(Vec::new())),
             last_on_demand: Mutex::new(None),

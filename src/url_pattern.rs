@@ -114,13 +114,12 @@ impl HubUrl {
             pathname: url::quirks::pathname(&url).to_owned(),
             search: url.query().unwrap_or_default().to_owned(),
             hash: url.fragment().unwrap_or_default().to_owned(),
-            base: self.url.as_str().into(),
-            text: topic.into(),
         })
     }
 }
 
-/// A topic as URL patterns see it: resolved against the hub URL, split into components.
+/// A topic as URL patterns see it: resolved against the hub URL, split into components. One
+/// hub's patterns all compile against its URL, so one parse serves all of them.
 #[derive(Debug, Clone)]
 pub struct TopicUrl {
     protocol: String,
@@ -131,10 +130,6 @@ pub struct TopicUrl {
     pathname: String,
     search: String,
     hash: String,
-    /// The hub URL it was resolved against: a pattern compiled against another one re-parses.
-    base: Box<str>,
-    /// The topic as published.
-    text: Box<str>,
 }
 
 impl TopicUrl {
@@ -272,10 +267,6 @@ impl UrlPatternMatcher {
     /// Whether the parsed `topic` matches: each component's matcher, as the urlpattern
     /// crate's `test` runs them, without parsing the topic again.
     pub fn matches_url(&self, topic: &TopicUrl) -> bool {
-        if *topic.base != *self.0.base.as_str() {
-            // Parsed against another hub URL (never within one hub): parse it again.
-            return self.matches(&topic.text);
-        }
         let pattern = &self.0.pattern;
         pattern.protocol.matcher.matches(&topic.protocol).is_some()
             && pattern.username.matcher.matches(&topic.username).is_some()

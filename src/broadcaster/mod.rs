@@ -241,7 +241,8 @@ impl Subscriber {
                 .topics
                 .iter()
                 .any(|t| self.selectors.iter().any(|s| s.matches(t)));
-        selected && self.may_receive(event, &parsed(event))
+        // Public events need no grant: their topics are not parsed for one.
+        selected && (!event.private || self.may_receive(event, &parsed(event)))
     }
 }
 
