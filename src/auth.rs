@@ -24,6 +24,11 @@ use crate::{
 };
 
 /// The cookie Mercure 0.x clients send their token in.
+/// Selectors one token may carry (0.x `mercure.publish` and `mercure.subscribe` together, or
+/// every matcher of a 1.0 token's Mercure details): a user's own topics and a few shared lists
+/// fit, and a publish checked against them all stays within about 64 one-pass matches.
+pub const DEFAULT_MAX_TOKEN_SELECTORS: usize = 64;
+
 pub const COOKIE_NAME: &str = "mercureAuthorization";
 /// The cookie name Mercure 1.0 recommends.
 pub const ACCESS_TOKEN_COOKIE: &str = "__Secure-mercure_access_token";
@@ -135,10 +140,10 @@ impl Default for Keys {
             subscriber: None,
             leeway: Duration::ZERO,
             issuer: None,
-            audience: crate::config::DEFAULT_HUB_URL.to_owned(),
-            max_matchers: crate::config::DEFAULT_MAX_TOPICS,
-            max_matcher_bytes: crate::config::DEFAULT_MAX_TOPIC_BYTES,
-            max_selectors: crate::config::DEFAULT_MAX_TOKEN_SELECTORS,
+            audience: crate::url_pattern::DEFAULT_HUB_URL.to_owned(),
+            max_matchers: crate::event::DEFAULT_MAX_TOPICS,
+            max_matcher_bytes: crate::event::DEFAULT_MAX_TOPIC_BYTES,
+            max_selectors: DEFAULT_MAX_TOKEN_SELECTORS,
             mode: Mode::Modern,
             issuers: Vec::new(),
         }
@@ -739,24 +744,21 @@ impl Grant {
     }
 }
 
-/// Checks the publisher token of `req`. `Ok(None)` when no publisher key is configured on the
-/// hub's own routes (open publishing); otherwise a token must be present and valid.
+/// The grant of the publisher of `req` on `surface`: a token is required (from the header, the
+/// cookie or, on the hub's own routes, the query), and must verify with a publisher key or an
+/// issuer's; its `mercure.publish` claim (0.x) or `publish` details (1.0) say where it may
+/// publish.
 pub async fn publisher_grant(
     req: &HttpRequest,
     keys: &Keys,
     cache: &SelectorCache,
     surface: Surface,
-) -> Result<Option<Grant>, HubError> {
+) -> Result<Grant, HubError> {
     if !keys.verifies(Role::Publisher) {
-        return if surface == Surface::Mercure {
-            Err(HubError::TokenMissing(
-                "publishing here needs a JWT, and the hub has no publisher key configured"
-                    .to_owned(),
-            ))
-        } else {
-            Ok(None)
-        };
-    };
+        return Err(HubError::TokenMissing(
+            "publishing here needs a JWT, and the hub has no publisher key configured".to_owned(),
+        ));
+    }
     let token = token_from(req, TokenSources::WithQuery)?.ok_or_else(|| {
         HubError::TokenMissing(
             "publishing needs a publisher JWT (Authorization: Bearer)".to_owned(),
@@ -764,7 +766,7 @@ pub async fn publisher_grant(
     })?;
     if is_access_token(&token, Role::Publisher)? {
         let token = verify_access_token(&token, Role::Publisher, keys, cache).await?;
-        return Ok(Some(Grant::from_details(token, |d| d.publish)));
+        return Ok(Grant::from_details(token, |d| d.publish));
     }
     keys.check_legacy_allowed(surface, Role::Publisher)?;
     let key = keys.legacy_key(Role::Publisher)?;
@@ -775,9 +777,23 @@ pub async fn publisher_grant(
             "the token has no mercure.publish claim".to_owned(),
         ));
     };
-    Grant::from_claim(Some(publish), verified.valid_until, cache).map(Some)
+    Grant::from_claim(Some(publish), verified.valid_until, cache)
 }
 
+/// The publisher of the quick-start `/publish`: anyone (`None`) while the hub verifies no
+/// publisher token, else as [`publisher_grant`] requires.
+pub async fn hub_publisher_grant(
+    req: &HttpRequest,
+    keys: &Keys,
+    cache: &SelectorCache,
+) -> Result<Option<Grant>, HubError> {
+    if !keys.verifies(Role::Publisher) {
+        return Ok(None);
+    }
+    publisher_grant(req, keys, cache, Surface::Hub)
+        .await
+        .map(Some)
+}
 /// Checks the subscriber token of `req`, if any: its `mercure.subscribe` claim (0.x) or its
 /// `subscribe` details (1.0) say which private events it may receive. Without a token the
 /// subscriber is anonymous (refused when `anonymous` is false).
@@ -1105,7 +1121,7 @@ mod tests {
         let access = |publish: &str| {
             let claims = serde_json::json!({
                 "iss": "https://issuer.example",
-                "aud": crate::config::DEFAULT_HUB_URL,
+                "aud": crate::url_pattern::DEFAULT_HUB_URL,
                 "exp": now() + 60,
                 "authorization_details": [{
                     "type": DETAIL_TYPE, "actions": ["publish"], "topics": [{"match": publish}],

@@ -37,15 +37,11 @@ pub const DEFAULT_HISTORY_BYTES: usize = 16 * 1024 * 1024;
 /// a megabyte (an event is a few hundred bytes), while a reconnect storm churns through them
 /// without touching the application history. Older state comes from the subscription API.
 pub const DEFAULT_SUBSCRIPTION_HISTORY: usize = 1_000;
-pub const DEFAULT_MAX_TOPICS: usize = 32;
-pub const DEFAULT_MAX_TOPIC_BYTES: usize = 1024;
+pub use crate::auth::DEFAULT_MAX_TOKEN_SELECTORS;
+pub use crate::event::{DEFAULT_MAX_TOPIC_BYTES, DEFAULT_MAX_TOPICS};
 pub use crate::topic::{
     DEFAULT_COMPILE_THREADS, DEFAULT_MAX_SELECTOR_BYTES, DEFAULT_MAX_TEMPLATE_BYTES,
 };
-/// Selectors one token may carry (0.x `mercure.publish` and `mercure.subscribe` together, or
-/// every matcher of a 1.0 token's Mercure details): a user's own topics and a few shared lists
-/// fit, and a publish checked against them all stays within about 64 one-pass matches.
-pub const DEFAULT_MAX_TOKEN_SELECTORS: usize = 64;
 /// A sixteenth of `--max-selector-bytes`: one source address can never fill the global budget
 /// (sixteen would be needed, and an IPv6 /64 counts as one), while it still holds ~80 distinct
 /// URL patterns or far more URI templates, and the largest single request (`--max-topics`
@@ -89,8 +85,7 @@ pub const DEFAULT_JWKS_REFRESH: &str = "5m";
 pub const DEFAULT_JWKS_MIN_REFRESH: &str = "30s";
 /// Mercure 1.0 only: safe for a new hub (README, "Mercure modes").
 pub const DEFAULT_MERCURE_MODE: &str = "modern";
-/// Mercure's own development default: a hub behind a proxy sets its public URL here.
-pub const DEFAULT_HUB_URL: &str = "https://localhost/.well-known/mercure";
+pub use crate::url_pattern::DEFAULT_HUB_URL;
 
 /// sse-hub: a Server-Sent Events hub. Without a command, it runs the server.
 #[derive(Debug, Clone, Parser)]

@@ -168,10 +168,21 @@ impl From<SelectorError> for HubError {
     }
 }
 
+/// The broadcaster did not answer: it is gone (it stopped, or panicked), which no request can
+/// cause. A 500, logged here, where it is seen.
 impl From<actix::MailboxError> for HubError {
     fn from(err: actix::MailboxError) -> Self {
         log::error!("broadcaster unreachable error={err}");
-        Self::ShuttingDown
+        Self::Internal
+    }
+}
+
+/// The broadcaster dropped an answer it owed (a publish or a subscription): it is gone, as for
+/// a [`actix::MailboxError`].
+impl From<tokio::sync::oneshot::error::RecvError> for HubError {
+    fn from(_: tokio::sync::oneshot::error::RecvError) -> Self {
+        log::error!("broadcaster dropped an answer it owed: it has stopped");
+        Self::Internal
     }
 }
 
@@ -197,5 +208,38 @@ impl ClientLimitError {
             Self::Subscribers { .. } => "subscribers",
             Self::SelectorBytes { .. } => "selector_bytes",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::{ResponseError, http::StatusCode};
+
+    use super::*;
+
+    /// A broadcaster that is gone is the hub's own failure: 500, never a 503 that tells the
+    /// client to retry as if the hub were only shutting down.
+    #[test]
+    fn a_broadcaster_that_is_gone_is_an_internal_error() {
+        for err in [
+            HubError::from(actix::MailboxError::Closed),
+            HubError::from(actix::MailboxError::Timeout),
+        ] {
+            assert_eq!(
+                err.status_code(),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "{err}"
+            );
+        }
+        let (sender, receiver) = tokio::sync::oneshot::channel::<()>();
+        drop(sender);
+        let dropped = futures_util::FutureExt::now_or_never(receiver).expect("resolved at once");
+        let err = HubError::from(dropped.expect_err("the sender was dropped"));
+        assert_eq!(err.status_code(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            HubError::ShuttingDown.status_code(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "refusing a subscriber while shutting down stays a 503"
+        );
     }
 }

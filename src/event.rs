@@ -5,10 +5,18 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::error::HubError;
+use crate::{
+    error::HubError,
+    url_pattern::{HubUrl, check_value},
+};
 
 /// Longest accepted event id or event type, in bytes (also the `Last-Event-ID` limit).
 pub const MAX_ID_BYTES: usize = 1024;
+
+/// Topics one event (or one request's selectors) may name, by default (`--max-topics`).
+pub const DEFAULT_MAX_TOPICS: usize = 32;
+/// Longest topic or selector, in bytes, by default (`--max-topic-bytes`).
+pub const DEFAULT_MAX_TOPIC_BYTES: usize = 1024;
 
 /// What a publisher asks to publish, before the broadcaster gives it an id.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -152,6 +160,14 @@ pub enum Refusal {
     DataTooLarge { limit: usize },
     #[error("the event type `mercure` is reserved for the hub's own subscription events")]
     ReservedType,
+    /// A control or format character in a topic, the id or the type; `reason` names which and
+    /// where.
+    #[error("{reason}")]
+    Character { field: &'static str, reason: String },
+    /// A value Mercure reserves for the hub: the topic `*`, a topic in the hub's namespace, an
+    /// id starting with `#` ([`Publication::parse_mercure`]).
+    #[error("{0}")]
+    Reserved(String),
 }
 
 impl Refusal {
@@ -168,6 +184,9 @@ impl Refusal {
             }
             Self::DataTooLarge { .. } => "too_large",
             Self::ReservedType => "type",
+            Self::Character { field: "topic", .. } | Self::Reserved(_) => "topics",
+            Self::Character { field, .. } if *field == EVENT_TYPE => "type",
+            Self::Character { .. } => "id",
         }
     }
 
@@ -205,6 +224,11 @@ impl Refusal {
                 field: EVENT_TYPE,
                 reason: "must not be `mercure`, which is reserved for the hub's own subscription events",
             },
+            Self::Character { field, reason } => HubError::Invalid {
+                what: if field == "topic" { what } else { field },
+                reason,
+            },
+            Self::Reserved(reason) => HubError::Invalid { what, reason },
         }
     }
 }
@@ -219,8 +243,10 @@ impl From<Refusal> for HubError {
 const EVENT_TYPE: &str = "event type";
 
 /// An event that passed the one publication rule set: topics within the count and length
-/// limits, an id and type that cannot break the framing, data within the body limit. Publishes
-/// on every route and entries read back from a shared log are parsed into one.
+/// limits, an id and type that cannot break the framing, no control or format characters in
+/// topics, id and type, data within the body limit. Publishes on every route and entries read
+/// back from a shared log are parsed into one, here and nowhere else; each route only maps a
+/// [`Refusal`] to its status code.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Publication(EventDraft);
 
@@ -239,17 +265,56 @@ impl Publication {
         Self::parse_any(draft, &limits.for_subscription_events())
     }
 
+    /// A Mercure update: the rule set, and none of the values Mercure reserves for the hub
+    /// whose namespace is `hub` (they would forge the hub's own events, whatever the token).
+    pub fn parse_mercure(
+        draft: EventDraft,
+        limits: &Limits,
+        hub: &HubUrl,
+    ) -> Result<Self, Refusal> {
+        let publication = Self::parse(draft, limits)?;
+        for topic in &publication.0.topics {
+            if topic == "*" {
+                return Err(Refusal::Reserved(
+                    "the topic `*` is reserved for the wildcard matcher".to_owned(),
+                ));
+            }
+            if hub.addresses_namespace(topic) {
+                return Err(Refusal::Reserved(format!(
+                    "the topic `{topic}` is in the hub's reserved namespace `{}`",
+                    hub.path()
+                )));
+            }
+        }
+        if publication
+            .0
+            .id
+            .as_deref()
+            .is_some_and(|id| id.starts_with('#'))
+        {
+            return Err(Refusal::Reserved(
+                "an id must not start with `#`".to_owned(),
+            ));
+        }
+        Ok(publication)
+    }
+
     fn parse_any(draft: EventDraft, limits: &Limits) -> Result<Self, Refusal> {
         check_topics(draft.topics.iter().map(String::as_str), limits)?;
+        for topic in &draft.topics {
+            check_characters(topic, "topic", || format!("the topic `{topic}`"))?;
+        }
         if let Some(id) = &draft.id {
             check_id(id, "id")?;
             if id == "earliest" {
                 // A browser holding this id would resume with `earliest` and replay everything.
                 return Err(Refusal::Earliest);
             }
+            check_characters(id, "id", || "the id".to_owned())?;
         }
         if let Some(event_type) = &draft.event_type {
             check_field(event_type, EVENT_TYPE)?;
+            check_characters(event_type, EVENT_TYPE, || "the type".to_owned())?;
         }
         check_data(&draft.data, limits)?;
         Ok(Self(draft))
@@ -302,21 +367,17 @@ fn check_data(data: &str, limits: &Limits) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// Checks the fields that would break the framing (id and type); topics and data are checked
-/// with the limits, by [`Publication::parse`].
-pub fn validate_draft(draft: &EventDraft) -> Result<(), HubError> {
-    let unlimited = Limits {
-        max_topics: usize::MAX,
-        max_topic_bytes: usize::MAX,
-        max_data_bytes: usize::MAX,
-    };
-    let fields = EventDraft {
-        id: draft.id.clone(),
-        event_type: draft.event_type.clone(),
-        ..EventDraft::default()
-    };
-    Publication::parse(fields, &unlimited)?;
-    Ok(())
+/// The value rule ([`check_value`]: no control or format characters); `named` says which
+/// value it is, for the message.
+fn check_characters(
+    value: &str,
+    field: &'static str,
+    named: impl FnOnce() -> String,
+) -> Result<(), Refusal> {
+    check_value(value).map_err(|why| Refusal::Character {
+        field,
+        reason: format!("{} {why}", named()),
+    })
 }
 
 /// An id (published or `Last-Event-ID`) must be a non-empty single line of at most 1 KiB.
@@ -509,30 +570,71 @@ mod tests {
         assert_eq!(comment("keep-alive"), ": keep-alive\n\n");
     }
 
-    /// Event types and ids that would break the framing are refused.
+    /// Event types and ids that would break the framing are refused, and so are control and
+    /// format characters in topics, id and type.
     #[test]
-    fn line_breaks_and_nul_in_type_or_id_are_rejected() {
+    fn line_breaks_and_control_characters_are_rejected() {
+        let unlimited = Limits {
+            max_topics: usize::MAX,
+            max_topic_bytes: usize::MAX,
+            max_data_bytes: usize::MAX,
+        };
+        let parse = |draft: EventDraft| Publication::parse(draft, &unlimited);
         for bad in ["a\nb", "a\rb", "a\0b"] {
             let draft = EventDraft {
                 event_type: Some(bad.into()),
                 ..EventDraft::default()
             };
-            assert!(validate_draft(&draft).is_err(), "{bad:?}");
+            assert!(
+                matches!(parse(draft), Err(Refusal::LineBreak { .. })),
+                "{bad:?}"
+            );
             let draft = EventDraft {
                 id: Some(bad.into()),
                 ..EventDraft::default()
             };
-            assert!(validate_draft(&draft).is_err(), "{bad:?}");
+            assert!(
+                matches!(parse(draft), Err(Refusal::LineBreak { .. })),
+                "{bad:?}"
+            );
+        }
+        for bad in ["a\u{7}b", "a\tb", "a\u{200B}b"] {
+            for draft in [
+                EventDraft {
+                    topics: vec![bad.into()],
+                    ..EventDraft::default()
+                },
+                EventDraft {
+                    id: Some(bad.into()),
+                    ..EventDraft::default()
+                },
+                EventDraft {
+                    event_type: Some(bad.into()),
+                    ..EventDraft::default()
+                },
+            ] {
+                let refused = parse(draft.clone());
+                assert!(
+                    matches!(refused, Err(Refusal::Character { .. })),
+                    "{draft:?}: {refused:?}"
+                );
+            }
         }
         assert!(validate_id("", "id").is_err());
         let earliest = EventDraft {
             id: Some("earliest".into()),
             ..EventDraft::default()
         };
-        assert!(validate_draft(&earliest).is_err());
+        assert_eq!(parse(earliest), Err(Refusal::Earliest));
         assert!(validate_id(&"x".repeat(1025), "id").is_err());
         assert!(validate_id(&"x".repeat(1024), "id").is_ok());
-        assert!(validate_draft(&EventDraft::default()).is_ok());
+        assert!(parse(EventDraft::default()).is_ok());
+        let unicode = EventDraft {
+            topics: vec!["https://é.example/ü".into()],
+            id: Some("ünï".into()),
+            ..EventDraft::default()
+        };
+        assert!(parse(unicode).is_ok(), "letters of any script pass");
     }
 
     fn limits() -> Limits {

@@ -14,11 +14,11 @@ use actix_web::{
 
 use crate::{
     auth,
-    broadcaster::{Broadcaster, BroadcasterConfig, Shutdown, Window},
+    broadcaster::{Broadcaster, BroadcasterConfig, Shutdown},
     client::{ClientLimits, Clients},
     config::Settings,
     event::Limits,
-    event_log::{self, Opened, StoreError},
+    event_log::{self, StoreError},
     metrics::Metrics,
     routes::{self, AppState},
     tls::{
@@ -118,41 +118,17 @@ impl Application {
             // A publish's body is its data.
             max_data_bytes: settings.body_limit_bytes,
         };
-        let opened = event_log::open(
+        let config = BroadcasterConfig::from(&settings);
+        let log = event_log::open(
             &settings.store,
-            Window::new(settings.history_size, settings.history_bytes),
-            // Only subscription events need the room (a Redis stream's length).
-            if settings.subscriptions {
-                settings.subscription_history
-            } else {
-                0
-            },
+            config.retention,
             &settings.redis_prefix,
             limits,
             metrics.clone(),
         )?;
-        let ready = opened.readiness();
-        let config = BroadcasterConfig::from(&settings);
+        let ready = log.readiness();
         // One broadcaster for every worker: started here, outside the server factory.
-        let broadcaster = match opened {
-            Opened::Local(log, recovered) => {
-                log::info!(
-                    "event log opened store={} events={}",
-                    settings.store,
-                    recovered.events.len()
-                );
-                Broadcaster::with_log(config, metrics.clone(), log, recovered)
-            }
-            Opened::Shared(log) => {
-                log::info!(
-                    "event log shared store={} prefix={}",
-                    settings.store,
-                    settings.redis_prefix
-                );
-                Broadcaster::with_shared_log(config, metrics.clone(), log)
-            }
-        }
-        .start();
+        let broadcaster = Broadcaster::new(config, metrics.clone(), log).start();
         // The issuers' JWK Sets: read now, then every --jwks-refresh, on this system's arbiter.
         crate::keys::start_refresh(&keys.issuers, settings.jwks_refresh);
         let tls_metrics = metrics.clone();

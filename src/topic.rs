@@ -488,7 +488,7 @@ const FIRST_SWEEP: usize = 1024;
 impl SelectorCache {
     /// A cache whose URL patterns resolve against Mercure's default hub URL.
     pub fn new(limits: SelectorLimits) -> Self {
-        let hub = HubUrl::parse(crate::config::DEFAULT_HUB_URL)
+        let hub = HubUrl::parse(crate::url_pattern::DEFAULT_HUB_URL)
             .expect("the default hub URL is a valid absolute URL");
         Self::with_hub(limits, hub)
     }

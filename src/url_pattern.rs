@@ -19,6 +19,10 @@ use urlpattern::matcher::InnerMatcher;
 use urlpattern::regexp::RegExp;
 use urlpattern::{RegexSyntax, UrlPattern, UrlPatternInit, UrlPatternOptions};
 
+/// Mercure's own development default: a hub behind a proxy sets its public URL here
+/// (`--hub-url`).
+pub const DEFAULT_HUB_URL: &str = "https://localhost/.well-known/mercure";
+
 /// The hub's public URL (`--hub-url`): the base relative URL patterns and topics resolve against,
 /// and whose path is the reserved namespace.
 #[derive(Debug, Clone)]

@@ -1,27 +1,20 @@
 //! The Broadcaster actor: the registry of subscribers and their topic index, the history (its
-//! cache of the event log), the id generator, fan-out, and the heartbeat that keeps streams
-//! alive and prunes closed ones.
+//! cache of the event log), fan-out, and the heartbeat that keeps streams alive and prunes
+//! closed ones.
 //!
-//! A publish is given its id here, which fixes its place in the log. With the memory log it is
-//! applied at once; with a durable log it is staged, and the staged events go to the log
-//! together, one batch in flight at a time (group commit: what is published during one fsync
-//! goes in the next), and are applied when their batch is committed. Applying an event records
-//! it in the history and queues it for fan-out; only then is its publisher answered.
+//! Every publish takes one path, whatever the event log ([`pipeline`]): it goes to the log,
+//! which gives it its id and commits it, and comes back through the log's tail; applying it
+//! records it in the history and queues it for fan-out; only then is its publisher answered.
 //!
 //! Fan-out runs in rounds: the events applied while the actor was busy are fanned out together
 //! when its mailbox is empty, so each subscriber is woken once per round, not once per event,
 //! and the frames of a round leave in one write. Every other message first fans out what is
 //! pending, so nothing observes an event in the history that subscribers have not been sent.
 
-mod history;
 mod index;
-mod shared;
+mod pipeline;
 
-use std::{
-    collections::{BTreeMap, HashSet},
-    sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use actix::prelude::*;
 use bytes::Bytes;
@@ -29,12 +22,11 @@ use serde::Serialize;
 use slab::Slab;
 use tokio::sync::oneshot;
 
-pub use self::history::{Admission, History, Reader, Replay, ReplayFrom, Window};
 use crate::{
     config::Settings,
     error::HubError,
     event::{self, Event, EventDraft},
-    event_log::{Batch, CommitError, EventLog, MemoryLog, Recovered, redis::RedisLog},
+    event_log::{EventLog, History, Reader, ReplayFrom, Retention},
     metrics::{self, Metrics},
     queue::{self, PushError},
     subscriptions::{ActiveSubscriber, ActiveSubscription, Filter},
@@ -48,20 +40,8 @@ pub struct BroadcasterConfig {
     pub heartbeat: Duration,
     pub subscriber_buffer: usize,
     pub max_subscribers: usize,
-    pub history_size: usize,
-    pub history_bytes: usize,
-    pub subscription_history: usize,
-}
-
-impl BroadcasterConfig {
-    /// An empty history with these bounds.
-    fn history(&self) -> History {
-        History::new(
-            self.history_size,
-            self.history_bytes,
-            self.subscription_history,
-        )
-    }
+    /// What the history retains (the log retains at least as much).
+    pub retention: Retention,
 }
 
 impl From<&Settings> for BroadcasterConfig {
@@ -70,9 +50,16 @@ impl From<&Settings> for BroadcasterConfig {
             heartbeat: settings.heartbeat,
             subscriber_buffer: settings.subscriber_buffer,
             max_subscribers: settings.max_subscribers,
-            history_size: settings.history_size,
-            history_bytes: settings.history_bytes,
-            subscription_history: settings.subscription_history,
+            retention: Retention {
+                events: settings.history_size,
+                bytes: settings.history_bytes,
+                // Only subscription events need the room (a Redis stream's length, say).
+                subscription_events: if settings.subscriptions {
+                    settings.subscription_history
+                } else {
+                    0
+                },
+            },
         }
     }
 }
@@ -93,8 +80,8 @@ pub struct Subscribe {
     pub active: Option<Box<ActiveSubscriber>>,
 }
 
-/// The answer to a [`Subscribe`]: registered now, or (shared log, resuming from an id this node
-/// has not applied yet) once it has, or after a short wait.
+/// The answer to a [`Subscribe`]: registered now, or (resuming from an id the log holds and this
+/// node has not applied yet) once it has, or after a short wait.
 #[derive(Debug)]
 pub enum Subscribed {
     Now(Subscription),
@@ -115,28 +102,14 @@ pub struct Subscription {
     pub preceding_id: Option<Arc<str>>,
 }
 
-/// Publish an event; replies with its id, or with where its id will come from once it is
-/// committed and applied.
+/// Publish an event; replies with where its id will come from: once the log has committed it
+/// and this node has applied it, its id; or why it was refused.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<Published, HubError>")]
+#[rtype(result = "Published")]
 pub struct Publish(pub EventDraft);
 
-/// An accepted publish.
-#[derive(Debug)]
-pub enum Published {
-    /// Applied already (memory log): published under this id.
-    Applied(Arc<str>),
-    /// Published under the id it resolves to, once the log committed it and this node applied
-    /// it; or refused.
-    Pending(oneshot::Receiver<Result<Arc<str>, HubError>>),
-}
-
-/// An event waiting for its batch to be committed, and its publisher.
-#[derive(Debug)]
-struct Staged {
-    event: Arc<Event>,
-    done: oneshot::Sender<Result<Arc<str>, HubError>>,
-}
+/// The answer to a [`Publish`].
+pub type Published = oneshot::Receiver<Result<Arc<str>, HubError>>;
 
 /// A subscriber's stream ended (its connection closed): prune it now, not at the next
 /// heartbeat, so it stops being counted and its selectors are released.
@@ -246,30 +219,6 @@ impl Subscriber {
     }
 }
 
-/// Event ids: decimal numbers that only grow, seeded from the wall clock in microseconds and
-/// from the highest id a durable log recorded, so a restarted hub never hands out an id a client
-/// saw before the restart. (On the memory log only the clock can tell: a clock that went back,
-/// or a previous run faster than one event per microsecond on average, could repeat one.)
-#[derive(Debug)]
-struct IdGenerator {
-    last: u64,
-}
-
-impl IdGenerator {
-    /// Starts above `last`, the highest id a previous run generated.
-    fn new(last: u64) -> Self {
-        Self { last }
-    }
-
-    fn next(&mut self) -> u64 {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as u64);
-        self.last = now.max(self.last + 1);
-        self.last
-    }
-}
-
 /// The actor. One per process, started before the HTTP server; every worker shares its `Addr`.
 #[derive(Debug)]
 pub struct Broadcaster {
@@ -279,15 +228,8 @@ pub struct Broadcaster {
     history: History,
     /// Where events are committed; the history caches what it retains.
     log: Box<dyn EventLog>,
-    /// The shared log and its state, when Redis orders events instead of `log` (which is then
-    /// the memory log, unused).
-    shared: Option<shared::SharedLog>,
-    /// Events numbered but not yet sent to the log, and the batch the log is committing.
-    staged: Vec<Staged>,
-    committing: Option<Vec<Staged>>,
-    /// Ids of the staged and committing events, so a publisher id stays unique meanwhile.
-    in_flight: HashSet<Arc<str>>,
-    ids: IdGenerator,
+    /// What is on its way into the log and back.
+    pipeline: pipeline::Pipeline,
     metrics: Arc<Metrics>,
     /// Increments per publish; compared with `Subscriber::stamp`.
     stamp: u64,
@@ -324,36 +266,15 @@ impl Removals {
 }
 
 impl Broadcaster {
-    /// A broadcaster on the memory log.
-    pub fn new(config: BroadcasterConfig, metrics: Arc<Metrics>) -> Self {
-        Self::with_log(config, metrics, Box::new(MemoryLog), Recovered::default())
-    }
-
-    /// A broadcaster on `log`, its history and ids picking up from what the log held.
-    pub fn with_log(
-        config: BroadcasterConfig,
-        metrics: Arc<Metrics>,
-        log: Box<dyn EventLog>,
-        recovered: Recovered,
-    ) -> Self {
-        let mut history = config.history();
-        recovered
-            .events
-            .into_iter()
-            .for_each(|event| history.append(event));
-        metrics::set_gauge(&metrics.history_events, history.len());
-        metrics::set_gauge(&metrics.history_bytes, history.size_bytes());
+    /// A broadcaster on `log`; its history is what the log's tail hands over first.
+    pub fn new(config: BroadcasterConfig, metrics: Arc<Metrics>, log: Box<dyn EventLog>) -> Self {
         Self {
+            history: config.retention.history(),
             config,
             subscribers: Slab::new(),
             index: TopicIndex::default(),
-            history,
             log,
-            shared: None,
-            staged: Vec::new(),
-            committing: None,
-            in_flight: HashSet::new(),
-            ids: IdGenerator::new(recovered.last_generated_id),
+            pipeline: pipeline::Pipeline::default(),
             metrics,
             stamp: 0,
             keep_alive: event::comment("keep-alive"),
@@ -365,18 +286,6 @@ impl Broadcaster {
             departed: Vec::new(),
             me: None,
         }
-    }
-
-    /// A broadcaster on a log shared with other nodes: Redis orders the events and gives them
-    /// their ids; this node applies what it reads from the log.
-    pub fn with_shared_log(
-        config: BroadcasterConfig,
-        metrics: Arc<Metrics>,
-        log: RedisLog,
-    ) -> Self {
-        let mut broadcaster = Self::new(config, metrics);
-        broadcaster.shared = Some(shared::SharedLog::new(log));
-        broadcaster
     }
 
     fn remove(&mut self, key: usize) {
@@ -538,22 +447,7 @@ impl Broadcaster {
         (top, distinct - limit.min(distinct))
     }
 
-    fn next_id(&mut self) -> Arc<str> {
-        loop {
-            let id: Arc<str> = self.ids.next().to_string().into();
-            // A publisher may have chosen this very number as its own id.
-            if !self.is_taken(&id) {
-                return id;
-            }
-        }
-    }
-
-    /// Whether an event with this id is retained, or on its way into the log.
-    fn is_taken(&self, id: &str) -> bool {
-        self.history.contains(id) || self.in_flight.contains(id)
-    }
-
-    /// The step every log shares: a committed event enters the history and the next fan-out
+    /// A committed event, read back from the log, enters the history and the next fan-out
     /// round.
     fn apply(&mut self, event: Arc<Event>, ctx: &mut Context<Self>) {
         self.metrics.events_published.inc();
@@ -568,56 +462,6 @@ impl Broadcaster {
             self.fan_out_pending();
         }
     }
-
-    /// Sends the staged events to the log as one batch, unless a batch is being committed: they
-    /// then go together once it is (group commit).
-    fn ship(&mut self, ctx: &mut Context<Self>) {
-        if self.committing.is_some() || self.staged.is_empty() {
-            return;
-        }
-        let staged = std::mem::take(&mut self.staged);
-        let batch = Batch {
-            events: staged.iter().map(|s| s.event.clone()).collect(),
-            last_generated_id: self.ids.last,
-        };
-        let commit = self.log.append(batch);
-        self.committing = Some(staged);
-        ctx.spawn(
-            fut::wrap_future(commit).map(|result, this: &mut Self, ctx| {
-                let result = result.unwrap_or_else(|_| {
-                    Err(CommitError("the store's writer has stopped".to_owned()))
-                });
-                this.committed(result, ctx);
-            }),
-        );
-    }
-
-    /// The batch in flight is committed (or failed): apply it and answer its publishers, in
-    /// log order, then ship what was staged meanwhile.
-    fn committed(&mut self, result: Result<(), CommitError>, ctx: &mut Context<Self>) {
-        let batch = self.committing.take().unwrap_or_default();
-        if let Err(err) = &result {
-            // The log reports its own failures, at a bounded rate; this is one line per batch.
-            log::debug!(
-                "publish failed: the event log did not commit events={} error={err}",
-                batch.len()
-            );
-        }
-        for Staged { event, done } in batch {
-            self.in_flight.remove(&event.id);
-            match &result {
-                Ok(()) => {
-                    let id = event.id.clone();
-                    self.apply(event, ctx);
-                    let _ = done.send(Ok(id));
-                }
-                Err(_) => {
-                    let _ = done.send(Err(HubError::NotStored));
-                }
-            }
-        }
-        self.ship(ctx);
-    }
 }
 
 impl Actor for Broadcaster {
@@ -626,9 +470,7 @@ impl Actor for Broadcaster {
     fn started(&mut self, ctx: &mut Self::Context) {
         log::debug!("broadcaster started heartbeat={:?}", self.config.heartbeat);
         self.me = Some(ctx.address());
-        if let Some(shared) = &self.shared {
-            shared.log.tail(ctx.address().recipient());
-        }
+        self.log.tail(ctx.address().recipient());
         ctx.run_interval(self.config.heartbeat, |this, _| this.heartbeat());
     }
 }
@@ -637,14 +479,14 @@ impl Handler<Subscribe> for Broadcaster {
     type Result = Result<Subscribed, HubError>;
 
     fn handle(&mut self, msg: Subscribe, ctx: &mut Self::Context) -> Self::Result {
-        if self.shared.is_some()
-            && let Some(id) = msg.last_event_id.as_deref()
+        if let Some(id) = msg.last_event_id.as_deref()
             && id != "earliest"
             && !self.history.contains(id)
         {
-            // Perhaps published through another node a moment ago: find out before answering
+            // Perhaps committed a moment ago and not applied yet (published through another
+            // node, or read back from the store at start-up): find out before answering
             // `reset`.
-            return Ok(Subscribed::Later(self.locate_then_register(msg, ctx)));
+            return self.locate_then_register(msg, ctx);
         }
         self.register(msg, ctx).map(Subscribed::Now)
     }
@@ -788,10 +630,10 @@ fn reset_frame(data: &str) -> Bytes {
 }
 
 impl Handler<Publish> for Broadcaster {
-    type Result = Result<Published, HubError>;
+    type Result = MessageResult<Publish>;
 
     fn handle(&mut self, Publish(draft): Publish, ctx: &mut Self::Context) -> Self::Result {
-        self.publish(draft, ctx)
+        MessageResult(self.publish(draft, ctx))
     }
 }
 
@@ -814,37 +656,8 @@ impl Broadcaster {
     /// Publishes a hub-made event (active subscriptions), as a publisher's would be; nobody
     /// waits for its answer.
     fn announce(&mut self, draft: EventDraft, ctx: &mut Context<Self>) {
-        if let Err(err) = self.publish(draft, ctx) {
-            log::warn!("subscription event not published error={err}");
-        }
-    }
-
-    fn publish(
-        &mut self,
-        draft: EventDraft,
-        ctx: &mut Context<Self>,
-    ) -> Result<Published, HubError> {
-        if self.shared.is_some() {
-            // Redis checks publisher ids across nodes, and gives the others theirs.
-            return Ok(Published::Pending(self.stage_shared(draft, ctx)));
-        }
-        let id: Arc<str> = match &draft.id {
-            Some(id) if !draft.repeatable_id && self.is_taken(id) => {
-                return Err(HubError::DuplicateId(id.clone()));
-            }
-            Some(id) => id.as_str().into(),
-            None => self.next_id(),
-        };
-        let event = Arc::new(Event::new(id.clone(), draft));
-        if !self.log.is_durable() {
-            self.apply(event, ctx);
-            return Ok(Published::Applied(id));
-        }
-        let (done, committed) = oneshot::channel();
-        self.in_flight.insert(id);
-        self.staged.push(Staged { event, done });
-        self.ship(ctx);
-        Ok(Published::Pending(committed))
+        // Refusals are logged where they happen (a log that refuses writes says so).
+        drop(self.publish(draft, ctx));
     }
 }
 
@@ -902,43 +715,72 @@ impl Handler<GetStats> for Broadcaster {
     }
 }
 
-impl Handler<Shutdown> for Broadcaster {
-    type Result = ();
+/// How long a shutdown waits for the log to take the subscription events that say every
+/// subscription ended, before it ends the streams all the same.
+const SHUTDOWN_ANNOUNCE_WAIT: Duration = Duration::from_millis(500);
 
-    fn handle(&mut self, _: Shutdown, ctx: &mut Self::Context) {
-        // Every subscription ends now: say so, as for any leave. With a durable or shared log
-        // this is best effort, as the process may exit before the log has committed them.
+impl Handler<Shutdown> for Broadcaster {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, _: Shutdown, ctx: &mut Self::Context) -> Self::Result {
+        // Every subscription ends now: say so, as for any leave, and end the streams once the
+        // log has taken those events (or after a short wait), so subscribers receive them.
+        // Taken, so a subscriber that leaves meanwhile is not announced twice.
         let ended: Vec<EventDraft> = self
             .subscribers
-            .iter()
-            .filter_map(|(_, subscriber)| subscriber.active.as_deref())
-            .flat_map(|active| active.events(false))
+            .iter_mut()
+            .filter_map(|(_, subscriber)| subscriber.active.take())
+            .flat_map(|active| active.events(false).collect::<Vec<_>>())
             .collect();
-        for draft in ended {
-            self.announce(draft, ctx);
-        }
+        let announced: Vec<Published> = ended
+            .into_iter()
+            .map(|draft| self.publish(draft, ctx))
+            .collect();
         self.shutting_down = true;
-        let count = self.end_streams(|| None);
-        log::info!("broadcaster shut down, streams ended subscribers={count}");
+        let applied = async move {
+            let all = futures_util::future::join_all(announced);
+            if tokio::time::timeout(SHUTDOWN_ANNOUNCE_WAIT, all)
+                .await
+                .is_err()
+            {
+                log::warn!(
+                    "subscription events not applied within {SHUTDOWN_ANNOUNCE_WAIT:?}; \
+                     streams end without them"
+                );
+            }
+        };
+        Box::pin(fut::wrap_future(applied).map(|(), this: &mut Self, _| {
+            let count = this.end_streams(|| None);
+            log::info!("broadcaster shut down, streams ended subscribers={count}");
+        }))
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::task::{Context, Poll};
+    use std::{
+        sync::Mutex,
+        task::{Context, Poll},
+    };
 
     use futures_util::task::noop_waker;
 
     use super::*;
+    use crate::event_log::{
+        AppendError, Appended, Appending, Locating, Placed, Position, Readiness, TailEntry, Tailed,
+        memory::MemoryLog,
+    };
 
     fn config() -> BroadcasterConfig {
         BroadcasterConfig {
             heartbeat: Duration::from_secs(3600),
             subscriber_buffer: 16,
             max_subscribers: 16,
-            history_size: 16,
-            history_bytes: 1 << 20,
-            subscription_history: 16,
+            retention: Retention {
+                events: 16,
+                bytes: 1 << 20,
+                subscription_events: 16,
+            },
         }
     }
 
@@ -951,13 +793,25 @@ mod tests {
         }
     }
 
-    impl Subscribed {
-        /// The subscription of a subscriber registered at once.
-        fn now(self) -> Subscription {
-            match self {
-                Self::Now(subscription) => subscription,
-                Self::Later(_) => panic!("expected a subscriber registered at once"),
-            }
+    fn subscribe(last_event_id: Option<&str>) -> Subscribe {
+        Subscribe {
+            selectors: Vec::new(),
+            private_selectors: Vec::new(),
+            last_event_id: last_event_id.map(str::to_owned),
+            active: None,
+        }
+    }
+
+    /// The subscription, registered at once or once the event it resumes from is applied.
+    async fn subscribed(addr: &Addr<Broadcaster>, msg: Subscribe) -> Subscription {
+        match addr
+            .send(msg)
+            .await
+            .expect("actor alive")
+            .expect("subscribed")
+        {
+            Subscribed::Now(subscription) => subscription,
+            Subscribed::Later(answer) => answer.await.expect("answered").expect("subscribed"),
         }
     }
 
@@ -973,37 +827,30 @@ mod tests {
     /// resuming in the middle of that round gets them once, replayed, and not again live.
     #[actix::test]
     async fn a_resume_during_a_round_gets_each_event_once() {
-        let broadcaster = Broadcaster::new(config(), Metrics::new()).start();
+        let log = MemoryLog::new(config().retention);
+        let broadcaster = Broadcaster::new(config(), Metrics::new(), Box::new(log)).start();
         // Queued back to back, so the actor takes all four in one pass over its mailbox.
         let published: Vec<_> = ["a", "b", "c"]
             .into_iter()
             .map(|id| broadcaster.send(Publish(draft(id))))
             .collect();
-        let subscribe = broadcaster.send(Subscribe {
-            selectors: Vec::new(),
-            private_selectors: Vec::new(),
-            last_event_id: Some("a".to_owned()),
-            active: None,
-        });
+        let subscription = subscribed(&broadcaster, subscribe(Some("a")));
         for reply in published {
-            reply.await.expect("actor alive").expect("published");
+            let answer = reply.await.expect("actor alive");
+            answer.await.expect("answered").expect("published");
         }
-        let mut subscription = subscribe
-            .await
-            .expect("actor alive")
-            .expect("subscribed")
-            .now();
+        let mut subscription = subscription.await;
         let opening: Vec<u8> = subscription.opening.concat();
         assert_eq!(
             String::from_utf8_lossy(&opening),
             ": connected\n\nid: b\ndata: b\n\nid: c\ndata: c\n\n"
         );
 
-        broadcaster
+        let answer = broadcaster
             .send(Publish(draft("d")))
             .await
-            .expect("actor alive")
-            .expect("published");
+            .expect("actor alive");
+        answer.await.expect("answered").expect("published");
         // GetStats fans out what is pending before it answers.
         broadcaster
             .send(GetStats::default())
@@ -1016,78 +863,112 @@ mod tests {
         );
     }
 
-    /// The ids of a batch, and where to say whether it was committed.
-    type HeldBatch = (Vec<String>, oneshot::Sender<Result<(), CommitError>>);
+    /// A batch held by the test: its events, where they were placed, and its answer.
+    type HeldBatch = (
+        Vec<TailEntry>,
+        Vec<Option<Placed>>,
+        oneshot::Sender<Appended>,
+    );
+
+    #[derive(Debug, Default)]
+    struct Held {
+        batches: Vec<HeldBatch>,
+        sink: Option<Recipient<Tailed>>,
+        next: u64,
+    }
 
     /// A durable log whose commits the test completes by hand.
     #[derive(Debug, Default, Clone)]
-    struct HeldLog {
-        batches: Arc<std::sync::Mutex<Vec<HeldBatch>>>,
-    }
+    struct HeldLog(Arc<Mutex<Held>>);
 
     impl HeldLog {
-        /// The ids of each batch appended so far, and completes the oldest with `result`.
-        fn complete_oldest(&self, result: Result<(), CommitError>) -> Vec<String> {
-            let (ids, done) = self.batches.lock().expect("not poisoned").remove(0);
-            done.send(result).expect("the broadcaster waits");
-            ids
+        fn held(&self) -> std::sync::MutexGuard<'_, Held> {
+            self.0.lock().expect("not poisoned")
+        }
+
+        /// Completes the oldest batch with `result`: committed, it is handed to the tail.
+        fn complete_oldest(&self, result: Result<(), AppendError>) {
+            let mut held = self.held();
+            let (entries, placed, done) = held.batches.remove(0);
+            match result {
+                Ok(()) => {
+                    let sink = held.sink.as_ref().expect("the tail started");
+                    sink.do_send(Tailed::Entries {
+                        entries,
+                        caught_up: true,
+                    });
+                    done.send(Ok(placed)).expect("the broadcaster waits");
+                }
+                Err(err) => done.send(Err(err)).expect("the broadcaster waits"),
+            }
         }
 
         fn waiting(&self) -> Vec<Vec<String>> {
-            let batches = self.batches.lock().expect("not poisoned");
-            batches.iter().map(|(ids, _)| ids.clone()).collect()
+            self.held()
+                .batches
+                .iter()
+                .map(|(entries, _, _)| entries.iter().map(|e| e.event.id.to_string()).collect())
+                .collect()
         }
     }
 
     impl EventLog for HeldLog {
-        fn is_durable(&self) -> bool {
-            true
+        fn append(&mut self, publications: Vec<EventDraft>) -> Appending {
+            let (done, appending) = oneshot::channel();
+            let mut held = self.held();
+            let mut entries = Vec::new();
+            let mut placed = Vec::new();
+            for draft in publications {
+                held.next += 1;
+                let position = Position {
+                    major: 0,
+                    minor: held.next,
+                };
+                let id: Arc<str> = draft.id.clone().unwrap_or_default().into();
+                placed.push(Some(Placed {
+                    position,
+                    id: id.clone(),
+                }));
+                entries.push(TailEntry {
+                    position,
+                    event: Arc::new(Event::new(id, draft)),
+                });
+            }
+            held.batches.push((entries, placed, done));
+            appending
         }
 
-        fn append(&mut self, batch: Batch) -> crate::event_log::Commit {
-            let (done, commit) = oneshot::channel();
-            let ids = batch.events.iter().map(|e| e.id.to_string()).collect();
-            self.batches.lock().expect("not poisoned").push((ids, done));
-            commit
+        fn locate(&self, _: &str) -> Locating {
+            let (done, located) = oneshot::channel();
+            let _ = done.send(None);
+            located
+        }
+
+        fn tail(&mut self, sink: Recipient<Tailed>) {
+            sink.do_send(Tailed::Snapshot(Vec::new()));
+            self.held().sink = Some(sink);
+        }
+
+        fn readiness(&self) -> Readiness {
+            Readiness::ready()
         }
     }
 
-    /// On a durable log one batch is committed at a time and what is published meanwhile
-    /// goes in the next one (group commit); nothing reaches subscribers or the history before
-    /// its batch is committed; a failed batch is answered with an error and never delivered.
+    /// One batch is appended at a time and what is published meanwhile goes in the next one
+    /// (group commit); nothing reaches subscribers or the history before its batch is
+    /// committed; a failed batch is answered with an error and never delivered.
     #[actix::test]
-    async fn durable_publishes_are_delivered_once_committed_in_group_commits() {
+    async fn publishes_are_delivered_once_committed_in_group_commits() {
         let log = HeldLog::default();
-        let broadcaster = Broadcaster::with_log(
-            config(),
-            Metrics::new(),
-            Box::new(log.clone()),
-            Recovered::default(),
-        )
-        .start();
-        let subscribe = |last_event_id: Option<&str>| Subscribe {
-            selectors: Vec::new(),
-            private_selectors: Vec::new(),
-            last_event_id: last_event_id.map(str::to_owned),
-            active: None,
-        };
-        let mut subscription = broadcaster
-            .send(subscribe(None))
-            .await
-            .expect("actor alive")
-            .expect("subscribed")
-            .now();
+        let broadcaster = Broadcaster::new(config(), Metrics::new(), Box::new(log.clone())).start();
+        let mut subscription = subscribed(&broadcaster, subscribe(None)).await;
         let published: Vec<_> = ["a", "b", "c"]
             .into_iter()
             .map(|id| broadcaster.send(Publish(draft(id))))
             .collect();
         let mut commits = Vec::new();
         for reply in published {
-            let accepted = reply.await.expect("actor alive").expect("accepted");
-            let Published::Pending(commit) = accepted else {
-                panic!("a durable log answers once committed");
-            };
-            commits.push(commit);
+            commits.push(reply.await.expect("actor alive"));
         }
         assert_eq!(
             log.waiting(),
@@ -1124,7 +1005,7 @@ mod tests {
         );
         assert_eq!(log.waiting(), [["b", "c"]], "b and c go together");
 
-        log.complete_oldest(Err(CommitError("disk full".to_owned())));
+        log.complete_oldest(Err(AppendError::NotStored("disk full".to_owned())));
         for commit in commits {
             let answer = commit.await.expect("answered");
             assert!(matches!(answer, Err(HubError::NotStored)), "{answer:?}");
@@ -1134,55 +1015,12 @@ mod tests {
             .await
             .expect("actor alive");
         assert_eq!(stats.history_len, 1, "failed events are not in the history");
-        let late = broadcaster
-            .send(subscribe(Some("earliest")))
-            .await
-            .expect("actor alive")
-            .expect("subscribed")
-            .now();
+        let late = subscribed(&broadcaster, subscribe(Some("earliest"))).await;
         assert_eq!(
             String::from_utf8_lossy(&late.opening.concat()),
             ": connected\n\nid: a\ndata: a\n\n",
             "a failed event is not replayed either"
         );
-        // Its id was never published, so it is free again.
-        let again = broadcaster
-            .send(Publish(draft("b")))
-            .await
-            .expect("actor alive");
-        assert!(again.is_ok(), "{again:?}");
-    }
-
-    /// A restarted hub resumes after the highest id it stored, even when the clock now reads
-    /// earlier than that id (it stepped back, or the last run outpaced it).
-    #[test]
-    fn ids_keep_growing_after_a_restart_when_the_clock_went_back() {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("clock after epoch")
-            .as_micros() as u64;
-        let stored = now + 3_600_000_000; // an hour ahead of the clock
-        let mut ids = IdGenerator::new(stored);
-        assert_eq!(ids.next(), stored + 1);
-        assert_eq!(ids.next(), stored + 2);
-    }
-
-    /// Generated ids only grow, and start at least at the current time in microseconds.
-    #[test]
-    fn ids_grow_and_follow_the_clock() {
-        let before = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("clock after epoch")
-            .as_micros() as u64;
-        let mut ids = IdGenerator::new(0);
-        let first = ids.next();
-        assert!(first >= before);
-        let mut last = first;
-        for _ in 0..10_000 {
-            let next = ids.next();
-            assert!(next > last);
-            last = next;
-        }
     }
 }
 

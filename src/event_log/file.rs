@@ -12,7 +12,7 @@ use std::{
     io::Write,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
-    sync::{Arc, mpsc},
+    sync::{Arc, Mutex, MutexGuard, mpsc},
     thread,
     time::{Duration, Instant},
 };
@@ -25,10 +25,15 @@ use redb::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use super::{Batch, Commit, CommitError, EventLog, Readiness, Recovered, StoreError};
+use actix::Recipient;
+
+use super::{
+    AppendError, Appending, EventLog, Locating, Placed, Position, Readiness, Retention, StoreError,
+    TailEntry, Tailed, Window,
+    local::{Ids, LocalTail},
+};
 use crate::{
-    broadcaster::Window,
-    event::{Event, Kind},
+    event::{Event, EventDraft, Kind},
     metrics::Metrics,
 };
 
@@ -78,11 +83,39 @@ impl Stored<'_> {
     }
 }
 
-/// A batch handed to the writer thread, and where to say how it went.
+/// Events to commit in one transaction, with the id state to store alongside.
 #[derive(Debug)]
-struct Job {
-    batch: Batch,
-    done: oneshot::Sender<Result<(), CommitError>>,
+struct Batch {
+    events: Vec<Arc<Event>>,
+    /// The highest id generated so far, kept so that ids only grow across restarts, even when
+    /// the clock steps back.
+    last_generated_id: u64,
+}
+
+/// What the file held when it was opened: the retained events, oldest first, and the id state.
+#[derive(Debug, Default)]
+struct Recovered {
+    events: Vec<Arc<Event>>,
+    last_generated_id: u64,
+}
+
+/// Why a batch was not committed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+struct CommitError(String);
+
+/// What the writer thread is asked to do.
+#[derive(Debug)]
+enum Job {
+    /// Commit these events (placed by the handle), then hand them to the tail and answer.
+    Commit {
+        entries: Vec<TailEntry>,
+        placed: Vec<Option<Placed>>,
+        last_generated_id: u64,
+        done: oneshot::Sender<super::Appended>,
+    },
+    /// Start the tail.
+    Tail(Recipient<Tailed>),
 }
 
 /// The handle the broadcaster holds. Dropping it lets the writer finish what it was given,
@@ -92,18 +125,47 @@ pub struct FileLog {
     jobs: Option<mpsc::Sender<Job>>,
     writer: Option<thread::JoinHandle<()>>,
     ready: Readiness,
+    /// Given out on the broadcaster's thread as publications arrive; the writer thread marks
+    /// them committed or releases them.
+    ids: Arc<Mutex<Ids>>,
+    /// What the file held when opened: the tail's snapshot, sent from the broadcaster's thread
+    /// as it starts, so that it is the first thing the broadcaster handles.
+    recovered: Vec<TailEntry>,
 }
 
 impl FileLog {
-    /// Opens (or creates) the store at `path` and reads back what it holds. Refuses, leaving
-    /// the file as it was, one that is not a store of this version, is corrupt, or is open in
-    /// another hub.
+    /// Opens (or creates) the store at `path` and reads back what it holds (handed over when
+    /// the tail starts). Refuses, leaving the file as it was, one that is not a store of this
+    /// version, is corrupt, or is open in another hub.
     pub fn open(
         path: &Path,
-        window: Window,
+        retention: Retention,
         metrics: Arc<Metrics>,
-    ) -> Result<(Self, Recovered), StoreError> {
-        let (writer, recovered) = Writer::open(path, window, metrics)?;
+    ) -> Result<Self, StoreError> {
+        let (mut writer, recovered) = Writer::open(path, retention.window(), metrics)?;
+        let entries: Vec<TailEntry> = recovered
+            .events
+            .into_iter()
+            .enumerate()
+            .map(|(n, event)| TailEntry {
+                position: Position {
+                    major: 0,
+                    minor: n as u64,
+                },
+                event,
+            })
+            .collect();
+        log::info!(
+            "event log opened store=file:{} events={}",
+            path.display(),
+            entries.len()
+        );
+        let ids = Arc::new(Mutex::new(Ids::new(
+            retention,
+            &entries,
+            recovered.last_generated_id,
+        )));
+        writer.ids = Some(ids.clone());
         let ready = writer.ready.clone();
         let (jobs, queue) = mpsc::channel();
         let writer = thread::Builder::new()
@@ -113,34 +175,62 @@ impl FileLog {
                 path: shown(path),
                 detail: format!("cannot start its writer thread: {err}"),
             })?;
-        Ok((
-            Self {
-                jobs: Some(jobs),
-                writer: Some(writer),
-                ready,
-            },
-            recovered,
-        ))
+        Ok(Self {
+            jobs: Some(jobs),
+            writer: Some(writer),
+            ready,
+            ids,
+            recovered: entries,
+        })
+    }
+
+    fn ids(&self) -> MutexGuard<'_, Ids> {
+        lock(&self.ids)
     }
 }
 
-impl EventLog for FileLog {
-    fn is_durable(&self) -> bool {
-        true
-    }
+fn lock(ids: &Mutex<Ids>) -> MutexGuard<'_, Ids> {
+    ids.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
-    fn append(&mut self, batch: Batch) -> Commit {
-        let (done, commit) = oneshot::channel();
-        let job = Job { batch, done };
+impl EventLog for FileLog {
+    fn append(&mut self, publications: Vec<EventDraft>) -> Appending {
+        let (done, appending) = oneshot::channel();
+        let (placed, entries, last_generated_id) = {
+            let mut ids = self.ids();
+            let (placed, entries) = ids.place(publications);
+            (placed, entries, ids.last_generated())
+        };
+        let job = Job::Commit {
+            entries,
+            placed,
+            last_generated_id,
+            done,
+        };
         if let Some(jobs) = &self.jobs
             && let Err(mpsc::SendError(job)) = jobs.send(job)
+            && let Job::Commit { entries, done, .. } = job
         {
             // The writer is gone (it only ends when this handle drops, or if it panicked).
-            let _ = job.done.send(Err(CommitError(
+            self.ids().released(&entries);
+            let _ = done.send(Err(AppendError::NotStored(
                 "the store's writer has stopped".to_owned(),
             )));
         }
-        commit
+        appending
+    }
+
+    fn locate(&self, id: &str) -> Locating {
+        let (done, located) = oneshot::channel();
+        let _ = done.send(self.ids().locate(id));
+        located
+    }
+
+    fn tail(&mut self, sink: Recipient<Tailed>) {
+        sink.do_send(Tailed::Snapshot(std::mem::take(&mut self.recovered)));
+        if let Some(jobs) = &self.jobs {
+            let _ = jobs.send(Job::Tail(sink));
+        }
     }
 
     fn readiness(&self) -> Readiness {
@@ -259,6 +349,9 @@ struct Writer {
     health: Health,
     ready: Readiness,
     metrics: Arc<Metrics>,
+    /// The handle's ids, told which batches were committed; `None` in unit tests of the writer.
+    ids: Option<Arc<Mutex<Ids>>>,
+    tail: LocalTail,
 }
 
 impl Writer {
@@ -278,6 +371,8 @@ impl Writer {
             health: Health::Writing,
             ready: Readiness::ready(),
             metrics,
+            ids: None,
+            tail: LocalTail::default(),
         };
         let recovered = writer.recover()?;
         writer.identity = Some(Identity::of(path).map_err(|err| StoreError::Unreadable {
@@ -460,9 +555,35 @@ impl Writer {
             {
                 self.try_reopen();
             }
-            if let Some(job) = job {
-                let result = self.handle(&job.batch);
-                let _ = job.done.send(result);
+            match job {
+                Some(Job::Commit {
+                    entries,
+                    placed,
+                    last_generated_id,
+                    done,
+                }) => {
+                    let batch = Batch {
+                        events: entries.iter().map(|e| e.event.clone()).collect(),
+                        last_generated_id,
+                    };
+                    match self.handle(&batch) {
+                        Ok(()) => {
+                            if let Some(ids) = &self.ids {
+                                lock(ids).committed(&entries);
+                            }
+                            self.tail.deliver(entries);
+                            let _ = done.send(Ok(placed));
+                        }
+                        Err(err) => {
+                            if let Some(ids) = &self.ids {
+                                lock(ids).released(&entries);
+                            }
+                            let _ = done.send(Err(AppendError::NotStored(err.0)));
+                        }
+                    }
+                }
+                Some(Job::Tail(sink)) => self.tail.follow(sink),
+                None => {}
             }
         }
         log::debug!("store writer stopped path={}", self.path.display());
@@ -822,15 +943,12 @@ mod tests {
         ))
     }
 
-    fn append(log: &mut FileLog, events: &[Arc<Event>], last_generated_id: u64) {
-        let commit = log.append(Batch {
+    fn append(log: &mut Writer, events: &[Arc<Event>], last_generated_id: u64) {
+        log.handle(&Batch {
             events: events.to_vec(),
             last_generated_id,
-        });
-        commit
-            .blocking_recv()
-            .expect("the writer answers")
-            .expect("committed");
+        })
+        .expect("committed");
     }
 
     fn ids(recovered: &Recovered) -> Vec<&str> {
@@ -843,7 +961,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let path = dir.path().join("h.redb");
         let (mut log, recovered) =
-            FileLog::open(&path, Window::new(100, 1 << 20), Metrics::new()).expect("opens");
+            Writer::open(&path, Window::new(100, 1 << 20), Metrics::new()).expect("opens");
         assert!(recovered.events.is_empty());
         let written = [event("a", "one\ntwo"), event("bp", "three")];
         append(&mut log, &written[..1], 41);
@@ -851,7 +969,7 @@ mod tests {
         drop(log);
 
         let (_log, recovered) =
-            FileLog::open(&path, Window::new(100, 1 << 20), Metrics::new()).expect("reopens");
+            Writer::open(&path, Window::new(100, 1 << 20), Metrics::new()).expect("reopens");
         assert_eq!(ids(&recovered), ["a", "bp"]);
         assert_eq!(recovered.last_generated_id, 42);
         for (read, written) in recovered.events.iter().zip(&written) {
@@ -869,21 +987,21 @@ mod tests {
         let path = dir.path().join("h.redb");
         let size = event("e00", &"x".repeat(100)).size_bytes();
         let (mut log, _) =
-            FileLog::open(&path, Window::new(10, size * 5), Metrics::new()).expect("opens");
+            Writer::open(&path, Window::new(10, size * 5), Metrics::new()).expect("opens");
         for n in 0..30 {
             append(&mut log, &[event(&format!("e{n:02}"), &"x".repeat(100))], n);
         }
         drop(log);
         let (log, recovered) =
-            FileLog::open(&path, Window::new(10, size * 5), Metrics::new()).expect("reopens");
+            Writer::open(&path, Window::new(10, size * 5), Metrics::new()).expect("reopens");
         assert_eq!(ids(&recovered), ["e25", "e26", "e27", "e28", "e29"]);
         drop(log);
         let (log, recovered) =
-            FileLog::open(&path, Window::new(2, 1 << 20), Metrics::new()).expect("reopens");
+            Writer::open(&path, Window::new(2, 1 << 20), Metrics::new()).expect("reopens");
         assert_eq!(ids(&recovered), ["e28", "e29"]);
         drop(log);
         let (_log, recovered) =
-            FileLog::open(&path, Window::new(10, 1 << 20), Metrics::new()).expect("reopens");
+            Writer::open(&path, Window::new(10, 1 << 20), Metrics::new()).expect("reopens");
         assert_eq!(ids(&recovered), ["e28", "e29"], "the trim was written");
     }
 
@@ -893,7 +1011,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let path = dir.path().join("h.redb");
         let (mut log, _) =
-            FileLog::open(&path, Window::new(10, 300), Metrics::new()).expect("opens");
+            Writer::open(&path, Window::new(10, 300), Metrics::new()).expect("opens");
         append(
             &mut log,
             &[event("a", "x"), event("b", &"y".repeat(500))],
@@ -902,7 +1020,7 @@ mod tests {
         append(&mut log, &[event("c", "z")], 0);
         drop(log);
         let (_log, recovered) =
-            FileLog::open(&path, Window::new(10, 300), Metrics::new()).expect("reopens");
+            Writer::open(&path, Window::new(10, 300), Metrics::new()).expect("reopens");
         assert_eq!(ids(&recovered), ["c"]);
     }
 
@@ -958,7 +1076,7 @@ mod tests {
         assert_eq!(writer.metrics.store_commit_failures.get(), 2);
         drop(writer);
         let (_log, recovered) =
-            FileLog::open(&path, Window::new(2, 1 << 20), Metrics::new()).expect("reopens");
+            Writer::open(&path, Window::new(2, 1 << 20), Metrics::new()).expect("reopens");
         assert_eq!(ids(&recovered), ["b", "e"]);
     }
 
@@ -993,7 +1111,7 @@ mod tests {
             .expect("committed");
         drop(writer);
         let (_log, recovered) =
-            FileLog::open(&path, Window::new(2, 1 << 20), Metrics::new()).expect("reopens");
+            Writer::open(&path, Window::new(2, 1 << 20), Metrics::new()).expect("reopens");
         assert_eq!(ids(&recovered), ["b", "d"]);
     }
 
@@ -1034,7 +1152,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let path = dir.path().join("h.redb");
         let (mut log, _) =
-            FileLog::open(&path, Window::new(10, 1 << 20), Metrics::new()).expect("opens");
+            Writer::open(&path, Window::new(10, 1 << 20), Metrics::new()).expect("opens");
         append(&mut log, &[event("a", "x")], 0);
         let len = std::fs::metadata(&path).expect("metadata").len();
         std::fs::OpenOptions::new()
@@ -1044,10 +1162,8 @@ mod tests {
             .set_len(len / 2)
             .expect("truncated");
 
-        let commit = log.append(batch(&[event("b", "x")]));
-
-        assert!(commit.blocking_recv().expect("answered").is_err());
-        let ready = log.readiness();
+        assert!(log.handle(&batch(&[event("b", "x")])).is_err());
+        let ready = log.ready.clone();
         assert!(!ready.is_ready());
         let reason = ready.reason();
         assert!(
@@ -1055,11 +1171,7 @@ mod tests {
                 && reason.contains(&*path.display().to_string()),
             "{reason}"
         );
-        let commit = log.append(batch(&[event("c", "x")]));
-        assert!(
-            commit.blocking_recv().expect("answered").is_err(),
-            "for good"
-        );
+        assert!(log.handle(&batch(&[event("c", "x")])).is_err(), "for good");
     }
 
     /// Subscription events are committed with their batch but not written: after a reopen
@@ -1069,7 +1181,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let path = dir.path().join("h.redb");
         let (mut log, _) =
-            FileLog::open(&path, Window::new(2, 1 << 20), Metrics::new()).expect("opens");
+            Writer::open(&path, Window::new(2, 1 << 20), Metrics::new()).expect("opens");
         let announcement = |id: &str| {
             Arc::new(Event::new(
                 id.into(),
@@ -1090,7 +1202,7 @@ mod tests {
         append(&mut log, &[announcement("s3"), event("b", "x")], 0);
         drop(log);
         let (_log, recovered) =
-            FileLog::open(&path, Window::new(2, 1 << 20), Metrics::new()).expect("reopens");
+            Writer::open(&path, Window::new(2, 1 << 20), Metrics::new()).expect("reopens");
         assert_eq!(ids(&recovered), ["a", "b"]);
     }
 
@@ -1106,7 +1218,9 @@ mod tests {
                 .expect("a table");
             txn.commit().expect("commits");
         }
-        let err = FileLog::open(&path, Window::new(10, 1000), Metrics::new()).expect_err("refused");
+        let Err(err) = Writer::open(&path, Window::new(10, 1000), Metrics::new()) else {
+            panic!("a foreign file opened as a store");
+        };
         assert!(matches!(err, StoreError::NotAStore { .. }), "{err}");
     }
 }

@@ -1,14 +1,33 @@
-//! The event log: where published events are committed, in order. On a local log (memory,
-//! file) the broadcaster numbers the events and applies each committed batch; the backend owns
-//! storage. On the shared Redis log, Redis orders and numbers them and every node applies what
-//! it reads back.
+//! The event log: one role, as Mercure's `Transport` or centrifuge's `Broker` are, that every
+//! store plays. The broadcaster holds one [`EventLog`] and runs one pipeline on it, whatever
+//! the backend: publications go in with [`append`](EventLog::append), and committed events come
+//! back, in log order, through the [`tail`](EventLog::tail); only then does an event reach the
+//! history and the subscribers, and only then is its publisher answered.
 //!
-//! - `memory`: nothing to store; the broadcaster's history is the whole log.
-//! - `file:PATH` ([`file`]): a redb file; a batch counts as published once it is fsync'd.
+//! What a backend promises:
+//! - **Order.** Appends are committed in the order they were made, and the tail hands the
+//!   broadcaster every committed event once, in that order, each with its [`Position`] (which
+//!   only grows, until the tail says [`Tailed::Lost`]).
+//! - **Ids.** The log gives each publication its id: the publisher's own if it is free (or may
+//!   repeat), else a generated one that no client has seen; a taken id is answered `None` and
+//!   nothing is appended for it.
+//! - **Retention.** It retains at least what the broadcaster's history does ([`Retention`]),
+//!   and says what it held when the tail starts ([`Tailed::Snapshot`]).
+//! - **Never waiting.** Every call comes from inside the broadcaster: work that waits (disk,
+//!   network) runs elsewhere and answers through the returned channel.
+//! - **Honesty.** A failed append is an [`AppendError`]; a log that cannot take appends says
+//!   why in its [`Readiness`]; a log that lost committed events says [`Tailed::Lost`].
+//!
+//! The backends, one file each; a new one is a new file plus one line in [`open`]:
+//! - `memory` ([`memory`]): commits at once; the history is the whole log.
+//! - `file:PATH` ([`file`]): a redb file; a batch counts as committed once it is fsync'd.
 //! - `redis://…` ([`redis`]): a Redis stream shared by every node. Redis orders the events and
 //!   gives them their ids; each node tails the stream and applies what it reads.
 
 pub mod file;
+mod history;
+mod local;
+pub mod memory;
 pub mod redis;
 
 use std::{
@@ -19,70 +38,152 @@ use std::{
     },
 };
 
+use actix::{Message, Recipient};
 use tokio::sync::oneshot;
 
+pub use self::history::{Admission, History, Reader, Replay, ReplayFrom, Window};
 use crate::{
-    broadcaster::Window,
     config::Store,
-    event::{Event, Limits},
+    error::HubError,
+    event::{Event, EventDraft, Limits},
     metrics::Metrics,
 };
 
-/// Events the broadcaster numbered and wants committed, in their log order.
-#[derive(Debug)]
-pub struct Batch {
-    pub events: Vec<Arc<Event>>,
-    /// The highest id the broadcaster has generated so far, kept so that ids only grow across
-    /// restarts, even when the clock steps back.
-    pub last_generated_id: u64,
+/// Where an event is in the log; positions only grow (a Redis stream entry id, or a local
+/// log's sequence number). Positions of a log that was replaced ([`Tailed::Lost`]) do not
+/// compare with the new one's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Position {
+    pub major: u64,
+    pub minor: u64,
 }
 
-/// What a log held when it was opened: the retained events, oldest first, and the id state.
-#[derive(Debug, Default)]
-pub struct Recovered {
-    pub events: Vec<Arc<Event>>,
-    pub last_generated_id: u64,
+impl Position {
+    /// The position right after this one.
+    pub fn next(self) -> Self {
+        Self {
+            major: self.major,
+            minor: self.minor.saturating_add(1),
+        }
+    }
 }
 
-/// Why a batch was not committed. The events in it were not published.
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.major, self.minor)
+    }
+}
+
+/// How many events the log and the history retain: application events within `events` and
+/// `bytes`, and hub-made subscription events within `subscription_events` (and `bytes`).
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub events: usize,
+    pub bytes: usize,
+    pub subscription_events: usize,
+}
+
+impl Retention {
+    /// An empty history with these bounds.
+    pub fn history(&self) -> History {
+        History::new(self.events, self.bytes, self.subscription_events)
+    }
+
+    /// The rule application events are trimmed by.
+    pub fn window(&self) -> Window {
+        Window::new(self.events, self.bytes)
+    }
+}
+
+/// A publication the log took: where it is, and the id it was given.
+#[derive(Debug, Clone)]
+pub struct Placed {
+    pub position: Position,
+    pub id: Arc<str>,
+}
+
+/// How an append went, per publication in order: where it was placed, or `None` if its
+/// publisher's id was taken (nothing was appended for it).
+pub type Appended = Result<Vec<Option<Placed>>, AppendError>;
+
+/// The answer to an [`EventLog::append`].
+pub type Appending = oneshot::Receiver<Appended>;
+
+/// The answer to an [`EventLog::locate`].
+pub type Locating = oneshot::Receiver<Option<Position>>;
+
+/// Why an append has nothing to give; nothing in it was published.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct CommitError(pub String);
+pub enum AppendError {
+    /// The log could not be asked, or did not answer in time (Redis away or overloaded).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The log answered that it refuses writes; the message says why (for the publisher and
+    /// `/readyz`).
+    #[error("{0}")]
+    Refusing(&'static str),
+    /// The store could not commit the batch (a disk error): refused until it recovers.
+    #[error("{0}")]
+    NotStored(String),
+    /// The log ran the append but its answer cannot be read: what was appended cannot be told.
+    #[error("{0}")]
+    Unreadable(String),
+}
 
-/// The answer to an append: when the batch is committed.
-pub type Commit = oneshot::Receiver<Result<(), CommitError>>;
-
-/// A backend of the event log. Called from inside the broadcaster, so it never waits: work
-/// that does (disk, network) runs elsewhere and reports through the returned [`Commit`].
-pub trait EventLog: Send + fmt::Debug {
-    /// Whether appends must be committed before their events count as published. `false`
-    /// (memory) lets the broadcaster skip batching altogether.
-    fn is_durable(&self) -> bool;
-
-    /// Commits `batch` after everything appended before it, trimming the log with the same
-    /// [`Window`] rule the history applies.
-    fn append(&mut self, batch: Batch) -> Commit;
-
-    /// Whether appends can succeed now, and why not (`/readyz`). The memory log always can.
-    fn readiness(&self) -> Readiness {
-        Readiness::ready()
+impl From<&AppendError> for HubError {
+    fn from(err: &AppendError) -> Self {
+        match err {
+            AppendError::Unavailable(_) => Self::LogUnavailable,
+            AppendError::Refusing(reason) => Self::LogRefusing((*reason).to_owned()),
+            AppendError::NotStored(_) => Self::NotStored,
+            // The log ran the append, so a retry could publish twice: not a 503 (which says
+            // "try again"), but a 500; the log says what it answered.
+            AppendError::Unreadable(_) => Self::Internal,
+        }
     }
 }
 
-/// The `memory` backend: the broadcaster's history is all there is.
-#[derive(Debug, Default)]
-pub struct MemoryLog;
+/// One committed event the tail hands over, ready to apply.
+#[derive(Debug)]
+pub struct TailEntry {
+    pub position: Position,
+    pub event: Arc<Event>,
+}
 
-impl EventLog for MemoryLog {
-    fn is_durable(&self) -> bool {
-        false
-    }
+/// What the tail hands the broadcaster, in log order.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub enum Tailed {
+    /// The retained window as the log held it when the tail started: history, not news
+    /// (nothing is fanned out), and where the tail goes on from.
+    Snapshot(Vec<TailEntry>),
+    /// Newly committed events, to apply in order. `caught_up`: the tail has read everything
+    /// there was.
+    Entries {
+        entries: Vec<TailEntry>,
+        caught_up: bool,
+    },
+    /// Committed events this node never applied are gone from the log; what follows is read
+    /// from the log's oldest event.
+    Lost { reason: String },
+}
 
-    fn append(&mut self, _batch: Batch) -> Commit {
-        let (done, commit) = oneshot::channel();
-        let _ = done.send(Ok(()));
-        commit
-    }
+/// A backend of the event log (see the module documentation for what it promises).
+pub trait EventLog: Send + fmt::Debug {
+    /// Appends `publications` after everything appended before, giving each its id; answers
+    /// once they are committed (or refused). Their events come back through the tail.
+    fn append(&mut self, publications: Vec<EventDraft>) -> Appending;
+
+    /// Where the log holds an event with this id, if it does and can tell; `None` as well when
+    /// the log cannot be asked.
+    fn locate(&self, id: &str) -> Locating;
+
+    /// Starts handing committed events to `sink`, a [`Tailed::Snapshot`] first, until `sink`
+    /// is gone.
+    fn tail(&mut self, sink: Recipient<Tailed>);
+
+    /// Whether appends can succeed now, and why not (`/readyz`).
+    fn readiness(&self) -> Readiness;
 }
 
 /// Why a store cannot be opened. The hub refuses to start with this one line, rather than run
@@ -164,48 +265,25 @@ impl Readiness {
     }
 }
 
-/// An opened event log: one this process orders (with what it held), or one shared with other
-/// nodes, which orders events itself.
-#[derive(Debug)]
-pub enum Opened {
-    Local(Box<dyn EventLog>, Recovered),
-    Shared(redis::RedisLog),
-}
-
-impl Opened {
-    pub fn readiness(&self) -> Readiness {
-        match self {
-            Self::Local(log, _) => log.readiness(),
-            Self::Shared(log) => log.readiness(),
-        }
-    }
-}
-
-/// Opens the backend `store` names, with the history's retention rule, and what it holds.
-/// `redis_prefix` names the keys of a Redis store, whose stream carries the subscription
-/// events too (other nodes' subscribers receive them): it keeps the history's events plus
-/// `subscription_history`. `limits` are the publication rules entries read back from it are
+/// Opens the backend `store` names, retaining what `retention` says. `redis_prefix` names the
+/// keys of a Redis store. `limits` are the publication rules events read back from a store are
 /// held to.
 pub fn open(
     store: &Store,
-    window: Window,
-    subscription_history: usize,
+    retention: Retention,
     redis_prefix: &str,
     limits: Limits,
     metrics: Arc<Metrics>,
-) -> Result<Opened, StoreError> {
-    match store {
-        Store::Memory => Ok(Opened::Local(Box::new(MemoryLog), Recovered::default())),
-        Store::File(path) => {
-            let (log, recovered) = file::FileLog::open(path, window, metrics)?;
-            Ok(Opened::Local(Box::new(log), recovered))
-        }
-        Store::Redis(url) => Ok(Opened::Shared(redis::RedisLog::open(
+) -> Result<Box<dyn EventLog>, StoreError> {
+    Ok(match store {
+        Store::Memory => Box::new(memory::MemoryLog::new(retention)),
+        Store::File(path) => Box::new(file::FileLog::open(path, retention, metrics)?),
+        Store::Redis(url) => Box::new(redis::RedisLog::open(
             url,
             redis_prefix,
-            window.max_events().saturating_add(subscription_history),
+            retention,
             limits,
             metrics,
-        )?)),
-    }
+        )?),
+    })
 }

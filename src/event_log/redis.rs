@@ -44,7 +44,6 @@
 
 use std::{
     collections::VecDeque,
-    fmt,
     sync::{
         Arc, LazyLock, Mutex, MutexGuard,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -53,7 +52,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use actix::{Message, Recipient};
+use actix::Recipient;
 use redis::{
     AsyncConnectionConfig, Client, Script, Value,
     aio::MultiplexedConnection,
@@ -62,7 +61,10 @@ use redis::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Readiness, StoreError};
+use super::{
+    AppendError, Appending, EventLog, Locating, Placed, Position, Readiness, Retention, StoreError,
+    TailEntry, Tailed,
+};
 use crate::{
     event::{Event, EventDraft, Kind, Limits, Publication},
     metrics::{Metrics, RefusedReason},
@@ -152,31 +154,18 @@ return false
 static APPEND_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(APPEND));
 static LOCATE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(LOCATE));
 
-/// A stream entry id, `<milliseconds>-<sequence>`, ordered as Redis orders them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct EntryId {
-    pub ms: u64,
-    pub seq: u64,
-}
-
-impl EntryId {
-    pub fn parse(text: &str) -> Option<Self> {
-        let (ms, seq) = text.split_once('-')?;
-        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-        if !digits(ms) || !digits(seq) {
-            return None;
-        }
-        Some(Self {
-            ms: ms.parse().ok()?,
-            seq: seq.parse().ok()?,
-        })
+/// A stream entry id, `<milliseconds>-<sequence>`, as the position it names (ordered as Redis
+/// orders them).
+pub fn parse_entry_id(text: &str) -> Option<Position> {
+    let (ms, seq) = text.split_once('-')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(ms) || !digits(seq) {
+        return None;
     }
-}
-
-impl fmt::Display for EntryId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", self.ms, self.seq)
-    }
+    Some(Position {
+        major: ms.parse().ok()?,
+        minor: seq.parse().ok()?,
+    })
 }
 
 /// An event as stored in an entry's `d` field.
@@ -194,59 +183,15 @@ struct Stored {
     private: bool,
 }
 
-/// One entry the tail read, ready to apply.
-#[derive(Debug)]
-pub struct TailEntry {
-    pub entry: EntryId,
-    pub event: Arc<Event>,
-}
-
-/// What the tail hands the broadcaster, in stream order. The tail waits for each to be
-/// handled before it reads on, so a slow broadcaster slows the tail, not the other way round.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub enum Tailed {
-    /// The retained window as this node first found it: history, not news (nothing is fanned
-    /// out), and where the tail goes on from.
-    Snapshot(Vec<TailEntry>),
-    /// New entries, to apply in order. `caught_up`: the tail has read everything there was.
-    Entries {
-        entries: Vec<TailEntry>,
-        caught_up: bool,
-    },
-    /// Entries this node never applied are gone from the log; what follows is read from the
-    /// log's oldest entry.
-    Lost { reason: String },
-}
-
-/// How an append went, per event: its entry id, or `None` if its publisher id was taken.
-pub type Appended = Result<Vec<Option<EntryId>>, AppendError>;
-
-/// Why an append has no entry ids to give.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum AppendError {
-    /// Redis could not be asked, or did not answer in time.
-    #[error("{0}")]
-    Unavailable(String),
-    /// Redis answered that it refuses writes; the message says why (for the publisher and
-    /// `/readyz`). Nothing was appended.
-    #[error("{0}")]
-    Refusing(&'static str),
-    /// Redis ran the append but its answer is not one the script gives: what was appended
-    /// cannot be told.
-    #[error("{0}")]
-    Unreadable(String),
-}
-
 #[derive(Debug)]
 enum Job {
     Append {
         drafts: Vec<EventDraft>,
-        done: oneshot::Sender<Appended>,
+        done: oneshot::Sender<super::Appended>,
     },
     Locate {
         id: String,
-        done: oneshot::Sender<Option<EntryId>>,
+        done: oneshot::Sender<Option<Position>>,
     },
     Tail(Recipient<Tailed>),
 }
@@ -412,7 +357,7 @@ impl RedisLog {
     pub fn open(
         url: &str,
         prefix: &str,
-        max_len: usize,
+        retention: Retention,
         limits: Limits,
         metrics: Arc<Metrics>,
     ) -> Result<Self, StoreError> {
@@ -431,7 +376,11 @@ impl RedisLog {
                 idq: format!("{prefix}:idq"),
                 probe: format!("{prefix}:probe"),
             },
-            max_len: max_len.max(1),
+            // Subscription events are in the stream too: other nodes' subscribers receive them.
+            max_len: retention
+                .events
+                .saturating_add(retention.subscription_events)
+                .max(1),
             ready: ready.clone(),
             limits,
             metrics,
@@ -447,20 +396,19 @@ impl RedisLog {
             .name("sse-hub-redis".to_owned())
             .spawn(move || runtime.block_on(serve(shared, queue)))
             .map_err(|err| unusable(format!("cannot start its thread: {err}")))?;
+        log::info!("event log shared store=redis prefix={prefix}");
         Ok(Self { jobs, ready })
     }
+}
 
-    /// Whether the tail is reading the log (the `/readyz` answer).
-    pub fn readiness(&self) -> Readiness {
-        self.ready.clone()
-    }
-
-    /// Appends `drafts` in order; resolves once Redis has them (or refused them).
-    pub fn append(&self, drafts: Vec<EventDraft>) -> oneshot::Receiver<Appended> {
+impl EventLog for RedisLog {
+    /// Sends `publications` to Redis in order; resolves once Redis has them (or refused them).
+    fn append(&mut self, publications: Vec<EventDraft>) -> Appending {
         let (done, appended) = oneshot::channel();
-        if let Err(mpsc::error::SendError(Job::Append { done, .. })) =
-            self.jobs.send(Job::Append { drafts, done })
-        {
+        if let Err(mpsc::error::SendError(Job::Append { done, .. })) = self.jobs.send(Job::Append {
+            drafts: publications,
+            done,
+        }) {
             let _ = done.send(Err(AppendError::Unavailable(
                 "the Redis client has stopped".to_owned(),
             )));
@@ -469,15 +417,23 @@ impl RedisLog {
     }
 
     /// Where `id` is in the log, if Redis knows it. `None` as well when Redis cannot be asked.
-    pub fn locate(&self, id: String) -> oneshot::Receiver<Option<EntryId>> {
+    fn locate(&self, id: &str) -> Locating {
         let (done, located) = oneshot::channel();
-        let _ = self.jobs.send(Job::Locate { id, done });
+        let _ = self.jobs.send(Job::Locate {
+            id: id.to_owned(),
+            done,
+        });
         located
     }
 
     /// Starts the tail, which hands what it reads to `sink` until `sink` is gone.
-    pub fn tail(&self, sink: Recipient<Tailed>) {
+    fn tail(&mut self, sink: Recipient<Tailed>) {
         let _ = self.jobs.send(Job::Tail(sink));
+    }
+
+    /// Whether the tail is reading the log and Redis takes writes (the `/readyz` answer).
+    fn readiness(&self) -> Readiness {
+        self.ready.clone()
     }
 }
 
@@ -509,7 +465,7 @@ async fn serve(shared: Shared, mut jobs: mpsc::UnboundedReceiver<Job>) {
                         invocation.invoke_async::<Vec<String>>(&mut connection),
                     )
                     .await;
-                    let _ = done.send(appended(reply, drafts.len(), &broken, &shared));
+                    let _ = done.send(appended(reply, &drafts, &broken, &shared));
                 });
             }
             Job::Locate { id, done } => {
@@ -529,7 +485,7 @@ async fn serve(shared: Shared, mut jobs: mpsc::UnboundedReceiver<Job>) {
                     )
                     .await;
                     let found = match reply {
-                        Ok(Ok(entry)) => entry.as_deref().and_then(EntryId::parse),
+                        Ok(Ok(entry)) => entry.as_deref().and_then(parse_entry_id),
                         Ok(Err(err)) => {
                             log::warn!("Redis look-up failed error={err}");
                             broken.store(true, Ordering::Relaxed);
@@ -621,10 +577,11 @@ fn append_invocation(shared: &Shared, drafts: &[EventDraft]) -> redis::ScriptInv
 
 fn appended(
     reply: Result<redis::RedisResult<Vec<String>>, tokio::time::error::Elapsed>,
-    expected: usize,
+    drafts: &[EventDraft],
     broken: &AtomicBool,
     shared: &Shared,
-) -> Appended {
+) -> super::Appended {
+    let expected = drafts.len();
     let ids = match reply {
         Ok(Ok(ids)) => ids,
         Ok(Err(err)) => {
@@ -652,13 +609,21 @@ fn appended(
             ids.len()
         )));
     }
-    // The script answers an entry id, or an empty string for a publisher id that is taken.
+    // The script answers an entry id, or an empty string for a publisher id that is taken. An
+    // event without a publisher id is known by its entry id.
     ids.iter()
-        .map(|id| match id.as_str() {
+        .zip(drafts)
+        .map(|(entry, draft)| match entry.as_str() {
             "" => Ok(None),
-            id => EntryId::parse(id).map(Some).ok_or_else(|| {
-                AppendError::Unreadable(format!("Redis answered {id:?} for an entry id"))
-            }),
+            entry => match parse_entry_id(entry) {
+                Some(position) => Ok(Some(Placed {
+                    position,
+                    id: draft.id.as_deref().map_or_else(|| entry.into(), Into::into),
+                })),
+                None => Err(AppendError::Unreadable(format!(
+                    "Redis answered {entry:?} for an entry id"
+                ))),
+            },
         })
         .collect()
 }
@@ -671,7 +636,7 @@ fn new_epoch() -> String {
 
 /// Where the tail is in the log, and what it expects next.
 #[derive(Debug, Default)]
-struct Position {
+struct TailState {
     /// `None`: nothing read yet; the first connection reads the retained window.
     cursor: Option<String>,
     /// The epoch of the entries applied, once known.
@@ -689,7 +654,7 @@ struct Position {
     recent: VecDeque<String>,
 }
 
-/// Hub entries a [`Position`] remembers, to tell entries written in between from lost ones.
+/// Hub entries a [`TailState`] remembers, to tell entries written in between from lost ones.
 const RECENT_ENTRIES: usize = 64;
 
 /// Why the tail stopped following the log.
@@ -708,7 +673,7 @@ impl From<redis::RedisError> for Stop {
 
 /// Follows the log for the life of the node, reconnecting with jittered backoff.
 async fn tail(shared: Shared, sink: Recipient<Tailed>) {
-    let mut position = Position::default();
+    let mut position = TailState::default();
     let mut refusals = Refusals::new(shared.metrics.clone());
     let mut delay = BACKOFF_MIN;
     // A node that cannot reach Redis from the start says why once, too.
@@ -734,7 +699,7 @@ async fn tail(shared: Shared, sink: Recipient<Tailed>) {
 async fn follow(
     shared: &Shared,
     sink: &Recipient<Tailed>,
-    position: &mut Position,
+    position: &mut TailState,
     refusals: &mut Refusals,
     delay: &mut Duration,
 ) -> Stop {
@@ -866,12 +831,12 @@ async fn follow(
 /// Tells the broadcaster entries were lost and starts over from the log's oldest entry.
 async fn lost(
     sink: &Recipient<Tailed>,
-    position: &mut Position,
+    position: &mut TailState,
     at: Option<String>,
     reason: String,
 ) -> Result<(), actix::MailboxError> {
     log::error!("the Redis log lost entries this node had not applied: {reason}");
-    *position = Position {
+    *position = TailState {
         cursor: Some("0-0".to_owned()),
         epoch: None,
         last: None,
@@ -898,7 +863,7 @@ impl Order {
     }
 }
 
-impl Position {
+impl TailState {
     /// Why the entry `id` at `order` cannot follow what was applied, if it cannot.
     fn gap(&self, id: &str, order: &Order) -> Option<String> {
         let Order { epoch, predecessor } = order;
@@ -953,7 +918,7 @@ impl Position {
         self.recent.push_back(id.to_owned());
         self.cursor = Some(id.to_owned());
         // Past the entry that caused the loss, the re-read is over.
-        let past = |at: &String| EntryId::parse(id) > EntryId::parse(at);
+        let past = |at: &String| parse_entry_id(id) > parse_entry_id(at);
         if self.lost_at.as_ref().is_some_and(past) {
             self.lost_at = None;
         }
@@ -964,7 +929,7 @@ impl Position {
 async fn snapshot(
     shared: &Shared,
     connection: &mut MultiplexedConnection,
-    position: &mut Position,
+    position: &mut TailState,
     refusals: &mut Refusals,
 ) -> Result<Vec<TailEntry>, Stop> {
     let (newest_first, epoch): (StreamRangeReply, Option<String>) = redis::pipe()
@@ -987,7 +952,7 @@ async fn snapshot(
         .iter()
         .rev()
         .find_map(|entry| Order::of(entry).map(|order| (entry.id.clone(), order)));
-    *position = Position {
+    *position = TailState {
         cursor: Some(
             ids.last()
                 .map_or_else(|| "0-0".to_owned(), |e| e.id.clone()),
@@ -1035,7 +1000,7 @@ type Refused = (&'static str, String);
 /// The event a hub entry holds, parsed with the publication rule set and encoded for the
 /// wire; or why it is refused.
 fn decode(entry: &StreamId, limits: &Limits) -> Result<TailEntry, Refused> {
-    let parsed = EntryId::parse(&entry.id)
+    let parsed = parse_entry_id(&entry.id)
         .ok_or_else(|| ("entry_id", format!("entry id {:?} is not ms-seq", entry.id)))?;
     let not_utf8 = |name: &str| ("not_utf8", format!("field `{name}` is not UTF-8"));
     let own_id = match text(entry, "i") {
@@ -1074,7 +1039,7 @@ fn decode(entry: &StreamId, limits: &Limits) -> Result<TailEntry, Refused> {
         .into_draft();
     let id = draft.id.take().unwrap_or_default();
     Ok(TailEntry {
-        entry: parsed,
+        position: parsed,
         event: Arc::new(Event::new(id.into(), draft)),
     })
 }
@@ -1123,12 +1088,12 @@ mod tests {
 
     #[test]
     fn entry_ids_parse_and_order_as_redis_orders_them() {
-        let a = EntryId::parse("1700000000000-9").expect("entry id");
-        let b = EntryId::parse("1700000000001-0").expect("entry id");
+        let a = parse_entry_id("1700000000000-9").expect("entry id");
+        let b = parse_entry_id("1700000000001-0").expect("entry id");
         assert!(a < b);
         assert_eq!(b.to_string(), "1700000000001-0");
         for bad in ["", "1", "1-", "-1", "a-1", "1-2-3", "1.5-2", " 1-2"] {
-            assert_eq!(EntryId::parse(bad), None, "{bad:?}");
+            assert_eq!(parse_entry_id(bad), None, "{bad:?}");
         }
     }
 
@@ -1202,9 +1167,9 @@ mod tests {
     /// (it is the entry that is wrong, not the log), and forgotten once the tail is past it.
     #[test]
     fn a_loss_at_one_entry_is_declared_once() {
-        let mut position = Position {
+        let mut position = TailState {
             lost_at: Some("5-0".to_owned()),
-            ..Position::default()
+            ..TailState::default()
         };
         let order = |epoch: &str, p: &str| Order {
             epoch: epoch.to_owned(),
@@ -1222,7 +1187,7 @@ mod tests {
     /// which names the one before the interloper: nothing was lost, and no re-read starts.
     #[test]
     fn an_entry_written_in_between_is_not_a_loss() {
-        let mut position = Position::default();
+        let mut position = TailState::default();
         let order = |p: &str| Order {
             epoch: "a".to_owned(),
             predecessor: p.to_owned(),

@@ -15,7 +15,7 @@ use crate::{
     error::HubError,
     event::{self, EventDraft, Publication, Refusal},
     subscriptions::{self, Filter},
-    url_pattern::{HubUrl, check_value},
+    url_pattern::HubUrl,
 };
 
 /// The hub's path, as clients discover it.
@@ -88,9 +88,8 @@ async fn publish_form(
     state: &AppState,
 ) -> Result<HttpResponse, HubError> {
     state.check_origin(&req, super::csrf::Action::Publish)?;
-    let grant = auth::publisher_grant(&req, &state.keys, &state.selectors, auth::Surface::Mercure)
-        .await?
-        .ok_or(HubError::Internal)?;
+    let grant =
+        auth::publisher_grant(&req, &state.keys, &state.selectors, auth::Surface::Mercure).await?;
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -129,16 +128,16 @@ async fn publish_form(
         // Mercure accepts a repeated id; a resume from it starts after its first occurrence.
         repeatable_id: true,
     };
-    let publication = Publication::parse(draft, &state.limits).map_err(over_limit)?;
-    // Whatever the token allows: these would forge the hub's own events.
-    check_reserved(publication.draft(), state.selectors.hub())?;
+    let publication = Publication::parse_mercure(draft, &state.limits, state.selectors.hub())
+        .map_err(over_limit)?;
     authorize_topics(&grant, &publication.draft().topics)?;
     let id = state.publish(publication).await?;
     Ok(published(&id))
 }
 
 /// Mercure refuses an update over a limit on its fields with 413 (the quick-start `/publish`
-/// says 400); the other rules keep their 400.
+/// says 400); the other rules keep their 400, the reserved values and characters naming the
+/// update.
 fn over_limit(refusal: Refusal) -> HubError {
     match refusal {
         Refusal::TooManyTopics { limit } => {
@@ -152,6 +151,10 @@ fn over_limit(refusal: Refusal) -> HubError {
             if field == "id" { "id" } else { "type" },
             event::MAX_ID_BYTES
         )),
+        Refusal::Character { reason, .. } | Refusal::Reserved(reason) => HubError::Invalid {
+            what: "update",
+            reason,
+        },
         other => other.into(),
     }
 }
@@ -325,41 +328,6 @@ struct Form {
     event_type: Option<String>,
     retry: Option<String>,
     private: bool,
-}
-
-/// Mercure's reserved values, refused (400) whatever the token: a topic `*` (the wildcard
-/// could not address it) or in the hub's namespace, an id starting with `#` (the hub's
-/// fragment ids); and control or format characters in topics, id and type. (The type
-/// `mercure` is refused on every route, by the publication rule set: [`Publication::parse`].)
-fn check_reserved(update: &EventDraft, hub: &HubUrl) -> Result<(), HubError> {
-    let invalid = |reason: String| HubError::Invalid {
-        what: "update",
-        reason,
-    };
-    for topic in &update.topics {
-        if topic == "*" {
-            return Err(invalid(
-                "the topic `*` is reserved for the wildcard matcher".to_owned(),
-            ));
-        }
-        if hub.addresses_namespace(topic) {
-            return Err(invalid(format!(
-                "the topic `{topic}` is in the hub's reserved namespace `{}`",
-                hub.path()
-            )));
-        }
-        check_value(topic).map_err(|why| invalid(format!("the topic `{topic}` {why}")))?;
-    }
-    if let Some(event_type) = &update.event_type {
-        check_value(event_type).map_err(|why| invalid(format!("the type {why}")))?;
-    }
-    if let Some(id) = &update.id {
-        if id.starts_with('#') {
-            return Err(invalid("an id must not start with `#`".to_owned()));
-        }
-        check_value(id).map_err(|why| invalid(format!("the id {why}")))?;
-    }
-    Ok(())
 }
 
 impl Form {

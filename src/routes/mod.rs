@@ -23,7 +23,7 @@ use futures_util::StreamExt as _;
 
 use crate::{
     auth::Keys,
-    broadcaster::{Broadcaster, Publish, Published, Subscribe, Subscribed, Subscription},
+    broadcaster::{Broadcaster, Publish, Subscribe, Subscribed, Subscription},
     client::Clients,
     config::Settings,
     error::HubError,
@@ -69,13 +69,9 @@ impl AppState {
     /// Publishes `publication` and returns its id once the event is in the log (committed,
     /// for a durable one) and applied: a publisher that resumes from this id finds it.
     pub async fn publish(&self, publication: Publication) -> Result<Arc<str>, HubError> {
-        match self.ask(Publish(publication.into_draft())).await?? {
-            Published::Applied(id) => Ok(id),
-            // The sender only drops unanswered if the broadcaster itself is gone.
-            Published::Pending(answer) => reply::on_worker(answer)
-                .await
-                .map_err(|_| HubError::NotStored)?,
-        }
+        let answer = self.ask(Publish(publication.into_draft())).await?;
+        // The sender only drops unanswered if the broadcaster itself is gone.
+        reply::on_worker(answer).await?
     }
 
     /// Refuses a cookie-authenticated request from a foreign origin (see [`csrf::check`]).
@@ -92,9 +88,7 @@ impl AppState {
     pub async fn subscribe(&self, msg: Subscribe) -> Result<Subscription, HubError> {
         match self.ask(msg).await?? {
             Subscribed::Now(subscription) => Ok(subscription),
-            Subscribed::Later(answer) => reply::on_worker(answer)
-                .await
-                .map_err(|_| HubError::ShuttingDown)?,
+            Subscribed::Later(answer) => reply::on_worker(answer).await?,
         }
     }
 }

@@ -45,8 +45,7 @@ async fn publish_body(
 ) -> Result<HttpResponse, HubError> {
     let settings = &state.settings;
     state.check_origin(&req, super::csrf::Action::Publish)?;
-    let grant =
-        auth::publisher_grant(&req, &state.keys, &state.selectors, auth::Surface::Hub).await?;
+    let grant = auth::hub_publisher_grant(&req, &state.keys, &state.selectors).await?;
     if let Some(length) = req
         .headers()
         .get(actix_web::http::header::CONTENT_LENGTH)

@@ -111,3 +111,67 @@ async fn bad_input_is_refused_and_disturbs_nobody() {
     }
     assert_eq!(app.stats().await["events_published_total"], markers);
 }
+
+/// `/publish` holds topics, id and type to the value rule the Mercure route has always held
+/// them to: a control character (a bell, a tab, DEL) or a format character (a zero-width space,
+/// a right-to-left override) is refused with 400 naming the field and the character, nothing is
+/// published, and the subscriber receives exactly the accepted events, in order. (Before the
+/// publication rules were one type, `/publish` published these.)
+#[actix_web::test]
+async fn publish_refuses_control_and_format_characters() {
+    let app = spawn_app_with(|_| {}).await;
+    let mut subscriber = app.subscribe("/stream?topic=*").await;
+
+    let cases = [
+        (
+            "/publish?topic=a%07b",
+            "topics",
+            "the topic `a\u{7}b` contains the control character U+0007",
+        ),
+        (
+            "/publish?topic=x&topic=a%E2%80%8Bb",
+            "topics",
+            "format character U+200B",
+        ),
+        (
+            "/publish?id=a%09b",
+            "id",
+            "the id contains the control character U+0009",
+        ),
+        ("/publish?id=a%7Fb", "id", "control character U+007F"),
+        (
+            "/publish?event=a%E2%80%AEb",
+            "event type",
+            "the type contains the format character U+202E",
+        ),
+    ];
+    for (n, (path, field, needle)) in cases.into_iter().enumerate() {
+        let mut response = app
+            .client
+            .post(app.url(path))
+            .send_body("refused")
+            .await
+            .expect("answered");
+        let text = String::from_utf8(response.body().await.expect("body").to_vec()).expect("utf-8");
+        assert_json_error(response.status(), &text, StatusCode::BAD_REQUEST, needle);
+        assert!(text.contains(&format!("invalid {field}")), "{path}: {text}");
+
+        let marker = format!("after case {n}");
+        let id = app.publish("", &marker).await;
+        let event = subscriber.next_event().await;
+        assert_eq!(event.data.as_deref(), Some(marker.as_str()), "{path}");
+        assert_eq!(event.id.as_deref(), Some(id.as_str()));
+    }
+    // Letters of any script are not control characters.
+    let accepted = app
+        .client
+        .post(app.url("/publish?topic=caf%C3%A9&id=%C3%BCn%C3%AF&event=n%C3%A9"))
+        .send_body("accepted")
+        .await
+        .expect("answered");
+    assert_eq!(accepted.status(), StatusCode::OK);
+    let event = subscriber.next_event().await;
+    assert_eq!(event.data.as_deref(), Some("accepted"));
+    assert_eq!(event.id.as_deref(), Some("ünï"));
+    assert_eq!(app.stats().await["events_published_total"], 6);
+}

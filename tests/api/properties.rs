@@ -178,9 +178,17 @@ fn draft_with_id() -> impl Strategy<Value = (String, EventDraft)> {
             };
             (id, draft)
         })
-        .prop_filter("ids and types that validate_draft accepts", |(_, draft)| {
-            event::validate_draft(draft).is_ok()
-        })
+        .prop_filter(
+            "ids and types the publication rules accept",
+            |(_, draft)| {
+                let unlimited = event::Limits {
+                    max_topics: usize::MAX,
+                    max_topic_bytes: usize::MAX,
+                    max_data_bytes: usize::MAX,
+                };
+                event::Publication::parse(draft.clone(), &unlimited).is_ok()
+            },
+        )
 }
 
 /// A stream: events, each maybe preceded by a comment (the opening `connected`, a heartbeat,

@@ -1,5 +1,6 @@
-//! History: the broadcaster's cache of the retained events, which subscribers replay from after
-//! a reconnect, and the retention rule ([`Window`]) that the durable event log applies too.
+//! The retained window of the log: the events a subscriber replays from after a reconnect,
+//! kept by the broadcaster (its cache of the log) and by the local logs (for their ids), and
+//! the retention rule ([`Window`]) the file store trims with too.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -342,7 +343,9 @@ impl History {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::DEFAULT_SUBSCRIPTION_HISTORY;
+
+    /// Subscription events the tests' histories retain.
+    const DEFAULT_SUBSCRIPTION_HISTORY: usize = 1_000;
     use crate::event::EventDraft;
 
     fn event(id: &str, data: &str) -> Arc<Event> {
