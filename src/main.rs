@@ -3,7 +3,7 @@
 
 use std::{
     process::ExitCode,
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use clap::Parser as _;
@@ -103,38 +103,16 @@ fn access_token(
         .ok_or("--access-token needs --jwt-issuer (or SSE_HUB_JWT_ISSUER): the token's iss")?;
     let hub = HubUrl::parse(&settings.hub_url).map_err(|err| format!("--hub-url: {err}"))?;
     let audience = settings.audience(&hub);
-    let lifetime = args.expires_in.map_or(3600, |lifetime| lifetime.as_secs());
-    let detail = |action: &str, selectors: &[String], payload: Option<&serde_json::Value>| {
-        let topics: Vec<serde_json::Value> = selectors
-            .iter()
-            .map(|s| serde_json::json!({ "match": s, "match_type": args.match_type }))
-            .collect();
-        let mut detail = serde_json::json!({
-            "type": auth::DETAIL_TYPE,
-            "actions": [action],
-            "topics": topics,
-        });
-        if let (Some(payload), Some(fields)) = (payload, detail.as_object_mut()) {
-            fields.insert("payload".to_owned(), payload.clone());
-        }
-        detail
-    };
-    let mut details = Vec::new();
-    if !args.publish.is_empty() {
-        details.push(detail("publish", &args.publish, None));
+    auth::AccessTokenRequest {
+        issuer,
+        audience: &audience,
+        subject: &args.subject,
+        now,
+        lifetime: args.expires_in.unwrap_or(Duration::from_secs(3600)),
+        publish: &args.publish,
+        subscribe: &args.subscribe,
+        match_type: &args.match_type,
+        payload: args.payload.as_ref(),
     }
-    if !args.subscribe.is_empty() {
-        details.push(detail("subscribe", &args.subscribe, args.payload.as_ref()));
-    }
-    let claims = serde_json::json!({
-        "iss": issuer,
-        "aud": audience,
-        "sub": args.subject,
-        "client_id": args.subject,
-        "iat": now,
-        "exp": now + lifetime,
-        "jti": format!("urn:uuid:{}", uuid::Uuid::new_v4()),
-        "authorization_details": details,
-    });
-    auth::sign_access_token(&claims, material, algorithm)
+    .sign(material, algorithm)
 }

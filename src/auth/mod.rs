@@ -1,111 +1,46 @@
-//! Auth: Mercure JWTs (HS256 or RS256), where a request's token comes from, and what it
-//! allows: a 0.x token through its `mercure` claim, a 1.0 access token (`typ: at+jwt`, RFC 9068:
-//! `iss`, `aud`, `exp` required) through its `authorization_details`.
+//! Auth: Mercure JWTs, where a request's token comes from, and what it allows: a 0.x token
+//! through its `mercure` claim, a 1.0 access token (`typ: at+jwt`, RFC 9068: `iss`, `aud`,
+//! `exp` required) through its `authorization_details`. This module holds the keys and modes
+//! and turns a request into a [`Grant`]; its rooms:
+//!
+//! - [`sources`]: where a request carries its token (header, cookies, query).
+//! - [`claims`]: Mercure 0.x tokens: their claims, verification and time claims.
+//! - [`access_token`]: Mercure 1.0 access tokens and their authorization details.
+//! - [`signing`]: signing tokens, and the claims the `token` command puts in them.
+
+mod access_token;
+mod claims;
+mod signing;
+mod sources;
 
 use std::{
-    collections::HashSet,
     sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime},
 };
 
-use actix_web::{HttpRequest, http::header};
-use jsonwebtoken::{
-    Algorithm, AlgorithmFamily, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind,
-};
-use serde::{Deserialize, Serialize};
+use actix_web::HttpRequest;
 
+pub use self::{
+    access_token::{
+        AccessToken, DETAIL_TYPE, Detail, MAX_DETAILS, is_access_token, verify_access_token,
+    },
+    claims::{Claims, MercureClaim, Verified, valid_until, verify},
+    signing::{AccessTokenClaims, AccessTokenRequest, sign, sign_access_token},
+    sources::{
+        ACCESS_TOKEN_COOKIE, COOKIE_NAME, QUERY_NAME, TokenSources, bearer_token, token_from,
+    },
+};
 pub use crate::keys::{JwtAlgorithm, JwtKey, Role};
 use crate::{
     error::HubError,
     keys::Issuer,
-    keys::read_material,
-    topic::{MatcherType, Selector, SelectorCache, SelectorError},
-    url_pattern::check_value,
+    topic::{Selector, SelectorCache, SelectorError},
 };
 
-/// The cookie Mercure 0.x clients send their token in.
 /// Selectors one token may carry (0.x `mercure.publish` and `mercure.subscribe` together, or
 /// every matcher of a 1.0 token's Mercure details): a user's own topics and a few shared lists
 /// fit, and a publish checked against them all stays within about 64 one-pass matches.
 pub const DEFAULT_MAX_TOKEN_SELECTORS: usize = 64;
-
-pub const COOKIE_NAME: &str = "mercureAuthorization";
-/// The cookie name Mercure 1.0 recommends.
-pub const ACCESS_TOKEN_COOKIE: &str = "__Secure-mercure_access_token";
-/// The `type` of a Mercure authorization detail (RFC 9396).
-pub const DETAIL_TYPE: &str = "https://mercure.rocks/authorization-detail";
-/// Mercure authorization details one token may carry; more make it invalid.
-pub const MAX_DETAILS: usize = 32;
-/// The query parameter for clients that can set neither a header nor a cookie.
-pub const QUERY_NAME: &str = "authorization";
-
-/// The claims the hub reads: `{"mercure": {"publish": [...], "subscribe": [...]}}`, and the
-/// time claims `exp` and `nbf` (seconds since the epoch; a fractional NumericDate, as
-/// lcobucci/jwt writes it, is accepted and rounded towards the shorter validity).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Claims {
-    #[serde(default)]
-    pub mercure: MercureClaim,
-    /// Expiry: refused after it (plus the leeway), and a subscriber's stream ends then.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "numeric_date::floor"
-    )]
-    pub exp: Option<u64>,
-    /// Not before: refused until it (minus the leeway).
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "numeric_date::ceil"
-    )]
-    pub nbf: Option<u64>,
-}
-
-/// RFC 7519 NumericDate: a JSON number of seconds, possibly fractional.
-mod numeric_date {
-    use serde::{Deserialize, Deserializer, de::Error};
-
-    fn seconds<'de, D: Deserializer<'de>>(
-        deserializer: D,
-        round: fn(f64) -> f64,
-    ) -> Result<Option<u64>, D::Error> {
-        let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
-            return Ok(None);
-        };
-        if let Some(whole) = number.as_u64() {
-            return Ok(Some(whole));
-        }
-        match number.as_f64().map(round) {
-            // `as` saturates: a date past u64::MAX seconds is as good as never.
-            Some(secs) if secs >= 0.0 => Ok(Some(secs as u64)),
-            _ => Err(D::Error::custom(format!(
-                "{number} is not a date in seconds since the epoch"
-            ))),
-        }
-    }
-
-    /// For `exp`: a fraction ends the token's validity at the whole second before.
-    pub fn floor<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
-        seconds(deserializer, f64::floor)
-    }
-
-    /// For `nbf`: a fraction starts the token's validity at the whole second after.
-    pub fn ceil<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
-        seconds(deserializer, f64::ceil)
-    }
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct MercureClaim {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub publish: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub subscribe: Option<Vec<String>>,
-    /// Free-form data about the subscriber; accepted and ignored.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub payload: Option<serde_json::Value>,
-}
 
 /// The keys for both roles (`None` where that role has no key configured), the clock skew
 /// allowed on their tokens' time claims, and what a Mercure 1.0 access token must name.
@@ -237,331 +172,8 @@ pub enum Surface {
     Mercure,
 }
 
-/// Where a request may carry its token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenSources {
-    /// The header, the cookies, and the `authorization` query parameter (Mercure 0.x).
-    WithQuery,
-    /// The header and the cookies: Mercure 1.0 (RFC 9700) keeps tokens out of URLs.
-    HeaderAndCookie,
-}
-
-/// The token a request carries: the `Authorization: Bearer` header, else the
-/// `mercureAuthorization` or `__Secure-mercure_access_token` cookie, else (0.x requests) the
-/// `authorization` query parameter.
-pub fn token_from(req: &HttpRequest, sources: TokenSources) -> Result<Option<String>, HubError> {
-    if let Some(token) = bearer_token(req)? {
-        return Ok(Some(token));
-    }
-    if let Some(cookie) = req
-        .cookie(COOKIE_NAME)
-        .or_else(|| req.cookie(ACCESS_TOKEN_COOKIE))
-    {
-        return Ok(Some(cookie.value().to_owned()));
-    }
-    if sources == TokenSources::HeaderAndCookie {
-        return Ok(None);
-    }
-    Ok(form_urlencoded::parse(req.query_string().as_bytes())
-        .find(|(k, _)| k == QUERY_NAME)
-        .map(|(_, v)| v.into_owned()))
-}
-
-/// The token of the `Authorization: Bearer` header only (the scheme is case-insensitive).
-pub fn bearer_token(req: &HttpRequest) -> Result<Option<String>, HubError> {
-    let Some(value) = req.headers().get(header::AUTHORIZATION) else {
-        return Ok(None);
-    };
-    let value = value
-        .to_str()
-        .map_err(|_| malformed("the Authorization header"))?;
-    let token = value
-        .split_once(' ')
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim())
-        .filter(|token| !token.is_empty())
-        .ok_or_else(|| malformed("the Authorization header (expected `Bearer <token>`)"))?;
-    Ok(Some(token.to_owned()))
-}
-
-fn malformed(what: &str) -> HubError {
-    HubError::TokenMalformed(format!("malformed token in {what}"))
-}
-
-/// A token that passed [`verify`]: its claims, and when it stops being valid.
-#[derive(Debug, Clone)]
-pub struct Verified {
-    pub claims: Claims,
-    /// `exp` plus the leeway; `None` when the token has no `exp`.
-    pub valid_until: Option<SystemTime>,
-}
-
-/// Why a token did not decode, after "the publisher token ..." (both token kinds).
-fn why_not_decoded(err: &jsonwebtoken::errors::Error, algorithm: Algorithm, role: Role) -> String {
-    match err.kind() {
-        ErrorKind::InvalidSignature => "has an invalid signature".to_owned(),
-        ErrorKind::InvalidAlgorithm => format!(
-            "is not signed with {algorithm:?}, the algorithm configured for {}s",
-            role.name()
-        ),
-        _ => format!("is not a valid JWT ({err})"),
-    }
-}
-
-/// Whether `token` is a Mercure 1.0 access token: its header's `typ` is `at+jwt` (or
-/// `application/at+jwt`, case-insensitive, RFC 9068). Other tokens are read as Mercure 0.x ones.
-pub fn is_access_token(token: &str, role: Role) -> Result<bool, HubError> {
-    let header = jsonwebtoken::decode_header(token).map_err(|err| {
-        HubError::Unauthorized(format!(
-            "the {} token is not a valid JWT ({err})",
-            role.name()
-        ))
-    })?;
-    Ok(header.typ.is_some_and(|typ| {
-        let typ = typ.to_ascii_lowercase();
-        typ == "at+jwt" || typ == "application/at+jwt"
-    }))
-}
-
-/// The claims of a Mercure 1.0 access token the hub reads; `iss` and `aud` are checked by
-/// the decoder.
-#[derive(Debug, Deserialize)]
-struct AccessClaims {
-    #[serde(default, deserialize_with = "numeric_date::floor")]
-    exp: Option<u64>,
-    #[serde(default, deserialize_with = "numeric_date::ceil")]
-    nbf: Option<u64>,
-    #[serde(default)]
-    authorization_details: Option<serde_json::Value>,
-}
-
-/// One Mercure authorization detail of a verified access token.
-#[derive(Debug, Clone)]
-pub struct Detail {
-    pub publish: bool,
-    pub subscribe: bool,
-    pub topics: Vec<Selector>,
-    pub payload: Option<serde_json::Value>,
-}
-
-/// A verified Mercure 1.0 access token: its Mercure authorization details, and when it stops
-/// being valid.
-#[derive(Debug, Clone)]
-pub struct AccessToken {
-    pub details: Vec<Detail>,
-    pub valid_until: Option<SystemTime>,
-}
-
-/// Verifies a Mercure 1.0 access token (RFC 9068 as Mercure profiles it): the role's key and
-/// algorithm only, `iss` equal to the configured issuer, `aud` naming the hub, `exp` present,
-/// `nbf` and `exp` with the leeway, and every Mercure authorization detail well formed (one
-/// that is not makes the whole token invalid). Every failure is `invalid_token`.
-pub async fn verify_access_token(
-    token: &str,
-    role: Role,
-    keys: &Keys,
-    cache: &SelectorCache,
-) -> Result<AccessToken, HubError> {
-    let refused =
-        |reason: String| HubError::Unauthorized(format!("the {} token {reason}", role.name()));
-    let (key, algorithm, issuer) = access_token_key(token, role, keys).await.map_err(refused)?;
-    let issuer = issuer.as_str();
-    let mut validation = Validation::new(algorithm);
-    validation.required_spec_claims = ["exp", "iss", "aud"].map(str::to_owned).into();
-    validation.validate_exp = false;
-    validation.validate_nbf = false;
-    validation.set_issuer(&[issuer]);
-    validation.set_audience(&[&keys.audience]);
-    let claims = jsonwebtoken::decode::<AccessClaims>(token, &key, &validation)
-        .map(|data| data.claims)
-        .map_err(|err| {
-            refused(match err.kind() {
-                ErrorKind::InvalidIssuer => format!("is not issued by `{issuer}` (iss)"),
-                ErrorKind::InvalidAudience => {
-                    format!(
-                        "is not meant for this hub: its aud lacks `{}`",
-                        keys.audience
-                    )
-                }
-                ErrorKind::MissingRequiredClaim(claim) => format!("has no `{claim}` claim"),
-                _ => why_not_decoded(&err, algorithm, role),
-            })
-        })?;
-    let times = Claims {
-        exp: claims.exp,
-        nbf: claims.nbf,
-        ..Claims::default()
-    };
-    valid_until(&times, SystemTime::now(), keys.leeway).map_err(|why| refused(why.to_owned()))?;
-    // Accepted within the leeway for clock skew, but a stream ends at `exp` itself: Mercure 1.0
-    // asks that the connection close no later than that.
-    let valid_until = claims
-        .exp
-        .and_then(|exp| UNIX_EPOCH.checked_add(Duration::from_secs(exp)));
-    let details = parse_details(claims.authorization_details.as_ref(), keys, cache).map_err(
-        |err| match err {
-            DetailError::Invalid(why) => {
-                refused(format!("has invalid authorization_details: {why}"))
-            }
-            // The token is fine; the hub cannot hold its patterns now.
-            DetailError::Full { limit } => HubError::SelectorLimit { limit },
-        },
-    )?;
-    Ok(AccessToken {
-        details,
-        valid_until,
-    })
-}
-
-/// The key, algorithm and issuer an access token is verified with, picked by its (not yet
-/// verified) `iss`: `--jwt-issuer` with the flags' keys, else the `--issuers` entry of that
-/// name, whose key set is asked for the header's `kid`. The error completes "the token ...".
-async fn access_token_key(
-    token: &str,
-    role: Role,
-    keys: &Keys,
-) -> Result<(DecodingKey, Algorithm, String), String> {
-    #[derive(Deserialize)]
-    struct Iss {
-        #[serde(default)]
-        iss: Option<serde_json::Value>,
-    }
-    let header =
-        jsonwebtoken::decode_header(token).map_err(|err| format!("is not a valid JWT ({err})"))?;
-    let claimed = jsonwebtoken::dangerous::insecure_decode_claims::<Iss>(token)
-        .map_err(|err| format!("is not a valid JWT ({err})"))?
-        .iss;
-    let Some(serde_json::Value::String(iss)) = claimed else {
-        return Err("has no `iss` claim".to_owned());
-    };
-    if keys.issuer.as_deref() == Some(iss.as_str())
-        && let Some(key) = keys.for_role(role)
-    {
-        return Ok((key.key.clone(), key.algorithm, iss));
-    }
-    if let Some(issuer) = keys.issuers.iter().find(|issuer| issuer.iss == iss) {
-        let key = issuer
-            .key_for(role, header.alg, header.kid.as_deref())
-            .await?;
-        return Ok((key, header.alg, iss));
-    }
-    let trusted = keys.issuer_names();
-    Err(if trusted.is_empty() {
-        "is a Mercure 1.0 access token, and the hub has no issuer configured (--jwt-issuer, \
-         --issuers)"
-            .to_owned()
-    } else {
-        format!(
-            "is not issued by an issuer the hub trusts for {}s (iss `{iss}`; trusted: {})",
-            role.name(),
-            trusted.join(", ")
-        )
-    })
-}
-
-/// Why a token's authorization details cannot be used.
-#[derive(Debug)]
-enum DetailError {
-    /// Malformed: the token is invalid.
-    Invalid(String),
-    /// A URL pattern of the token does not fit in `--max-selector-bytes` now.
-    Full { limit: usize },
-}
-
-impl From<String> for DetailError {
-    fn from(why: String) -> Self {
-        Self::Invalid(why)
-    }
-}
-
-impl From<&str> for DetailError {
-    fn from(why: &str) -> Self {
-        Self::Invalid(why.to_owned())
-    }
-}
-
-/// The Mercure authorization details of an `authorization_details` claim; details of other
-/// types are skipped, unknown actions grant nothing.
-fn parse_details(
-    claim: Option<&serde_json::Value>,
-    keys: &Keys,
-    cache: &SelectorCache,
-) -> Result<Vec<Detail>, DetailError> {
-    use serde_json::Value;
-
-    let Some(claim) = claim else {
-        return Ok(Vec::new());
-    };
-    let entries = claim.as_array().ok_or("not an array")?;
-    let mut details = Vec::new();
-    let mut selectors = 0;
-    for (n, entry) in entries.iter().enumerate() {
-        let entry = entry
-            .as_object()
-            .ok_or_else(|| format!("entry {n} is not an object"))?;
-        if entry.get("type").and_then(Value::as_str) != Some(DETAIL_TYPE) {
-            continue;
-        }
-        if details.len() == MAX_DETAILS {
-            return Err(format!("more than {MAX_DETAILS} Mercure details").into());
-        }
-        let actions = entry
-            .get("actions")
-            .and_then(Value::as_array)
-            .filter(|actions| !actions.is_empty())
-            .ok_or_else(|| format!("entry {n} has no non-empty `actions` array"))?;
-        let mut detail = Detail {
-            publish: false,
-            subscribe: false,
-            topics: Vec::new(),
-            payload: None,
-        };
-        for action in actions {
-            match action.as_str() {
-                Some("publish") => detail.publish = true,
-                Some("subscribe") => detail.subscribe = true,
-                Some(_) => {}
-                None => return Err(format!("entry {n} has an action that is not a string").into()),
-            }
-        }
-        let topics = entry
-            .get("topics")
-            .and_then(Value::as_array)
-            .filter(|topics| !topics.is_empty())
-            .ok_or_else(|| format!("entry {n} has no non-empty `topics` array"))?;
-        if topics.len() > keys.max_matchers {
-            return Err(format!(
-                "entry {n} has more than {} topic matchers",
-                keys.max_matchers
-            )
-            .into());
-        }
-        selectors += topics.len();
-        if selectors > keys.max_selectors {
-            return Err(too_many_selectors(keys).into());
-        }
-        for topic in topics {
-            detail
-                .topics
-                .push(parse_matcher(topic, keys, cache).map_err(|err| match err {
-                    DetailError::Invalid(why) => DetailError::Invalid(format!("entry {n}: {why}")),
-                    full => full,
-                })?);
-        }
-        match entry.get("payload") {
-            None => {}
-            Some(payload @ Value::Object(_)) => detail.payload = Some(payload.clone()),
-            Some(_) => {
-                return Err(format!("entry {n} has a `payload` that is not an object").into());
-            }
-        }
-        details.push(detail);
-    }
-    Ok(details)
-}
-
 /// Why a token with more than `--max-token-selectors` selectors is refused.
-fn too_many_selectors(keys: &Keys) -> String {
+pub(super) fn too_many_selectors(keys: &Keys) -> String {
     format!(
         "carries more than {} selectors (--max-token-selectors)",
         keys.max_selectors
@@ -582,105 +194,6 @@ fn check_selector_count(verified: &Verified, role: Role, keys: &Keys) -> Result<
         )));
     }
     Ok(())
-}
-
-/// One topic matcher object: `{"match": "...", "match_type": "exact" | "urlpattern"}`.
-fn parse_matcher(
-    topic: &serde_json::Value,
-    keys: &Keys,
-    cache: &SelectorCache,
-) -> Result<Selector, DetailError> {
-    use serde_json::Value;
-
-    let topic = topic
-        .as_object()
-        .ok_or("a topic matcher is not an object")?;
-    let text = topic
-        .get("match")
-        .and_then(Value::as_str)
-        .ok_or("a topic matcher has no `match` string")?;
-    let kind = match topic.get("match_type") {
-        None => MatcherType::Exact,
-        Some(Value::String(name)) => MatcherType::from_name(name)
-            .ok_or_else(|| format!("unsupported match_type `{name}`"))?,
-        Some(_) => return Err("a `match_type` is not a string".into()),
-    };
-    if text.is_empty() || text.len() > keys.max_matcher_bytes {
-        return Err(format!(
-            "a matcher is empty or longer than {} bytes",
-            keys.max_matcher_bytes
-        )
-        .into());
-    }
-    check_value(text).map_err(|why| format!("the matcher `{text}` {why}"))?;
-    cache.get_typed(kind, text).map_err(|err| match err {
-        SelectorError::Full { limit } => DetailError::Full { limit },
-        other => DetailError::Invalid(other.to_string()),
-    })
-}
-
-/// Verifies `token` for `role`: signature, algorithm, and the time claims `nbf` and `exp` when
-/// present, each with `leeway` for clock skew (see [`valid_until`]).
-pub fn verify(
-    token: &str,
-    key: &JwtKey,
-    role: Role,
-    leeway: Duration,
-) -> Result<Verified, HubError> {
-    let refused =
-        |reason: String| HubError::Unauthorized(format!("the {} token {reason}", role.name()));
-    let mut validation = Validation::new(key.algorithm);
-    validation.required_spec_claims = HashSet::new();
-    // The time claims are checked below, by the same rule that ends a subscriber's stream, so
-    // a token accepted here can never have a stream that is already over.
-    validation.validate_exp = false;
-    validation.validate_nbf = false;
-    validation.validate_aud = false;
-    let claims = jsonwebtoken::decode::<Claims>(token, &key.key, &validation)
-        .map(|data| data.claims)
-        .map_err(|err| refused(why_not_decoded(&err, key.algorithm, role)))?;
-    let valid_until =
-        valid_until(&claims, SystemTime::now(), leeway).map_err(|why| refused(why.to_owned()))?;
-    Ok(Verified {
-        claims,
-        valid_until,
-    })
-}
-
-/// The time-claim rule: a token is valid from `nbf - leeway` (inclusive) until
-/// `exp + leeway` (exclusive), either bound open when its claim is absent. Returns the end of
-/// validity, or why the token is not valid at `now`.
-pub fn valid_until(
-    claims: &Claims,
-    now: SystemTime,
-    leeway: Duration,
-) -> Result<Option<SystemTime>, &'static str> {
-    if let Some(nbf) = claims.nbf {
-        // A date too far to represent is not reached.
-        let valid_from = UNIX_EPOCH
-            .checked_add(Duration::from_secs(nbf))
-            .ok_or("is not valid yet (nbf)")?;
-        if valid_from
-            .checked_sub(leeway)
-            .is_some_and(|from| now < from)
-        {
-            return Err("is not valid yet (nbf)");
-        }
-    }
-    let Some(exp) = claims.exp else {
-        return Ok(None);
-    };
-    // Past what a SystemTime can hold, a token never expires in practice.
-    let Some(until) = UNIX_EPOCH
-        .checked_add(Duration::from_secs(exp))
-        .and_then(|exp| exp.checked_add(leeway))
-    else {
-        return Ok(None);
-    };
-    if now >= until {
-        return Err("has expired");
-    }
-    Ok(Some(until))
 }
 
 /// What a verified token allows, as compiled selectors (in a 0.x claim, invalid or too complex
@@ -794,6 +307,7 @@ pub async fn hub_publisher_grant(
         .await
         .map(Some)
 }
+
 /// Checks the subscriber token of `req`, if any: its `mercure.subscribe` claim (0.x) or its
 /// `subscribe` details (1.0) say which private events it may receive. Without a token the
 /// subscriber is anonymous (refused when `anonymous` is false).
@@ -882,51 +396,16 @@ pub async fn may_see_selectors(
     }
 }
 
-/// Signs a token with an HS256 secret or an RS256 private key (PEM; `@path` reads a file), for
-/// the `token` command.
-pub fn sign(claims: &Claims, material: &str, algorithm: JwtAlgorithm) -> Result<String, String> {
-    sign_with(&Header::new(algorithm.into()), claims, material, algorithm)
-}
-
-/// Signs `claims` under `header` with an HS256 secret or an RS256 private key.
-fn sign_with(
-    header: &Header,
-    claims: &impl Serialize,
-    material: &str,
-    algorithm: JwtAlgorithm,
-) -> Result<String, String> {
-    let material = read_material(material)?;
-    let pem = |kind: &str, parsed: jsonwebtoken::errors::Result<EncodingKey>| {
-        parsed.map_err(|err| format!("not {kind} private key in PEM form: {err}"))
-    };
-    let key = match Algorithm::from(algorithm).family() {
-        AlgorithmFamily::Hmac => EncodingKey::from_secret(&material),
-        AlgorithmFamily::Rsa => pem("an RSA", EncodingKey::from_rsa_pem(&material))?,
-        AlgorithmFamily::Ec => pem("an EC", EncodingKey::from_ec_pem(&material))?,
-        AlgorithmFamily::Ed => pem("an Ed25519", EncodingKey::from_ed_pem(&material))?,
-    };
-    jsonwebtoken::encode(header, claims, &key).map_err(|err| err.to_string())
-}
-
-/// Signs a Mercure 1.0 access token (header `typ: at+jwt`) with `claims`, for the `token
-/// --access-token` command and the tests.
-pub fn sign_access_token(
-    claims: &serde_json::Value,
-    material: &str,
-    algorithm: JwtAlgorithm,
-) -> Result<String, String> {
-    let header = Header {
-        typ: Some("at+jwt".to_owned()),
-        ..Header::new(algorithm.into())
-    };
-    sign_with(&header, claims, material, algorithm)
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::UNIX_EPOCH;
+
     use actix_web::test::TestRequest;
 
-    use super::*;
+    use super::{
+        access_token::{DetailError, parse_details},
+        *,
+    };
 
     const SECRET: &str = "!ChangeThisMercureHubJWTSecretKey!";
 
