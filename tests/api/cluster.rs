@@ -293,19 +293,6 @@ pub(crate) async fn next_events(stream: &mut SseStream, n: usize) -> Vec<Frame> 
     events
 }
 
-/// Reads events until the one with id `last`, which must come within the frame timeout.
-async fn events_until(stream: &mut SseStream, last: &str) -> Vec<Frame> {
-    let mut events = Vec::new();
-    loop {
-        let event = stream.next_event().await;
-        let done = event.id.as_deref() == Some(last);
-        events.push(event);
-        if done {
-            return events;
-        }
-    }
-}
-
 /// Reads a stream to its end, which must come within `deadline`: the frames it carried, the
 /// keep-alive comments left out.
 async fn frames_until_end(stream: &mut SseStream, deadline: Duration, what: &str) -> Vec<Frame> {
@@ -476,7 +463,7 @@ async fn a_subscriber_resumes_on_another_node_without_gap_or_duplicate() {
     publisher.await.expect("the publisher finishes");
     let sent = acked.borrow().clone();
     let newest = sent.last().expect("events were published").0.clone();
-    seen.extend(id_and_data(&events_until(&mut on_b, &newest).await));
+    seen.extend(id_and_data(&on_b.events_until(&newest).await));
 
     // Assert
     assert!(
@@ -652,7 +639,7 @@ async fn redis_down_then_back_with_its_data_loses_nothing() {
     }
     let mut resumed = cluster.node(1).subscribe("t", Some(&before[2].0)).await;
     let newest = &after.last().expect("events").0;
-    let replayed = id_and_data(&events_until(&mut resumed, newest).await);
+    let replayed = id_and_data(&resumed.events_until(newest).await);
     let expected: Vec<_> = before[3..].iter().chain(&after).cloned().collect();
     assert_eq!(
         replayed, expected,
@@ -723,7 +710,7 @@ async fn a_flushed_redis_ends_streams_and_resets_resumes() {
     }
     let second_new = cluster.node(1).publish("t", "new 1").await;
     for (node, stream) in cluster.nodes.iter().zip(&mut resumed) {
-        let got = id_and_data(&events_until(stream, &second_new).await);
+        let got = id_and_data(&stream.events_until(&second_new).await);
         assert_eq!(
             got,
             [
@@ -861,7 +848,7 @@ async fn a_node_that_fell_behind_the_trim_ends_streams_and_resets() {
     let reset = resumed.next_event().await;
     let oldest = assert_reset(&reset, &last);
     let next = a.publish("t", "after the trim").await;
-    let replayed: Vec<String> = id_and_data(&events_until(&mut resumed, &next).await)
+    let replayed: Vec<String> = id_and_data(&resumed.events_until(&next).await)
         .into_iter()
         .map(|(id, _)| id)
         .collect();

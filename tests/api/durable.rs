@@ -25,16 +25,6 @@ impl ChildHub {
         Self::spawn(hub_command(store, args))
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// SIGKILL: no shutdown, no flush, no clean close of the store.
-    fn kill9(&mut self) {
-        self.child.kill().expect("the hub can be killed");
-        self.child.wait().expect("the hub is reaped");
-    }
-
     async fn stats(&self) -> Value {
         let mut response = client()
             .get(self.url("/stats"))
@@ -65,21 +55,13 @@ impl ChildHub {
     /// the hub holds, or nothing when the resume point is the newest id.
     async fn replay(&self, last_event_id: &str, newest: Option<&str>) -> Vec<Frame> {
         let mut stream = self.resume(last_event_id).await;
-        let mut events = Vec::new();
         let Some(newest) = newest.filter(|newest| *newest != last_event_id) else {
             stream
                 .assert_no_event_within(Duration::from_millis(100))
                 .await;
-            return events;
+            return Vec::new();
         };
-        loop {
-            let event = stream.next_event().await;
-            let done = event.id.as_deref() == Some(newest);
-            events.push(event);
-            if done {
-                return events;
-            }
-        }
+        stream.events_until(newest).await
     }
 }
 
@@ -347,13 +329,8 @@ async fn store_with_events(dir: &Path) -> PathBuf {
             .expect("publish answered");
         assert_eq!(response.status(), StatusCode::OK);
     }
-    let pid = hub.child.id().to_string();
-    let status = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
-    let exit = hub.child.wait().expect("the hub exits");
+    hub.signal("TERM");
+    let exit = hub.wait_exit(Duration::from_secs(10));
     assert!(exit.success(), "a clean shutdown: {exit}");
     store
 }

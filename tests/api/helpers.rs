@@ -2,10 +2,9 @@
 //! SSE reader that parses frames chunk by chunk with a timeout.
 
 use std::{
-    io::{BufRead as _, BufReader},
+    io::BufReader,
     net::SocketAddr,
     process::{Child, Command, Stdio},
-    sync::mpsc,
     time::{Duration, Instant},
 };
 
@@ -18,6 +17,8 @@ use sse_hub::{
     config::Settings,
     startup::{Application, Stopper},
 };
+
+pub use crate::child::{ChildHub, HUB, HubLog, free_port, hub_command, send_signal};
 
 /// How long any single expected frame may take before a test fails.
 pub const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
@@ -327,6 +328,20 @@ impl SseStream {
         }
     }
 
+    /// Reads events until the one with id `last`, which must come within the event timeout;
+    /// returns them all, `last` included.
+    pub async fn events_until(&mut self, last: &str) -> Vec<Frame> {
+        let mut events = Vec::new();
+        loop {
+            let event = self.next_event().await;
+            let done = event.id.as_deref() == Some(last);
+            events.push(event);
+            if done {
+                return events;
+            }
+        }
+    }
+
     /// Asserts that no event (only comments, if anything) arrives within `wait`.
     pub async fn assert_no_event_within(&mut self, wait: Duration) {
         let deadline = Instant::now() + wait;
@@ -354,135 +369,6 @@ pub fn query(pairs: &[(&str, &str)]) -> String {
     form_urlencoded::Serializer::new(String::new())
         .extend_pairs(pairs)
         .finish()
-}
-
-/// The hub binary, built by cargo for these tests.
-pub const HUB: &str = env!("CARGO_BIN_EXE_sse-hub");
-/// How long a starting hub may take to listen.
-const START_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// The hub binary on `--store store` with `args`, as the child-process tests run it: port 0,
-/// two workers, a 200 ms heartbeat, its log at info, and no `SSE_HUB_*` store settings
-/// inherited from the environment.
-pub fn hub_command(store: &str, args: &[&str]) -> Command {
-    let mut command = Command::new(HUB);
-    command
-        .args([
-            "--bind",
-            "127.0.0.1:0",
-            "--workers",
-            "2",
-            "--heartbeat",
-            "200ms",
-        ])
-        .args(["--store", store])
-        .args(args)
-        .env("RUST_LOG", "info")
-        .env_remove("SSE_HUB_STORE")
-        .env_remove("SSE_HUB_REDIS_PREFIX")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null());
-    command
-}
-
-/// A hub binary in a child process (its memory, its crash and its store are its own), on the
-/// address it logged. Killed on drop.
-pub struct ChildHub {
-    pub child: Child,
-    pub addr: SocketAddr,
-}
-
-impl ChildHub {
-    /// Spawns `command` (the hub binary and its arguments, binding port 0) with its log piped,
-    /// and waits until it listens.
-    pub fn spawn(command: Command) -> Self {
-        Self::spawn_logged(command, HubLog::default())
-    }
-}
-
-impl Drop for ChildHub {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The lines a child hub wrote to stderr, kept so a failing test can show them.
-#[derive(Clone, Default)]
-pub struct HubLog(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
-
-impl HubLog {
-    /// The last `n` lines, one per line.
-    pub fn tail(&self, n: usize) -> String {
-        let lines = self
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        lines[lines.len().saturating_sub(n)..].join("\n")
-    }
-
-    fn push(&self, line: String) {
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .push(line);
-    }
-}
-
-impl ChildHub {
-    /// Like [`ChildHub::spawn`], but every line of the hub's log is also kept in `log`. The
-    /// log is read until the listening line, then drained so the hub never blocks on a full
-    /// pipe.
-    pub fn spawn_logged(mut command: Command, log: HubLog) -> Self {
-        let mut child = command
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the hub binary starts");
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let (addr_tx, addr_rx) = mpsc::channel();
-        let kept = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some((_, url)) = line.split_once("listening addr=")
-                    && let Some((_, addr)) = url.split_once("://")
-                {
-                    let _ = addr_tx.send(addr.trim().to_owned());
-                }
-                kept.push(line);
-            }
-        });
-        let addr = match addr_rx.recv_timeout(START_TIMEOUT) {
-            Ok(addr) => addr.parse().expect("the logged address parses"),
-            Err(_) => {
-                let _ = child.kill();
-                let status = child.wait().expect("the hub is reaped");
-                panic!(
-                    "the hub did not listen within {START_TIMEOUT:?} (exit: {status}); its log:\n{}",
-                    log.tail(40)
-                );
-            }
-        };
-        Self { child, addr }
-    }
-}
-
-/// Sends `signal` (`STOP`, `CONT`, `TERM`…) to process `pid` with kill(1): the tests do not
-/// depend on libc.
-pub fn send_signal(pid: u32, signal: &str) {
-    let status = Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(pid.to_string())
-        .status()
-        .expect("kill(1) runs");
-    assert!(status.success(), "kill -{signal} {pid}: {status}");
-}
-
-/// A free TCP port on 127.0.0.1, for a child that cannot bind port 0 and report it.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("an ephemeral port")
-        .port()
 }
 
 /// Whether a throwaway Redis keeps its data across a restart.

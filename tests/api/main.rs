@@ -5,6 +5,7 @@ mod allocator;
 mod bad_input;
 mod browser;
 mod browser_http2;
+mod child;
 mod client_limits;
 mod cluster;
 mod durable;
