@@ -1,7 +1,7 @@
 //! sse-hub: a Server-Sent Events hub on actix.
 //!
-//! - [`auth`]: Mercure JWTs (HMAC, RSA, ECDSA, EdDSA): token sources, verification, 0.x claims
-//!   and 1.0 access tokens' authorization details, modern and compat modes.
+//! - [`auth`]: Mercure JWTs and what they grant: token sources, 0.x claims, 1.0 access tokens
+//!   and their authorization details, signing (the `token` command), modern and compat modes.
 //! - [`keys`]: signing algorithms, configured keys, trusted issuers (`--issuers`) and their
 //!   JWK Sets.
 //! - [`config`]: settings, as flags with `SSE_HUB_*` environment twins, and their defaults.
@@ -9,11 +9,14 @@
 //! - [`startup`]: builds the broadcaster and the HTTP server; main and the tests share it.
 //! - [`tls`]: TLS on the listener (HTTP/2 and HTTP/1.1 by ALPN): certificates from files,
 //!   reloaded without a restart, or from an ACME CA (`--tls-acme`), renewed automatically.
-//! - [`broadcaster`]: the actor: subscribers, topic index, history, fan-out, heartbeat.
+//! - [`broadcaster`]: the actor: subscribers, topic index, history, fan-out, heartbeat; the one
+//!   pipeline from publish through the event log to subscribers; `/stats`.
 //! - [`event`]: event fields, their validation, and the one wire encoder.
-//! - [`event_log`]: where published events are committed: memory, or a file that survives
-//!   restarts.
-//! - [`topic`]: topic selectors: exact, `*`, RFC 6570 URI templates (0.x), URL patterns (1.0).
+//! - [`event_log`]: the event log, one role (append, locate, tail, readiness) that every store
+//!   plays: memory, a file that survives restarts, or a Redis stream shared by several nodes;
+//!   and the retained window (history) with its retention rule.
+//! - [`topic`]: topic selectors: exact, `*`, RFC 6570 URI templates (0.x) compiled to DFAs, URL
+//!   patterns (1.0), and the cache that shares them.
 //! - [`url_pattern`]: Mercure 1.0's URL Pattern matchers, the hub's URL and its reserved
 //!   namespace, and the value rule for matchers, topics and ids.
 //! - [`subscriptions`]: active subscriptions: their events and the subscription API's documents.
