@@ -109,7 +109,9 @@ impl WeakTemplates {
 const FIRST_SWEEP: usize = 1024;
 
 impl SelectorCache {
-    /// A cache whose URL patterns resolve against Mercure's default hub URL.
+    /// A cache whose URL patterns resolve against Mercure's default hub URL (for tests: the
+    /// hub builds its cache with its own URL, [`with_hub`](Self::with_hub)).
+    #[cfg(test)]
     pub fn new(limits: SelectorLimits) -> Self {
         let hub = HubUrl::parse(crate::url_pattern::DEFAULT_HUB_URL)
             .expect("the default hub URL is a valid absolute URL");
