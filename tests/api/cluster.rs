@@ -34,6 +34,20 @@ impl Node {
     }
 
     /// Opens a Mercure stream for `query` with a 0.x token allowed every private update.
+    /// `POST path` with a publisher token allowed every topic (for hubs with a key).
+    async fn post_authorized(&self, path: &str, body: &str) -> Reply {
+        let response = self
+            .client
+            .post(self.url(path))
+            .insert_header((
+                "authorization",
+                format!("Bearer {}", crate::mercure::token(&["*"], &[])),
+            ))
+            .send_body(body.to_owned())
+            .await;
+        read_reply(response, &format!("POST {path} on {}", self.name)).await
+    }
+
     async fn subscribe_mercure(&self, query: &str, last_event_id: Option<&str>) -> SseStream {
         let token = crate::mercure::token(&[], &["*"]);
         let mut request = self
@@ -1121,6 +1135,129 @@ async fn a_repeated_mercure_id_resumes_after_its_first_occurrence_on_any_node() 
         ]
     );
     resumed.assert_no_event_within(QUIET).await;
+}
+
+/// A repeated Mercure id whose first copy the trim let go, while a later copy is retained,
+/// stays known: Redis's id index moves on to the retained copy (where a resume from that id
+/// starts, on any node), `/publish` answers `409` for it as the memory store does, and once
+/// every copy is trimmed the id is free again. (Before, the trim forgot the id with its first
+/// copy: `/publish` took it, and a node behind could answer a resume from it with `reset`.)
+#[actix_web::test]
+async fn a_repeated_id_stays_taken_while_a_later_copy_is_retained() {
+    const HISTORY: usize = 5;
+    let _serial = SERIAL.lock().await;
+    let history = HISTORY.to_string();
+    let key = crate::mercure::KEY;
+    let cluster = Cluster::start(
+        "retrim",
+        Persistence::Off,
+        &["A", "B"],
+        &[
+            "--history-size",
+            &history,
+            "--jwt-key",
+            key,
+            "--mercure-mode",
+            "compat",
+        ],
+    )
+    .await;
+    // One entry per stream node, so `MAXLEN ~` trims exactly.
+    assert_eq!(
+        cluster
+            .redis
+            .command(&["CONFIG", "SET", "stream-node-max-entries", "1"]),
+        Resp::Simple("OK".to_owned())
+    );
+    let (a, b) = (cluster.node(0), cluster.node(1));
+    let ids_key = format!("{}:ids", cluster.prefix);
+    let entry_of = |id: &str| match cluster.redis.command(&["HGET", &ids_key, id]) {
+        Resp::Bulk(entry) => entry,
+        other => panic!("HGET {ids_key} {id}: {other:?}"),
+    };
+
+    // Arrange: `r`, three others, `r` again (on the other node), one more: the first `r` is
+    // trimmed, the second retained.
+    let first = a
+        .post_update(&[("topic", "t"), ("id", "r"), ("data", "first")])
+        .await;
+    assert_eq!((first.status, first.body.as_str()), (StatusCode::OK, "r"));
+    let first_entry = entry_of("r").expect("r is indexed");
+    let publish = |node: &'static str, data: String| {
+        let node = if node == "A" { a } else { b };
+        async move {
+            let reply = node.post_authorized("/publish?topic=t", &data).await;
+            assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+            reply.body
+        }
+    };
+    for n in 0..3 {
+        publish("A", format!("filler {n}")).await;
+    }
+    let again = b
+        .post_update(&[("topic", "t"), ("id", "r"), ("data", "second")])
+        .await;
+    assert_eq!((again.status, again.body.as_str()), (StatusCode::OK, "r"));
+    assert_eq!(
+        entry_of("r"),
+        Some(first_entry.clone()),
+        "the earliest copy"
+    );
+    let after = publish("A", "after".to_owned()).await;
+    let retained = cluster
+        .redis
+        .command(&["XRANGE", &cluster.log_key(), "-", "+"]);
+    let Resp::Array(Some(entries)) = &retained else {
+        panic!("XRANGE: {retained:?}");
+    };
+    assert_eq!(
+        entries.len(),
+        HISTORY,
+        "trimmed to the history: {retained:?}"
+    );
+    let entry_ids: Vec<String> = entries
+        .iter()
+        .filter_map(|entry| match entry {
+            Resp::Array(Some(fields)) => match fields.first() {
+                Some(Resp::Bulk(Some(id))) => Some(id.clone()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    assert!(
+        !entry_ids.contains(&first_entry),
+        "the first `r` was trimmed"
+    );
+    assert_eq!(entry_ids.last(), Some(&after));
+
+    // Act and assert: the index names the retained copy; the id is still taken.
+    let second_entry = entry_of("r").expect("r is still indexed");
+    assert_eq!(
+        entry_ids.get(HISTORY - 2),
+        Some(&second_entry),
+        "the index moved on to the second `r`"
+    );
+    for node in [a, b] {
+        let reply = node.post_authorized("/publish?topic=t&id=r", "taken").await;
+        reply.assert_json_error(StatusCode::CONFLICT, "a repeated id still retained");
+    }
+    let mut resumed = b.subscribe_mercure("topic=t", Some("r")).await;
+    assert_eq!(
+        id_and_data(&next_events(&mut resumed, 1).await),
+        [(after.clone(), "after".to_owned())],
+        "a resume from `r` starts after its retained copy"
+    );
+
+    // Once every copy is trimmed, the id is free again.
+    for n in 0..HISTORY {
+        publish("B", format!("later {n}")).await;
+    }
+    assert_eq!(entry_of("r"), None, "forgotten with its last copy");
+    let reply = a
+        .post_authorized("/publish?topic=t&id=r", "free again")
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
 }
 
 /// With `--subscriptions`, a subscriber on one node allowed every private update gets the

@@ -1,3 +1,12 @@
+-- Appends events to the log; see the module documentation of redis/mod.rs for the layout.
+-- KEYS: log, meta, ids, idq, idn, idl. ARGV: max length, an epoch for an empty log, then per
+-- event its publisher id (or empty), `u` if that id must not be taken or `r` if it may repeat,
+-- and its JSON. Returns per event its entry id, or an empty string if its id is taken.
+--
+-- A publisher id stays taken while any copy of it is retained: `ids` names its earliest
+-- retained entry, `idn` links each copy's entry to the next copy's, `idl` names its latest
+-- copy, and `idq` lists every copy (`<entry> <id>`) in log order, so that the trim below moves
+-- an id on to its next retained copy instead of forgetting it.
 local function before(a, b)
   local am, as = string.match(a, '^(%d+)%-(%d+)$')
   local bm, bs = string.match(b, '^(%d+)%-(%d+)$')
@@ -19,9 +28,15 @@ for i = 3, #ARGV, 3 do
   else
     last = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
       'e', epoch, 'p', last, 'i', id, 'd', ARGV[i + 2])
-    if id ~= '' and not taken then
-      redis.call('HSET', KEYS[3], id, last)
-      redis.call('RPUSH', KEYS[4], id)
+    if id ~= '' then
+      if taken then
+        local latest = redis.call('HGET', KEYS[6], id) or redis.call('HGET', KEYS[3], id)
+        redis.call('HSET', KEYS[5], latest, last)
+      else
+        redis.call('HSET', KEYS[3], id, last)
+      end
+      redis.call('HSET', KEYS[6], id, last)
+      redis.call('RPUSH', KEYS[4], last .. ' ' .. id)
     end
     out[#out + 1] = last
   end
@@ -31,12 +46,28 @@ if redis.call('LLEN', KEYS[4]) > 0 then
   local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
   local oldest = first and first[1] or last
   while true do
-    local id = redis.call('LINDEX', KEYS[4], 0)
-    if not id then break end
-    local entry = redis.call('HGET', KEYS[3], id)
+    local head = redis.call('LINDEX', KEYS[4], 0)
+    if not head then break end
+    local entry, id = string.match(head, '^(%d+%-%d+) (.*)$')
+    if not entry then
+      -- Written by a hub before repeated copies were listed: the id alone, at its entry.
+      id = head
+      entry = redis.call('HGET', KEYS[3], id)
+    end
     if entry and not before(entry, oldest) then break end
     redis.call('LPOP', KEYS[4])
-    if entry then redis.call('HDEL', KEYS[3], id) end
+    if entry then
+      if redis.call('HGET', KEYS[3], id) == entry then
+        local following = redis.call('HGET', KEYS[5], entry)
+        if following then
+          redis.call('HSET', KEYS[3], id, following)
+        else
+          redis.call('HDEL', KEYS[3], id)
+          redis.call('HDEL', KEYS[6], id)
+        end
+      end
+      redis.call('HDEL', KEYS[5], entry)
+    end
   end
 end
 return out

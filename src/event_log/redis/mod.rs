@@ -9,9 +9,13 @@
 //!   `d` the event as JSON (topics, data, type, retry, private).
 //! - `PREFIX:meta`, a hash: `epoch` (a random tag made by the first append to an empty log)
 //!   and `last` (the newest entry id).
-//! - `PREFIX:ids`, a hash from publisher ids to entry ids, and `PREFIX:idq`, a list of those
-//!   ids in log order: an id stays taken while its entry is retained, checked in the script so
-//!   that two nodes racing one id give one success and one conflict.
+//! - `PREFIX:ids`, a hash from publisher ids to the entry of their earliest retained copy, and
+//!   `PREFIX:idq`, a list of every copy (`<entry> <id>`) in log order: an id stays taken while
+//!   any copy of it is retained, checked in the script so that two nodes racing one id give
+//!   one success and one conflict. A Mercure id may repeat: `PREFIX:idn` links each copy's
+//!   entry to the next copy's and `PREFIX:idl` names the latest, so when the trim lets the
+//!   earliest copy go, `ids` moves on to the next one (a resume from that id on any node
+//!   starts after it, as on one node; `/publish` still answers `409`).
 //!
 //! Two connections per node. The tail has its own, as `XREAD BLOCK` would stall every other
 //! command on a shared one, with a response timeout above the block time, and its own reconnect
@@ -153,6 +157,8 @@ struct Keys {
     meta: String,
     ids: String,
     idq: String,
+    idn: String,
+    idl: String,
     /// Written by the probe while Redis refuses writes.
     probe: String,
 }
@@ -301,6 +307,8 @@ impl RedisLog {
                 meta: format!("{prefix}:meta"),
                 ids: format!("{prefix}:ids"),
                 idq: format!("{prefix}:idq"),
+                idn: format!("{prefix}:idn"),
+                idl: format!("{prefix}:idl"),
                 probe: format!("{prefix}:probe"),
             },
             // Subscription events are in the stream too: other nodes' subscribers receive them.
@@ -484,6 +492,8 @@ fn append_invocation(shared: &Shared, drafts: &[EventDraft]) -> redis::ScriptInv
         .key(&shared.keys.meta)
         .key(&shared.keys.ids)
         .key(&shared.keys.idq)
+        .key(&shared.keys.idn)
+        .key(&shared.keys.idl)
         .arg(shared.max_len)
         .arg(new_epoch());
     for draft in drafts {

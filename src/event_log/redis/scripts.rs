@@ -5,10 +5,11 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-/// Appends events; see the module documentation for the layout. KEYS: log, meta, ids, idq.
-/// ARGV: max length, an epoch for an empty log, then per event its publisher id (or empty),
-/// `u` if that id must not be taken or `r` if it may repeat (it then keeps naming its earliest
-/// entry), and its JSON. Returns per event its entry id, or an empty string if its id is taken.
+/// Appends events; see the module documentation for the layout. KEYS: log, meta, ids, idq,
+/// idn, idl. ARGV: max length, an epoch for an empty log, then per event its publisher id (or
+/// empty), `u` if that id must not be taken or `r` if it may repeat (it then keeps naming its
+/// earliest retained copy), and its JSON. Returns per event its entry id, or an empty string
+/// if its id is taken.
 pub(super) static APPEND: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("append.lua")));
 
