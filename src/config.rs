@@ -353,6 +353,11 @@ pub struct Settings {
     #[arg(long, env = "SSE_HUB_REDIS_PREFIX", default_value = DEFAULT_REDIS_PREFIX)]
     pub redis_prefix: String,
 
+    /// With a `rediss://` store: a PEM file of the CA certificates that Redis's certificate is
+    /// checked against, instead of the system's trust store (a Redis with its own CA).
+    #[arg(long, env = "SSE_HUB_REDIS_CA_FILE", value_name = "PATH")]
+    pub redis_ca_file: Option<PathBuf>,
+
     /// Serve TLS (HTTP/2 and HTTP/1.1, as the client's ALPN picks) with this PEM certificate
     /// chain, leaf first; needs `--tls-key`. Without it the hub speaks plain HTTP/1.1.
     #[arg(

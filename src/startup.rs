@@ -122,7 +122,10 @@ impl Application {
         let log = event_log::open(
             &settings.store,
             config.retention,
-            &settings.redis_prefix,
+            &event_log::redis::RedisOptions {
+                prefix: settings.redis_prefix.clone(),
+                ca_file: settings.redis_ca_file.clone(),
+            },
             limits,
             metrics.clone(),
         )?;

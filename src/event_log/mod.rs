@@ -265,13 +265,13 @@ impl Readiness {
     }
 }
 
-/// Opens the backend `store` names, retaining what `retention` says. `redis_prefix` names the
-/// keys of a Redis store. `limits` are the publication rules events read back from a store are
+/// Opens the backend `store` names, retaining what `retention` says. `redis` says how to reach
+/// a Redis store and name its keys. `limits` are the publication rules events read back from a store are
 /// held to.
 pub fn open(
     store: &Store,
     retention: Retention,
-    redis_prefix: &str,
+    redis: &redis::RedisOptions,
     limits: Limits,
     metrics: Arc<Metrics>,
 ) -> Result<Box<dyn EventLog>, StoreError> {
@@ -279,11 +279,7 @@ pub fn open(
         Store::Memory => Box::new(memory::MemoryLog::new(retention)),
         Store::File(path) => Box::new(file::FileLog::open(path, retention, metrics)?),
         Store::Redis(url) => Box::new(redis::RedisLog::open(
-            url,
-            redis_prefix,
-            retention,
-            limits,
-            metrics,
+            url, redis, retention, limits, metrics,
         )?),
     })
 }

@@ -1260,6 +1260,78 @@ async fn a_repeated_id_stays_taken_while_a_later_copy_is_retained() {
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
 }
 
+/// `rediss://` (issue 23): two nodes on a Redis that serves TLS only, its certificate from a
+/// test CA that `--redis-ca-file` names: an event published on one reaches a subscriber on the
+/// other. A node without that file checks Redis against the system's trust store, which does
+/// not know the CA: it stays unready, says why, and refuses publishes. A CA file without a
+/// certificate stops the hub at start-up with one line naming it.
+#[actix_web::test]
+async fn nodes_share_a_log_over_tls_with_their_own_ca() {
+    let _serial = SERIAL.lock().await;
+    let ca = crate::tls::TestCa::new("redis");
+    let leaf = ca.leaf();
+    let redis = RedisServer::start_tls(&leaf.cert, &leaf.key, &ca.pem());
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let ca_file = dir.path().join("redis-ca.pem");
+    std::fs::write(&ca_file, ca.pem()).expect("the CA file is written");
+    let ca_path = ca_file.to_str().expect("a UTF-8 path");
+    let prefix = format!("sse-hub-test-{}-tls", std::process::id());
+    let store_args = [
+        "--redis-prefix",
+        prefix.as_str(),
+        "--redis-ca-file",
+        ca_path,
+    ];
+    assert!(redis.url().starts_with("rediss://"), "{}", redis.url());
+
+    // Act
+    let a = Node::start_on("A", &redis.url(), &store_args, &[]);
+    let b = Node::start_on("B", &redis.url(), &store_args, &[]);
+    for node in [&a, &b] {
+        let ready = wait_for_readyz(node, StatusCode::OK, RECOVERY_TIMEOUT).await;
+        assert_ready(&ready, "/readyz over TLS");
+    }
+    let mut on_b = b.subscribe("t", None).await;
+    let id = a.publish("t", "over TLS").await;
+
+    // Assert
+    assert_eq!(
+        id_and_data(&next_events(&mut on_b, 1).await),
+        [(id, "over TLS".to_owned())]
+    );
+    let untrusting = Node::start_on("C", &redis.url(), &["--redis-prefix", &prefix], &[]);
+    let unready = wait_for_readyz(&untrusting, StatusCode::SERVICE_UNAVAILABLE, QUIET).await;
+    assert!(unready.body.contains("Redis"), "{}", unready.body);
+    untrusting
+        .post("/publish?topic=t", "refused")
+        .await
+        .assert_json_error(StatusCode::SERVICE_UNAVAILABLE, "a publish on C");
+    eventually(
+        "C's log names the certificate",
+        RECOVERY_TIMEOUT,
+        async || {
+            let log = untrusting.log.tail(200).to_lowercase();
+            (log.contains("unreachable") && log.contains("certificate")).then_some(())
+        },
+    )
+    .await;
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "no certificate here\n").expect("written");
+    let output = crate::helpers::hub_command(
+        &redis.url(),
+        &["--redis-ca-file", empty.to_str().expect("a UTF-8 path")],
+    )
+    .stderr(Stdio::piped())
+    .output()
+    .expect("the hub runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--redis-ca-file") && stderr.contains("holds no PEM certificate"),
+        "{stderr}"
+    );
+}
+
 /// With `--subscriptions`, a subscriber on one node allowed every private update gets the
 /// subscription events of a subscriber that connects to and leaves another node.
 #[actix_web::test]

@@ -391,6 +391,8 @@ pub struct RedisServer {
     dir: tempfile::TempDir,
     persistence: Persistence,
     child: Option<Child>,
+    /// Whether `port` is a TLS port (`redis.crt`, `redis.key` and `ca.crt` in `dir`).
+    tls: bool,
 }
 
 impl RedisServer {
@@ -402,13 +404,34 @@ impl RedisServer {
             dir: tempfile::tempdir().expect("a temporary directory"),
             persistence,
             child: None,
+            tls: false,
         };
+        server.spawn();
+        server
+    }
+
+    /// Starts redis-server with only a TLS port, serving `cert` and `key` (PEM), and waits
+    /// until it is ready. Clients are not asked for certificates.
+    pub fn start_tls(cert: &str, key: &str, ca: &str) -> Self {
+        let mut server = Self {
+            port: free_port(),
+            dir: tempfile::tempdir().expect("a temporary directory"),
+            persistence: Persistence::Off,
+            child: None,
+            tls: true,
+        };
+        for (name, pem) in [("redis.crt", cert), ("redis.key", key), ("ca.crt", ca)] {
+            std::fs::write(server.dir.path().join(name), pem).expect("the TLS files are written");
+        }
         server.spawn();
         server
     }
 
     /// The `--store` value for a hub on this server.
     pub fn url(&self) -> String {
+        if self.tls {
+            return format!("rediss://127.0.0.1:{}", self.port);
+        }
         format!("redis://127.0.0.1:{}", self.port)
     }
 
@@ -462,9 +485,21 @@ impl RedisServer {
         });
         let dir = self.dir.path();
         let mut command = Command::new(binary);
+        if self.tls {
+            command
+                .args(["--port", "0", "--tls-port"])
+                .arg(self.port.to_string())
+                .arg("--tls-cert-file")
+                .arg(dir.join("redis.crt"))
+                .arg("--tls-key-file")
+                .arg(dir.join("redis.key"))
+                .arg("--tls-ca-cert-file")
+                .arg(dir.join("ca.crt"))
+                .args(["--tls-auth-clients", "no"]);
+        } else {
+            command.arg("--port").arg(self.port.to_string());
+        }
         command
-            .arg("--port")
-            .arg(self.port.to_string())
             .args(["--bind", "127.0.0.1", "--daemonize", "no"])
             .arg("--dir")
             .arg(dir)
@@ -491,9 +526,13 @@ impl RedisServer {
     fn wait_until_ready(&mut self) {
         let start = Instant::now();
         loop {
-            if let Ok(Resp::Simple(pong)) = self.try_command(&["PING"])
-                && pong == "PONG"
-            {
+            // Over TLS this plain client cannot PING: the server says when it is ready.
+            let ready = if self.tls {
+                self.log_tail(50).contains("Ready to accept connections")
+            } else {
+                matches!(self.try_command(&["PING"]), Ok(Resp::Simple(pong)) if pong == "PONG")
+            };
+            if ready {
                 return;
             }
             let child = self.child.as_mut().expect("a running server");

@@ -57,6 +57,11 @@ impl TestCa {
         }
     }
 
+    /// The CA's own certificate, as PEM (what a client is told to trust).
+    pub(crate) fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
     fn root(&self) -> CertificateDer<'static> {
         self.issuer.der().clone()
     }

@@ -53,6 +53,7 @@ mod scripts;
 mod tail;
 
 use std::{
+    path::{Path, PathBuf},
     sync::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -62,7 +63,7 @@ use std::{
 };
 
 use actix::Recipient;
-use redis::{AsyncConnectionConfig, Client, aio::MultiplexedConnection};
+use redis::{AsyncConnectionConfig, Client, TlsCertificates, aio::MultiplexedConnection};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
@@ -283,13 +284,43 @@ async fn probe(shared: Shared) {
     shared.health().probing = false;
 }
 
+/// How a node reaches its Redis and names its keys (`--redis-prefix`, `--redis-ca-file`).
+#[derive(Debug, Clone, Default)]
+pub struct RedisOptions {
+    pub prefix: String,
+    /// PEM certificates of the CAs a `rediss://` server's certificate is checked against,
+    /// instead of the system's trust store.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Reads `--redis-ca-file`: PEM text holding at least one certificate, each of which parses.
+/// Anything else is refused at start-up, naming the file.
+fn read_ca_file(path: &Path) -> Result<Vec<u8>, String> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+
+    let shown = path.display();
+    let pem = std::fs::read(path).map_err(|err| format!("--redis-ca-file {shown}: {err}"))?;
+    let mut count = 0;
+    for certificate in CertificateDer::pem_slice_iter(&pem) {
+        certificate
+            .map_err(|err| format!("--redis-ca-file {shown}: not a PEM certificate ({err})"))?;
+        count += 1;
+    }
+    if count == 0 {
+        return Err(format!(
+            "--redis-ca-file {shown}: holds no PEM certificate (`-----BEGIN CERTIFICATE-----`)"
+        ));
+    }
+    Ok(pem)
+}
+
 impl RedisLog {
     /// Checks the URL and starts the Redis thread. Does not wait for Redis: a node starts
     /// unready and becomes ready once its tail has read the log.
     /// Entries read back are held to `limits`; those refused are counted in `metrics`.
     pub fn open(
         url: &str,
-        prefix: &str,
+        options: &RedisOptions,
         retention: Retention,
         limits: Limits,
         metrics: Arc<Metrics>,
@@ -298,7 +329,21 @@ impl RedisLog {
             path: crate::config::Store::Redis(url.to_owned()).to_string(),
             detail,
         };
-        let client = Client::open(url).map_err(|err| unusable(err.to_string()))?;
+        let prefix = options.prefix.as_str();
+        let client = match &options.ca_file {
+            None => Client::open(url),
+            Some(path) => {
+                let pem = read_ca_file(path).map_err(&unusable)?;
+                Client::build_with_tls(
+                    url,
+                    TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(pem),
+                    },
+                )
+            }
+        }
+        .map_err(|err| unusable(err.to_string()))?;
         let ready = Readiness::unready("the event log (Redis) has not been read yet");
         let shared = Shared {
             client,
