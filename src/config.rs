@@ -58,6 +58,9 @@ pub const DEFAULT_WRITE_TIMEOUT: &str = "60s";
 pub const DEFAULT_STORE: &str = "memory";
 /// The keys of a `redis://` store: `sse-hub:log`, `sse-hub:meta`, `sse-hub:ids`.
 pub const DEFAULT_REDIS_PREFIX: &str = "sse-hub";
+/// A replica on a local network acknowledges in about a millisecond; a second rides out a
+/// replica's brief stall without making every publisher wait long when one is gone.
+pub const DEFAULT_REDIS_REPLICA_TIMEOUT: &str = "1s";
 /// A renewed certificate is served within seconds (certbot and most tools replace the files;
 /// SIGHUP loads them at once), at the cost of two `stat` calls per check.
 pub const DEFAULT_TLS_RELOAD_INTERVAL: &str = "10s";
@@ -357,6 +360,17 @@ pub struct Settings {
     /// checked against, instead of the system's trust store (a Redis with its own CA).
     #[arg(long, env = "SSE_HUB_REDIS_CA_FILE", value_name = "PATH")]
     pub redis_ca_file: Option<PathBuf>,
+
+    /// With a Redis store: answer a publish `200` only once this many replicas have its entry
+    /// (Redis `WAIT`), so that a failover loses nothing acknowledged; `503` when fewer do within
+    /// `--redis-replica-timeout` (the event may still be delivered). 0: as soon as the primary
+    /// has it.
+    #[arg(long, env = "SSE_HUB_REDIS_REPLICAS", default_value_t = 0)]
+    pub redis_replicas: usize,
+
+    /// How long a publish waits for `--redis-replicas` replicas.
+    #[arg(long, env = "SSE_HUB_REDIS_REPLICA_TIMEOUT", default_value = DEFAULT_REDIS_REPLICA_TIMEOUT, value_parser = humantime::parse_duration)]
+    pub redis_replica_timeout: Duration,
 
     /// Serve TLS (HTTP/2 and HTTP/1.1, as the client's ALPN picks) with this PEM certificate
     /// chain, leaf first; needs `--tls-key`. Without it the hub speaks plain HTTP/1.1.

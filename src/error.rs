@@ -63,6 +63,19 @@ pub enum HubError {
     /// message says which, so the event was not published.
     #[error("{0}, so the event was not published; try again")]
     LogRefusing(String),
+    /// Redis appended the event but fewer replicas than `--redis-replicas` acknowledged it in
+    /// time: it may not survive a failover, and it may still be delivered.
+    #[error(
+        "the event was appended, but only {acknowledged} of the {wanted} replicas asked for \
+         (--redis-replicas) acknowledged it within {timeout_ms} ms, so it may not survive a \
+         failover; it may still be delivered: retry with the same id (a 409 then says it \
+         landed)"
+    )]
+    NotReplicated {
+        wanted: usize,
+        acknowledged: usize,
+        timeout_ms: u128,
+    },
     #[error("no route for {method} {path}")]
     NotFound { method: String, path: String },
     #[error("method {method} is not allowed on {path}")]
@@ -91,6 +104,7 @@ impl HubError {
             Self::NotStored => "not_stored",
             Self::LogUnavailable => "log_unavailable",
             Self::LogRefusing(_) => "log_refusing",
+            Self::NotReplicated { .. } => "not_replicated",
             Self::NotFound { .. } => "not_found",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::Internal => "internal",
@@ -116,7 +130,8 @@ impl ResponseError for HubError {
             | Self::ShuttingDown
             | Self::NotStored
             | Self::LogUnavailable
-            | Self::LogRefusing(_) => StatusCode::SERVICE_UNAVAILABLE,
+            | Self::LogRefusing(_)
+            | Self::NotReplicated { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,

@@ -106,6 +106,9 @@ pub struct Metrics {
     pub store_commit_failures: Counter,
     /// Times a shared (Redis) log was found to have lost entries this node had not applied.
     pub log_losses: Counter,
+    /// Batches Redis appended that fewer replicas than `--redis-replicas` acknowledged in time:
+    /// their publishes were answered 503.
+    pub log_appends_not_replicated: Counter,
     /// Entries read from a shared log that were refused at the boundary (never delivered).
     pub log_entries_refused: Family<RefusedReason, Counter>,
     /// 1 while the event log can take publishes (`/readyz`), set when `/metrics` is rendered.
@@ -147,6 +150,7 @@ impl Metrics {
             store_commit_duration: Histogram::new(exponential_buckets(0.000_1, 2.0, 15)),
             store_commit_failures: Counter::default(),
             log_losses: Counter::default(),
+            log_appends_not_replicated: Counter::default(),
             log_entries_refused: Family::default(),
             log_ready: Gauge::default(),
             client_limit_refusals: Family::default(),
@@ -237,6 +241,13 @@ impl Metrics {
              restarted empty, or trimmed past this node): its streams were ended and resuming \
              subscribers told `reset`",
             metrics.log_losses.clone(),
+        );
+        registry.register(
+            "log_appends_not_replicated",
+            "Batches Redis appended that fewer replicas than --redis-replicas acknowledged \
+             within --redis-replica-timeout; their publishes were answered 503 (the events may \
+             still be delivered)",
+            metrics.log_appends_not_replicated.clone(),
         );
         registry.register(
             "log_entries_refused",

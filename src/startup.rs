@@ -125,6 +125,8 @@ impl Application {
             &event_log::redis::RedisOptions {
                 prefix: settings.redis_prefix.clone(),
                 ca_file: settings.redis_ca_file.clone(),
+                replicas: settings.redis_replicas,
+                replica_timeout: settings.redis_replica_timeout,
             },
             limits,
             metrics.clone(),

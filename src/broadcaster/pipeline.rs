@@ -124,7 +124,9 @@ impl Broadcaster {
                 match &err {
                     // Said by the log when it starts refusing or failing, at a bounded rate,
                     // not per batch.
-                    AppendError::Refusing(_) | AppendError::NotStored(_) => log::debug!(
+                    AppendError::Refusing(_)
+                    | AppendError::NotStored(_)
+                    | AppendError::NotReplicated { .. } => log::debug!(
                         "publish refused: the event log refuses writes events={} error={err}",
                         answers.len()
                     ),

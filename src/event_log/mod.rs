@@ -128,6 +128,14 @@ pub enum AppendError {
     /// The log ran the append but its answer cannot be read: what was appended cannot be told.
     #[error("{0}")]
     Unreadable(String),
+    /// Appended, but fewer replicas than asked for acknowledged it in time (Redis `WAIT`): the
+    /// events may be lost in a failover, and may still be delivered.
+    #[error("{acknowledged} of {wanted} replicas acknowledged the append within {timeout:?}")]
+    NotReplicated {
+        wanted: usize,
+        acknowledged: usize,
+        timeout: std::time::Duration,
+    },
 }
 
 impl From<&AppendError> for HubError {
@@ -139,6 +147,15 @@ impl From<&AppendError> for HubError {
             // The log ran the append, so a retry could publish twice: not a 503 (which says
             // "try again"), but a 500; the log says what it answered.
             AppendError::Unreadable(_) => Self::Internal,
+            AppendError::NotReplicated {
+                wanted,
+                acknowledged,
+                timeout,
+            } => Self::NotReplicated {
+                wanted: *wanted,
+                acknowledged: *acknowledged,
+                timeout_ms: timeout.as_millis(),
+            },
         }
     }
 }

@@ -1332,6 +1332,88 @@ async fn nodes_share_a_log_over_tls_with_their_own_ca() {
     );
 }
 
+/// `--redis-replicas 1` (issue 23): a publish is answered `200` once a replica has its entry
+/// (Redis `WAIT`). With the replica gone, it is answered `503` naming the replicas after
+/// `--redis-replica-timeout`, and the event still reaches subscribers (Redis appended it); a
+/// retry with the same id then answers `409`. With the replica back, `200` again.
+#[actix_web::test]
+async fn publishes_wait_for_the_replicas_asked_for() {
+    let _serial = SERIAL.lock().await;
+    let primary = RedisServer::start(Persistence::Off);
+    let mut replica = RedisServer::start_replica_of(&primary);
+    eventually("the replica is in sync", RECOVERY_TIMEOUT, async || {
+        (primary.replicas() == 1).then_some(())
+    })
+    .await;
+    let prefix = format!("sse-hub-test-{}-wait", std::process::id());
+    let node = Node::start_on(
+        "A",
+        &primary.url(),
+        &["--redis-prefix", &prefix],
+        &["--redis-replicas", "1", "--redis-replica-timeout", "300ms"],
+    );
+    assert_ready(
+        &wait_for_readyz(&node, StatusCode::OK, RECOVERY_TIMEOUT).await,
+        "/readyz",
+    );
+    let mut stream = node.subscribe("t", None).await;
+
+    // Acknowledged by the replica.
+    let id = node.publish("t", "replicated").await;
+    assert_eq!(
+        id_and_data(&next_events(&mut stream, 1).await),
+        [(id, "replicated".to_owned())]
+    );
+
+    // The replica gone: 503 after the timeout, and the event is delivered all the same.
+    replica.kill();
+    eventually(
+        "the primary sees the replica gone",
+        RECOVERY_TIMEOUT,
+        async || (primary.replicas() == 0).then_some(()),
+    )
+    .await;
+    let started = Instant::now();
+    let refused = node
+        .post("/publish?topic=t&id=lonely", "not replicated")
+        .await;
+    refused.assert_json_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "a publish without its replica",
+    );
+    assert!(
+        refused.body.contains("--redis-replicas"),
+        "{}",
+        refused.body
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "answered after waiting for the replica: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        id_and_data(&next_events(&mut stream, 1).await),
+        [("lonely".to_owned(), "not replicated".to_owned())],
+        "appended, so delivered"
+    );
+    let retried = node.post("/publish?topic=t&id=lonely", "retry").await;
+    retried.assert_json_error(StatusCode::CONFLICT, "a retry of an event that landed");
+
+    // Back: 200 again.
+    replica.restart();
+    eventually(
+        "the replica is in sync again",
+        RECOVERY_TIMEOUT,
+        async || (primary.replicas() == 1).then_some(()),
+    )
+    .await;
+    let id = node.publish("t", "replicated again").await;
+    assert_eq!(
+        id_and_data(&next_events(&mut stream, 1).await),
+        [(id, "replicated again".to_owned())]
+    );
+}
+
 /// With `--subscriptions`, a subscriber on one node allowed every private update gets the
 /// subscription events of a subscriber that connects to and leaves another node.
 #[actix_web::test]

@@ -393,6 +393,8 @@ pub struct RedisServer {
     child: Option<Child>,
     /// Whether `port` is a TLS port (`redis.crt`, `redis.key` and `ca.crt` in `dir`).
     tls: bool,
+    /// The port of the primary this server replicates, if it is a replica.
+    replica_of: Option<u16>,
 }
 
 impl RedisServer {
@@ -405,9 +407,37 @@ impl RedisServer {
             persistence,
             child: None,
             tls: false,
+            replica_of: None,
         };
         server.spawn();
         server
+    }
+
+    /// Starts a replica of `primary` (no persistence) and waits until it answers; the
+    /// primary counts it once its sync is done ([`RedisServer::replicas`]).
+    pub fn start_replica_of(primary: &RedisServer) -> Self {
+        let mut server = Self {
+            port: free_port(),
+            dir: tempfile::tempdir().expect("a temporary directory"),
+            persistence: Persistence::Off,
+            child: None,
+            tls: false,
+            replica_of: Some(primary.port),
+        };
+        server.spawn();
+        server
+    }
+
+    /// The replicas of this server that are in sync (`state=online` in `INFO replication`):
+    /// those a `WAIT` can count.
+    pub fn replicas(&self) -> usize {
+        match self.command(&["INFO", "replication"]) {
+            Resp::Bulk(Some(info)) => info
+                .lines()
+                .filter(|line| line.starts_with("slave") && line.contains("state=online"))
+                .count(),
+            other => panic!("INFO replication: {other:?}"),
+        }
     }
 
     /// Starts redis-server with only a TLS port, serving `cert` and `key` (PEM), and waits
@@ -419,6 +449,7 @@ impl RedisServer {
             persistence: Persistence::Off,
             child: None,
             tls: true,
+            replica_of: None,
         };
         for (name, pem) in [("redis.crt", cert), ("redis.key", key), ("ca.crt", ca)] {
             std::fs::write(server.dir.path().join(name), pem).expect("the TLS files are written");
@@ -498,6 +529,11 @@ impl RedisServer {
                 .args(["--tls-auth-clients", "no"]);
         } else {
             command.arg("--port").arg(self.port.to_string());
+        }
+        if let Some(primary) = self.replica_of {
+            command
+                .args(["--replicaof", "127.0.0.1"])
+                .arg(primary.to_string());
         }
         command
             .args(["--bind", "127.0.0.1", "--daemonize", "no"])

@@ -59,7 +59,7 @@ use std::{
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use actix::Recipient;
@@ -83,6 +83,8 @@ const UNREACHABLE: &str =
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a probe's key lives (it is only there to be written).
 const PROBE_TTL_MS: u64 = 1000;
+/// At most one log line per this long about appends that were not replicated as asked.
+const NOT_REPLICATED_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// An append or look-up that takes longer is answered as failed (Redis away or overloaded).
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -150,6 +152,11 @@ struct Shared {
     health: Arc<Mutex<Health>>,
     /// Bumped by the tail on each (re)connection: the command connection is made again then.
     connections: Arc<AtomicU64>,
+    /// `--redis-replicas` and `--redis-replica-timeout`.
+    replicas: usize,
+    replica_timeout: Duration,
+    /// When an append that was not replicated was last logged, and how many since.
+    not_replicated_log: Arc<Mutex<(Option<Instant>, u64)>>,
 }
 
 #[derive(Debug, Clone)]
@@ -216,6 +223,29 @@ impl Shared {
         if !health.probing {
             health.probing = true;
             tokio::spawn(probe(self.clone()));
+        }
+    }
+
+    /// An append was not replicated as asked: counted, and logged at most once per
+    /// [`NOT_REPLICATED_LOG_INTERVAL`].
+    fn not_replicated(&self, wanted: usize, acknowledged: usize) {
+        self.metrics.log_appends_not_replicated.inc();
+        let mut log = self
+            .not_replicated_log
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        log.1 += 1;
+        if log
+            .0
+            .is_none_or(|at| at.elapsed() >= NOT_REPLICATED_LOG_INTERVAL)
+        {
+            log::warn!(
+                "publishes answered 503: fewer replicas than asked acknowledged them \
+                 wanted={wanted} acknowledged={acknowledged} timeout={:?} batches={}",
+                self.replica_timeout,
+                log.1
+            );
+            *log = (Some(Instant::now()), 0);
         }
     }
 
@@ -291,6 +321,9 @@ pub struct RedisOptions {
     /// PEM certificates of the CAs a `rediss://` server's certificate is checked against,
     /// instead of the system's trust store.
     pub ca_file: Option<PathBuf>,
+    /// Replicas that must acknowledge an append (`WAIT`) before it counts as committed.
+    pub replicas: usize,
+    pub replica_timeout: Duration,
 }
 
 /// Reads `--redis-ca-file`: PEM text holding at least one certificate, each of which parses.
@@ -366,6 +399,9 @@ impl RedisLog {
             metrics,
             health: Arc::new(Mutex::new(Health::default())),
             connections: Arc::new(AtomicU64::new(0)),
+            replicas: options.replicas,
+            replica_timeout: options.replica_timeout,
+            not_replicated_log: Arc::new(Mutex::new((None, 0))),
         };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -445,7 +481,18 @@ async fn serve(shared: Shared, mut jobs: mpsc::UnboundedReceiver<Job>) {
                         invocation.invoke_async::<Vec<String>>(&mut connection),
                     )
                     .await;
-                    let _ = done.send(appended(reply, &drafts, &broken, &shared));
+                    let mut result = appended(reply, &drafts, &broken, &shared);
+                    // Only appends wait: a batch of taken ids wrote no event.
+                    let wrote = result
+                        .as_ref()
+                        .is_ok_and(|placed| placed.iter().any(Option::is_some));
+                    if wrote
+                        && shared.replicas > 0
+                        && let Err(err) = replicated(&shared, &mut connection).await
+                    {
+                        result = Err(err);
+                    }
+                    let _ = done.send(result);
                 });
             }
             Job::Locate { id, done } => {
@@ -507,7 +554,8 @@ impl Commands {
                 .is_none_or(|(_, made)| *made != generation);
         if stale {
             self.connection = None;
-            match connect(&shared.client, COMMAND_TIMEOUT).await {
+            // Room for a WAIT of --redis-replica-timeout on top of the command itself.
+            match connect(&shared.client, COMMAND_TIMEOUT + shared.replica_timeout).await {
                 Ok(connection) => self.connection = Some((connection, generation)),
                 Err(err) => log::warn!("cannot connect to Redis for publishes error={err}"),
             }
@@ -608,6 +656,44 @@ fn appended(
             },
         })
         .collect()
+}
+
+/// Waits until `--redis-replicas` replicas have every write made on `connection` so far (the
+/// append just made among them), or `--redis-replica-timeout` has passed.
+async fn replicated(
+    shared: &Shared,
+    connection: &mut MultiplexedConnection,
+) -> Result<(), AppendError> {
+    let (wanted, timeout) = (shared.replicas, shared.replica_timeout);
+    let not_replicated = |acknowledged: usize| {
+        shared.not_replicated(wanted, acknowledged);
+        AppendError::NotReplicated {
+            wanted,
+            acknowledged,
+            timeout,
+        }
+    };
+    let mut command = redis::cmd("WAIT");
+    command
+        .arg(wanted)
+        .arg(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
+    let wait = command.query_async::<i64>(connection);
+    match tokio::time::timeout(timeout + COMMAND_TIMEOUT, wait).await {
+        Ok(Ok(acknowledged)) => {
+            let acknowledged = usize::try_from(acknowledged).unwrap_or(0);
+            if acknowledged >= wanted {
+                Ok(())
+            } else {
+                Err(not_replicated(acknowledged))
+            }
+        }
+        // The append was made: whatever became of the WAIT, the event may be delivered.
+        Ok(Err(err)) => {
+            log::warn!("Redis WAIT failed error={err}");
+            Err(not_replicated(0))
+        }
+        Err(_) => Err(not_replicated(0)),
+    }
 }
 
 /// A fresh random epoch for a log that has none yet (only the first append to an empty log
