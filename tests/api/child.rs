@@ -19,16 +19,14 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// two workers, a 200 ms heartbeat, its log at info, and no `SSE_HUB_*` store settings
 /// inherited from the environment.
 pub fn hub_command(store: &str, args: &[&str]) -> Command {
+    hub_command_on("127.0.0.1:0", store, args)
+}
+
+/// [`hub_command`] bound to `bind` (a hub restarted on the address it had).
+pub fn hub_command_on(bind: &str, store: &str, args: &[&str]) -> Command {
     let mut command = Command::new(HUB);
     command
-        .args([
-            "--bind",
-            "127.0.0.1:0",
-            "--workers",
-            "2",
-            "--heartbeat",
-            "200ms",
-        ])
+        .args(["--bind", bind, "--workers", "2", "--heartbeat", "200ms"])
         .args(["--store", store])
         .args(args)
         .env("RUST_LOG", "info")

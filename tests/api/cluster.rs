@@ -13,8 +13,8 @@ use futures_util::future::join;
 use serde_json::Value;
 
 use crate::helpers::{
-    ChildHub, Frame, HubLog, Persistence, RedisServer, Resp, SseStream, client, find_on_path,
-    free_port, query, send_signal,
+    ChildHub, EVENT_TIMEOUT, Frame, HubLog, Persistence, RedisServer, Resp, SseStream, client,
+    find_on_path, free_port, query, send_signal,
 };
 
 impl Node {
@@ -86,6 +86,9 @@ pub(crate) struct Node {
     hub: ChildHub,
     log: HubLog,
     client: Client,
+    /// What it was started with, for a restart.
+    store: String,
+    args: Vec<String>,
 }
 
 /// An HTTP reply, read whole.
@@ -126,7 +129,42 @@ impl Node {
             hub,
             log,
             client: client(),
+            store: store.to_owned(),
+            args: args.iter().map(|arg| (*arg).to_owned()).collect(),
         }
+    }
+
+    /// A deploy's restart: SIGTERM, a clean exit (awaited without blocking the test's other
+    /// tasks), and the hub started again on the same address and settings, until ready.
+    async fn restart(&mut self) {
+        self.hub.signal("TERM");
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = self
+                .hub
+                .child
+                .try_wait()
+                .expect("the hub can be waited for")
+            {
+                break status;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{} still runs 10 s after SIGTERM",
+                self.name
+            );
+            actix_web::rt::time::sleep(POLL_INTERVAL).await;
+        };
+        assert!(
+            status.success(),
+            "{} exits cleanly on SIGTERM: {status}",
+            self.name
+        );
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let command = crate::child::hub_command_on(&self.hub.addr.to_string(), &self.store, &args);
+        self.hub = ChildHub::spawn_logged(command, self.log.clone());
+        let ready = wait_for_readyz(self, StatusCode::OK, RECOVERY_TIMEOUT).await;
+        assert_ready(&ready, &format!("{} after its restart", self.name));
     }
 
     fn url(&self, path: &str) -> String {
@@ -1084,6 +1122,146 @@ async fn a_subscriber_behind_nginx_gets_events_published_anywhere() {
     );
     let ids: Vec<String> = sent.into_iter().map(|(id, _)| id).collect();
     assert_increasing(&ids, "ids through nginx");
+}
+
+/// Follows `url` as a browser's `EventSource` does: whenever the stream ends (its hub shut
+/// down), opens it again with the last id it saw, until the event with id `last` arrived;
+/// returns the events (id, data) and how many times it reconnected. A `reset` fails the test:
+/// nothing may be lost.
+async fn follow_through_restarts(
+    client: Client,
+    url: String,
+    last: &'static str,
+) -> (Vec<(String, String)>, usize) {
+    let mut events: Vec<(String, String)> = Vec::new();
+    let mut reconnects = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "`{last}` within 120 s; {} events",
+            events.len()
+        );
+        let mut request = client.get(url.as_str());
+        if let Some((id, _)) = events.last() {
+            request = request.insert_header(("last-event-id", id.as_str()));
+        }
+        let response = match request.send().await {
+            Ok(response) if response.status() == StatusCode::OK => response,
+            // Between a hub's exit and nginx noticing it: try again shortly.
+            _ => {
+                actix_web::rt::time::sleep(POLL_INTERVAL).await;
+                continue;
+            }
+        };
+        let mut stream = SseStream::new(response);
+        loop {
+            match stream.next_frame_or_end(EVENT_TIMEOUT).await {
+                Some(Some(frame)) => {
+                    assert_ne!(
+                        frame.event.as_deref(),
+                        Some("reset"),
+                        "a reset after {:?}",
+                        events.last()
+                    );
+                    if let (Some(id), Some(data)) = (frame.id, frame.data) {
+                        let done = id == last;
+                        events.push((id, data));
+                        if done {
+                            return (events, reconnects);
+                        }
+                    }
+                }
+                Some(None) => break,
+                None => panic!("no frame and no end within {EVENT_TIMEOUT:?}"),
+            }
+        }
+        reconnects += 1;
+    }
+}
+
+/// A rolling deploy (issue 23): three nodes behind nginx (the shipped
+/// `docker/nginx-cluster.conf.template`), each restarted in turn with SIGTERM once nginx routes
+/// to the one before again (its `fail_timeout` is 5 s), while a publisher publishes through
+/// nginx and subscribers stay connected through nginx, reconnecting with their last id as
+/// browsers do. Every subscriber ends with every event, once, in order. The publisher retries
+/// what was not answered `200` with the same id (a `409` says the earlier attempt landed).
+#[actix_web::test]
+async fn a_rolling_restart_behind_nginx_loses_nothing() {
+    const SUBSCRIBERS: usize = 3;
+    /// nginx's `fail_timeout` in the template, and a margin.
+    const BETWEEN_RESTARTS: Duration = Duration::from_secs(6);
+    let _serial = SERIAL.lock().await;
+    let mut cluster = Cluster::start("roll", Persistence::Off, &["A", "B", "C"], &[]).await;
+    let nginx = {
+        let nodes: Vec<&Node> = cluster.nodes.iter().collect();
+        Nginx::start(&nodes).await
+    };
+    let stream_url = nginx.url(&format!("/stream?{}", query(&[("topic", "roll")])));
+    let followers: Vec<_> = (0..SUBSCRIBERS)
+        .map(|_| actix_web::rt::spawn(follow_through_restarts(client(), stream_url.clone(), "end")))
+        .collect();
+    actix_web::rt::time::sleep(QUIET).await;
+    let deployed = std::rc::Rc::new(std::cell::Cell::new(false));
+    let publish_url = nginx.url("/publish?topic=roll");
+    let publisher = actix_web::rt::spawn({
+        let deployed = deployed.clone();
+        async move {
+            let client = client();
+            let (mut sent, mut retries) = (Vec::new(), 0);
+            let mut n = 0;
+            loop {
+                let done = deployed.get();
+                let (id, data) = if done {
+                    ("end".to_owned(), "the end".to_owned())
+                } else {
+                    (format!("e{n:04}"), format!("event {n}"))
+                };
+                let url = format!("{publish_url}&id={id}");
+                loop {
+                    let answer = client.post(url.as_str()).send_body(data.clone()).await;
+                    match answer.map(|response| response.status()) {
+                        Ok(StatusCode::OK | StatusCode::CONFLICT) => break,
+                        _ => {
+                            retries += 1;
+                            actix_web::rt::time::sleep(POLL_INTERVAL).await;
+                        }
+                    }
+                }
+                sent.push((id, data));
+                if done {
+                    return (sent, retries);
+                }
+                n += 1;
+                actix_web::rt::time::sleep(Duration::from_millis(30)).await;
+            }
+        }
+    });
+
+    // Act: restart every node in turn while the publisher runs.
+    for node in &mut cluster.nodes {
+        actix_web::rt::time::sleep(BETWEEN_RESTARTS).await;
+        node.restart().await;
+    }
+    actix_web::rt::time::sleep(QUIET).await;
+    deployed.set(true);
+    let (sent, retries) = publisher.await.expect("the publisher finished");
+
+    // Assert
+    let mut reconnected = Vec::new();
+    for follower in followers {
+        let (events, reconnects) = follower.await.expect("the subscriber finished");
+        assert_eq!(events, sent, "every event, once, in order");
+        reconnected.push(reconnects);
+    }
+    eprintln!(
+        "rolling restart: {} events, {retries} publish retries, reconnections {reconnected:?}",
+        sent.len()
+    );
+    assert!(
+        reconnected.iter().all(|&n| n >= 1),
+        "every subscriber's node was restarted under it at least once: {reconnected:?}"
+    );
 }
 
 /// On the Mercure route a publisher may reuse an id across nodes (Mercure's rule): both
