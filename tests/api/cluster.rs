@@ -13,7 +13,7 @@ use futures_util::future::join;
 use serde_json::Value;
 
 use crate::helpers::{
-    ChildHub, EVENT_TIMEOUT, Frame, HubLog, Persistence, RedisServer, Resp, SseStream, client,
+    ChildHub, EVENT_TIMEOUT, Frame, Persistence, RedisServer, Resp, SseStream, client,
     find_on_path, free_port, query, send_signal,
 };
 
@@ -84,7 +84,6 @@ const POLL_INTERVAL: Duration = Duration::from_millis(20);
 pub(crate) struct Node {
     pub(crate) name: &'static str,
     hub: ChildHub,
-    log: HubLog,
     client: Client,
     /// What it was started with, for a restart.
     store: String,
@@ -122,12 +121,10 @@ impl Node {
         let mut args = args.to_vec();
         args.extend_from_slice(store_args);
         let command = crate::helpers::hub_command(store, &args);
-        let log = HubLog::default();
-        let hub = ChildHub::spawn_logged(command, log.clone());
+        let hub = ChildHub::spawn(command);
         Self {
             name,
             hub,
-            log,
             client: client(),
             store: store.to_owned(),
             args: args.iter().map(|arg| (*arg).to_owned()).collect(),
@@ -162,7 +159,7 @@ impl Node {
         );
         let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
         let command = crate::child::hub_command_on(&self.hub.addr.to_string(), &self.store, &args);
-        self.hub = ChildHub::spawn_logged(command, self.log.clone());
+        self.hub = ChildHub::spawn_logged(command, self.hub.log.clone());
         let ready = wait_for_readyz(self, StatusCode::OK, RECOVERY_TIMEOUT).await;
         assert_ready(&ready, &format!("{} after its restart", self.name));
     }
@@ -224,7 +221,7 @@ impl Drop for Node {
                 "hub {} (pid {}) log, last lines:\n{}",
                 self.name,
                 self.pid(),
-                self.log.tail(40)
+                self.hub.log.tail(40)
             );
         }
     }
@@ -850,12 +847,7 @@ async fn a_node_that_fell_behind_the_trim_ends_streams_and_resets() {
         &["--history-size", &history],
     )
     .await;
-    assert_eq!(
-        cluster
-            .redis
-            .command(&["CONFIG", "SET", "stream-node-max-entries", "1"]),
-        Resp::Simple("OK".to_owned())
-    );
+    cluster.redis.trim_exactly();
     let (a, b) = (cluster.node(0), cluster.node(1));
     let mut on_b = b.subscribe("t", None).await;
     let mut sent = Vec::new();
@@ -1340,13 +1332,7 @@ async fn a_repeated_id_stays_taken_while_a_later_copy_is_retained() {
         ],
     )
     .await;
-    // One entry per stream node, so `MAXLEN ~` trims exactly.
-    assert_eq!(
-        cluster
-            .redis
-            .command(&["CONFIG", "SET", "stream-node-max-entries", "1"]),
-        Resp::Simple("OK".to_owned())
-    );
+    cluster.redis.trim_exactly();
     let (a, b) = (cluster.node(0), cluster.node(1));
     let ids_key = format!("{}:ids", cluster.prefix);
     let entry_of = |id: &str| match cluster.redis.command(&["HGET", &ids_key, id]) {
@@ -1488,7 +1474,7 @@ async fn nodes_share_a_log_over_tls_with_their_own_ca() {
         "C's log names the certificate",
         RECOVERY_TIMEOUT,
         async || {
-            let log = untrusting.log.tail(200).to_lowercase();
+            let log = untrusting.hub.log.tail(200).to_lowercase();
             (log.contains("unreachable") && log.contains("certificate")).then_some(())
         },
     )

@@ -428,6 +428,15 @@ impl RedisServer {
         server
     }
 
+    /// One entry per stream node, so `XADD … MAXLEN ~` trims exactly (a test of the trim
+    /// needs to know what is left).
+    pub fn trim_exactly(&self) {
+        assert_eq!(
+            self.command(&["CONFIG", "SET", "stream-node-max-entries", "1"]),
+            Resp::Simple("OK".to_owned())
+        );
+    }
+
     /// The replicas of this server that are in sync (`state=online` in `INFO replication`):
     /// those a `WAIT` can count.
     pub fn replicas(&self) -> usize {
