@@ -346,8 +346,10 @@ pub struct Settings {
 
     /// Where the history lives: `memory` (lost on restart), `file:PATH` (an embedded store
     /// on disk; a publish is answered once its event is fsync'd, and a restart keeps history
-    /// and ids), or `redis://HOST:PORT[/DB]` (also `rediss://`, `redis+unix:///PATH`): one
-    /// Redis stream shared by every node, so each delivers every event and replays any id.
+    /// and ids), or `redis://HOST:PORT[/DB]` (also `rediss://`, `redis+unix:///PATH`, and
+    /// `redis+sentinel://HOST[:PORT][,HOST[:PORT]...]/MASTER[/DB]` for the primary Redis
+    /// Sentinel names, followed through failovers): one Redis stream shared by every node, so
+    /// each delivers every event and replays any id.
     #[arg(long, env = "SSE_HUB_STORE", default_value = DEFAULT_STORE)]
     pub store: Store,
 
@@ -464,9 +466,15 @@ impl FromStr for Store {
         if value == "memory" {
             return Ok(Self::Memory);
         }
-        if ["redis://", "rediss://", "redis+unix://", "unix://"]
-            .iter()
-            .any(|scheme| value.starts_with(scheme))
+        if [
+            "redis://",
+            "rediss://",
+            "redis+unix://",
+            "unix://",
+            "redis+sentinel://",
+        ]
+        .iter()
+        .any(|scheme| value.starts_with(scheme))
         {
             return Ok(Self::Redis(value.to_owned()));
         }
@@ -756,6 +764,12 @@ mod store_tests {
             Ok(Store::Redis("redis://127.0.0.1:6379/2".into()))
         );
         assert!("rediss://h:6380".parse::<Store>().is_ok());
+        assert_eq!(
+            "redis+sentinel://:pw@s1,s2:26380/mymaster"
+                .parse::<Store>()
+                .map(|store| store.to_string()),
+            Ok("redis+sentinel://…@s1,s2:26380/mymaster".to_owned())
+        );
         let err = "postgres://x".parse::<Store>().expect_err("not a store");
         assert!(
             err.contains("memory") && err.contains("file:PATH") && err.contains("redis://"),

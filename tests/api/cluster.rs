@@ -83,7 +83,7 @@ const POLL_INTERVAL: Duration = Duration::from_millis(20);
 /// One hub process on the shared Redis.
 pub(crate) struct Node {
     pub(crate) name: &'static str,
-    hub: ChildHub,
+    pub(crate) hub: ChildHub,
     client: Client,
     /// What it was started with, for a restart.
     store: String,
@@ -117,7 +117,12 @@ impl Node {
     }
 
     /// Starts a hub on `--store store` with `store_args` and `args`.
-    fn start_on(name: &'static str, store: &str, store_args: &[&str], args: &[&str]) -> Self {
+    pub(crate) fn start_on(
+        name: &'static str,
+        store: &str,
+        store_args: &[&str],
+        args: &[&str],
+    ) -> Self {
         let mut args = args.to_vec();
         args.extend_from_slice(store_args);
         let command = crate::helpers::hub_command(store, &args);
@@ -164,7 +169,7 @@ impl Node {
         assert_ready(&ready, &format!("{} after its restart", self.name));
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.hub.addr)
     }
 
@@ -1028,7 +1033,7 @@ impl Nginx {
         nginx
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 

@@ -505,15 +505,7 @@ impl RedisServer {
     }
 
     fn try_command(&self, args: &[&str]) -> std::io::Result<Resp> {
-        use std::io::Write as _;
-        let socket = std::net::TcpStream::connect(("127.0.0.1", self.port))?;
-        socket.set_read_timeout(Some(FRAME_TIMEOUT))?;
-        let mut request = format!("*{}\r\n", args.len()).into_bytes();
-        for arg in args {
-            request.extend_from_slice(format!("${}\r\n{arg}\r\n", arg.len()).as_bytes());
-        }
-        (&socket).write_all(&request)?;
-        Resp::read(&mut BufReader::new(socket))
+        redis_command(self.port, args)
     }
 
     fn spawn(&mut self) {
@@ -607,6 +599,19 @@ impl Drop for RedisServer {
             let _ = child.wait();
         }
     }
+}
+
+/// Sends one command to the Redis (or sentinel) on 127.0.0.1:`port` and reads the reply.
+pub fn redis_command(port: u16, args: &[&str]) -> std::io::Result<Resp> {
+    use std::io::Write as _;
+    let socket = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    socket.set_read_timeout(Some(FRAME_TIMEOUT))?;
+    let mut request = format!("*{}\r\n", args.len()).into_bytes();
+    for arg in args {
+        request.extend_from_slice(format!("${}\r\n{arg}\r\n", arg.len()).as_bytes());
+    }
+    (&socket).write_all(&request)?;
+    Resp::read(&mut BufReader::new(socket))
 }
 
 /// The first `name` in a directory of `PATH`.

@@ -9,6 +9,7 @@ mod child;
 mod client_limits;
 mod cluster;
 mod durable;
+mod failover;
 mod first_run;
 mod hardening;
 mod helpers;

@@ -49,8 +49,11 @@
 //! Its rooms: [`tail`] (following the stream, loss detection, decoding what it reads) and
 //! [`scripts`] (the Lua scripts, in `append.lua` and `locate.lua`).
 
+mod endpoint;
 mod scripts;
 mod tail;
+
+pub use endpoint::SENTINEL_SCHEME;
 
 use std::{
     path::{Path, PathBuf},
@@ -63,7 +66,7 @@ use std::{
 };
 
 use actix::Recipient;
-use redis::{AsyncConnectionConfig, Client, TlsCertificates, aio::MultiplexedConnection};
+use redis::aio::MultiplexedConnection;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
@@ -141,7 +144,8 @@ pub struct RedisLog {
 /// What the tasks share.
 #[derive(Clone)]
 struct Shared {
-    client: Client,
+    /// Where Redis is: one address, or the primary Sentinel names.
+    endpoint: Arc<endpoint::Endpoint>,
     keys: Keys,
     max_len: usize,
     ready: Readiness,
@@ -280,7 +284,7 @@ async fn probe(shared: Shared) {
             break;
         }
         if connection.is_none() {
-            connection = connect(&shared.client, COMMAND_TIMEOUT).await.ok();
+            connection = connect(&shared, COMMAND_TIMEOUT).await.ok();
         }
         let Some(probing) = connection.as_mut() else {
             continue;
@@ -363,23 +367,16 @@ impl RedisLog {
             detail,
         };
         let prefix = options.prefix.as_str();
-        let client = match &options.ca_file {
-            None => Client::open(url),
-            Some(path) => {
-                let pem = read_ca_file(path).map_err(&unusable)?;
-                Client::build_with_tls(
-                    url,
-                    TlsCertificates {
-                        client_tls: None,
-                        root_cert: Some(pem),
-                    },
-                )
-            }
-        }
-        .map_err(|err| unusable(err.to_string()))?;
+        let ca = options
+            .ca_file
+            .as_deref()
+            .map(read_ca_file)
+            .transpose()
+            .map_err(&unusable)?;
+        let endpoint = endpoint::Endpoint::parse(url, ca).map_err(&unusable)?;
         let ready = Readiness::unready("the event log (Redis) has not been read yet");
         let shared = Shared {
-            client,
+            endpoint: Arc::new(endpoint),
             keys: Keys {
                 log: format!("{prefix}:log"),
                 meta: format!("{prefix}:meta"),
@@ -555,7 +552,7 @@ impl Commands {
         if stale {
             self.connection = None;
             // Room for a WAIT of --redis-replica-timeout on top of the command itself.
-            match connect(&shared.client, COMMAND_TIMEOUT + shared.replica_timeout).await {
+            match connect(shared, COMMAND_TIMEOUT + shared.replica_timeout).await {
                 Ok(connection) => self.connection = Some((connection, generation)),
                 Err(err) => log::warn!("cannot connect to Redis for publishes error={err}"),
             }
@@ -566,16 +563,16 @@ impl Commands {
     }
 }
 
+/// A connection to the primary, whose answers may take up to `response_timeout`.
 async fn connect(
-    client: &Client,
+    shared: &Shared,
     response_timeout: Duration,
 ) -> redis::RedisResult<MultiplexedConnection> {
-    let config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(COMMAND_TIMEOUT))
-        .set_response_timeout(Some(response_timeout));
-    client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
+    let (connection, _) = shared
+        .endpoint
+        .connect(COMMAND_TIMEOUT, response_timeout)
+        .await?;
+    Ok(connection)
 }
 
 fn append_invocation(shared: &Shared, drafts: &[EventDraft]) -> redis::ScriptInvocation<'static> {
@@ -616,7 +613,9 @@ fn appended(
         Ok(Ok(ids)) => ids,
         Ok(Err(err)) => {
             if let Some(reason) = refusal(&err) {
-                // The connection is fine; Redis said no.
+                // Redis said no. Connect again all the same: a primary that became a replica
+                // (`READONLY`) is left for the one Sentinel names now.
+                broken.store(true, Ordering::Relaxed);
                 shared.refusing(reason);
                 return Err(AppendError::Refusing(reason));
             }

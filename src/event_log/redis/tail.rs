@@ -15,7 +15,7 @@ use redis::{
     streams::{StreamId, StreamRangeReply, StreamReadReply},
 };
 
-use super::{COMMAND_TIMEOUT, Shared, Stored, connect, parse_entry_id};
+use super::{COMMAND_TIMEOUT, Shared, Stored, parse_entry_id};
 use crate::{
     event::{Event, EventDraft, Kind, Limits, Publication},
     event_log::{TailEntry, Tailed},
@@ -24,6 +24,9 @@ use crate::{
 
 /// How long `XREAD` blocks before the tail checks the log's epoch and reads again.
 const BLOCK: Duration = Duration::from_secs(1);
+/// Through Sentinel, how often the tail checks that the server it reads is still the primary
+/// (a demoted primary still answers reads).
+const ROLE_CHECK: Duration = Duration::from_secs(1);
 /// Entries read at once; also what the broadcaster applies in one message.
 const READ_COUNT: usize = 1024;
 /// The tail's reconnect backoff: doubling from the first, jittered, capped at the last.
@@ -101,11 +104,24 @@ async fn follow(
     refusals: &mut Refusals,
     delay: &mut Duration,
 ) -> Stop {
-    let mut connection = match connect(&shared.client, BLOCK + COMMAND_TIMEOUT).await {
-        Ok(connection) => connection,
+    let (mut connection, address) = match shared
+        .endpoint
+        .connect(COMMAND_TIMEOUT, BLOCK + COMMAND_TIMEOUT)
+        .await
+    {
+        Ok(connected) => connected,
         Err(err) => return Stop::Failed(err),
     };
     shared.connections.fetch_add(1, Ordering::Relaxed);
+    match rewound(shared, &mut connection, position).await {
+        Ok(None) => {}
+        Ok(Some(reason)) => {
+            if lost(sink, position, None, reason).await.is_err() {
+                return Stop::Gone;
+            }
+        }
+        Err(err) => return Stop::Failed(err),
+    }
     if position.cursor.is_none() {
         match snapshot(shared, &mut connection, position, refusals).await {
             Ok(entries) => {
@@ -123,7 +139,31 @@ async fn follow(
         );
     }
     *delay = BACKOFF_MIN;
+    let mut role_checked = Instant::now();
     loop {
+        if shared.endpoint.follows_failover() && role_checked.elapsed() >= ROLE_CHECK {
+            role_checked = Instant::now();
+            match redis::cmd("ROLE")
+                .query_async::<redis::Role>(&mut connection)
+                .await
+            {
+                Ok(redis::Role::Primary { .. }) => {}
+                Ok(_) => {
+                    return Stop::Failed(redis::RedisError::from((
+                        redis::ErrorKind::Io,
+                        "the server is no longer the primary; asking the sentinels again",
+                    )));
+                }
+                Err(err) => return Stop::Failed(err),
+            }
+            // A primary that Sentinel replaced while it was cut off still says it is one.
+            if shared.endpoint.moved_from(&address, COMMAND_TIMEOUT).await {
+                return Stop::Failed(redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "the sentinels name another primary; connecting to it",
+                )));
+            }
+        }
         let reply: Option<StreamReadReply> = match redis::cmd("XREAD")
             .arg("COUNT")
             .arg(READ_COUNT)
@@ -176,7 +216,14 @@ async fn follow(
                 refusals.refuse(&entry.id, "foreign", "no `e` and `p` fields");
                 continue;
             };
-            if let Some(reason) = position.gap(&entry.id, &order) {
+            let gap = match position.gap(&entry.id, &order) {
+                Some(reason) => Some(reason),
+                None => match position.gone_between(shared, &mut connection, &order).await {
+                    Ok(gone) => gone,
+                    Err(err) => return Stop::Failed(err),
+                },
+            };
+            if let Some(reason) = gap {
                 let forged = match position.forged_epoch(shared, &mut connection, &order).await {
                     Ok(forged) => forged,
                     Err(err) => return Stop::Failed(err),
@@ -224,6 +271,38 @@ async fn follow(
             return Stop::Gone;
         }
     }
+}
+
+/// Why the log cannot be the one this node applied, on a reconnection: its newest entry is
+/// older than the last one applied here (or it has none), so entries this node applied are
+/// gone. A failover to a replica that lacked them does that (Redis replicates asynchronously;
+/// `--redis-replicas` makes a publish wait for it). `None` if the log goes on from here, as far
+/// as this tells; the predecessor check covers the rest.
+async fn rewound(
+    shared: &Shared,
+    connection: &mut MultiplexedConnection,
+    position: &TailState,
+) -> redis::RedisResult<Option<String>> {
+    let Some(last) = position.last.as_deref() else {
+        return Ok(None);
+    };
+    let newest: StreamRangeReply = redis::cmd("XREVRANGE")
+        .arg(&shared.keys.log)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(connection)
+        .await?;
+    let newest = newest.ids.first().map(|entry| entry.id.as_str());
+    if newest.and_then(parse_entry_id) >= parse_entry_id(last) {
+        return Ok(None);
+    }
+    Ok(Some(format!(
+        "the log's newest entry is {}, older than {last}, the last one applied here (a failover \
+         to a replica that lacked entries, or Redis restarted with older data)",
+        newest.unwrap_or("none")
+    )))
 }
 
 /// Tells the broadcaster entries were lost and starts over from the log's oldest entry.
@@ -281,6 +360,38 @@ impl TailState {
             ));
         }
         None
+    }
+
+    /// Why an entry that follows one of the recent entries, not the last, cannot follow what
+    /// was applied, if it cannot: the entries read after its predecessor are foreign ones
+    /// shaped like the hub's while they are still in the log, and were lost with it when they
+    /// are not (a failover to a replica that lacked them: the script's last entry went back).
+    async fn gone_between(
+        &self,
+        shared: &Shared,
+        connection: &mut MultiplexedConnection,
+        order: &Order,
+    ) -> redis::RedisResult<Option<String>> {
+        let Some(last) = self.last.as_deref() else {
+            return Ok(None);
+        };
+        if last == order.predecessor {
+            return Ok(None);
+        }
+        let found: StreamRangeReply = redis::cmd("XRANGE")
+            .arg(&shared.keys.log)
+            .arg(last)
+            .arg(last)
+            .query_async(connection)
+            .await?;
+        if !found.ids.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(format!(
+            "an entry follows {}, but {last}, applied here after it, is no longer in the log (a \
+             failover to a replica that lacked entries?)",
+            order.predecessor
+        )))
     }
 
     /// Whether `order` claims an epoch that is neither the one applied nor the log's own:
