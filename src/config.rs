@@ -61,6 +61,8 @@ pub const DEFAULT_REDIS_PREFIX: &str = "sse-hub";
 /// A replica on a local network acknowledges in about a millisecond; a second rides out a
 /// replica's brief stall without making every publisher wait long when one is gone.
 pub const DEFAULT_REDIS_REPLICA_TIMEOUT: &str = "1s";
+/// `--presence-ttl`.
+pub const DEFAULT_PRESENCE_TTL: &str = "15s";
 /// A renewed certificate is served within seconds (certbot and most tools replace the files;
 /// SIGHUP loads them at once), at the cost of two `stat` calls per check.
 pub const DEFAULT_TLS_RELOAD_INTERVAL: &str = "10s";
@@ -373,6 +375,13 @@ pub struct Settings {
     /// How long a publish waits for `--redis-replicas` replicas.
     #[arg(long, env = "SSE_HUB_REDIS_REPLICA_TIMEOUT", default_value = DEFAULT_REDIS_REPLICA_TIMEOUT, value_parser = humantime::parse_duration)]
     pub redis_replica_timeout: Duration,
+
+    /// With a Redis store and `--subscriptions`: how long a node's subscriptions stay listed
+    /// by the other nodes without its heartbeat (every third of this). A node that died drops
+    /// out of every list within this, and a surviving node announces the end of each of its
+    /// subscriptions within a third more.
+    #[arg(long, env = "SSE_HUB_PRESENCE_TTL", default_value = DEFAULT_PRESENCE_TTL, value_parser = humantime::parse_duration)]
+    pub presence_ttl: Duration,
 
     /// Serve TLS (HTTP/2 and HTTP/1.1, as the client's ALPN picks) with this PEM certificate
     /// chain, leaf first; needs `--tls-key`. Without it the hub speaks plain HTTP/1.1.

@@ -76,6 +76,10 @@ pub enum HubError {
         acknowledged: usize,
         timeout_ms: u128,
     },
+    /// The subscriptions of the other nodes (presence, in Redis) could not be read: a list
+    /// without them would be wrong.
+    #[error("the subscriptions of the other nodes cannot be read ({0}); try again")]
+    PresenceUnavailable(String),
     #[error("no route for {method} {path}")]
     NotFound { method: String, path: String },
     #[error("method {method} is not allowed on {path}")]
@@ -105,6 +109,7 @@ impl HubError {
             Self::LogUnavailable => "log_unavailable",
             Self::LogRefusing(_) => "log_refusing",
             Self::NotReplicated { .. } => "not_replicated",
+            Self::PresenceUnavailable(_) => "presence_unavailable",
             Self::NotFound { .. } => "not_found",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::Internal => "internal",
@@ -131,7 +136,8 @@ impl ResponseError for HubError {
             | Self::NotStored
             | Self::LogUnavailable
             | Self::LogRefusing(_)
-            | Self::NotReplicated { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            | Self::NotReplicated { .. }
+            | Self::PresenceUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,

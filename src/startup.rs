@@ -127,6 +127,8 @@ impl Application {
                 ca_file: settings.redis_ca_file.clone(),
                 replicas: settings.redis_replicas,
                 replica_timeout: settings.redis_replica_timeout,
+                presence: settings.subscriptions,
+                presence_ttl: settings.presence_ttl,
             },
             limits,
             metrics.clone(),

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use percent_encoding::utf8_percent_encode;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::{event::EventDraft, topic::MatcherType, url_pattern::NOT_UNRESERVED};
@@ -99,6 +100,73 @@ impl ActiveSubscription {
                 private: true,
                 repeatable_id: true,
             })
+    }
+}
+
+/// The most a subscription in its shared form (presence, read back from Redis) may take.
+pub const SHARED_MAX_BYTES: usize = 64 * 1024;
+
+/// A subscription in the form nodes share it (presence across nodes): short field names, the
+/// match type by name.
+#[derive(Debug, Serialize, Deserialize)]
+struct Shared {
+    #[serde(rename = "t")]
+    topic: String,
+    #[serde(rename = "m")]
+    match_type: String,
+    #[serde(rename = "x")]
+    matcher: String,
+    #[serde(rename = "s")]
+    subscriber: String,
+    #[serde(rename = "p", default, skip_serializing_if = "Option::is_none")]
+    payload: Option<Value>,
+    #[serde(rename = "l", default, skip_serializing_if = "Option::is_none")]
+    legacy_topic: Option<String>,
+}
+
+impl ActiveSubscription {
+    /// Its shared form: what other nodes list, and announce the end of if this node dies.
+    pub fn to_shared(&self) -> String {
+        let shared = Shared {
+            topic: self.topic.clone(),
+            match_type: self.match_type.name().to_owned(),
+            matcher: self.matcher.clone(),
+            subscriber: self.subscriber.to_string(),
+            payload: self.payload.clone(),
+            legacy_topic: self.legacy_topic.clone(),
+        };
+        // A struct of strings and JSON values always serialises.
+        serde_json::to_string(&shared).unwrap_or_default()
+    }
+
+    /// Reads a subscription in its shared form, as another node wrote it (untrusted: it comes
+    /// back from Redis). Refused, saying why: over [`SHARED_MAX_BYTES`], not that JSON shape,
+    /// an unknown match type, or a topic that is not one of the subscription API's.
+    pub fn from_shared(text: &str) -> Result<Self, String> {
+        if text.len() > SHARED_MAX_BYTES {
+            return Err(format!("{} bytes, over {SHARED_MAX_BYTES}", text.len()));
+        }
+        let shared: Shared =
+            serde_json::from_str(text).map_err(|err| format!("not a subscription: {err}"))?;
+        let match_type = match shared.match_type.as_str() {
+            "uritemplate" => MatcherType::UriTemplate,
+            name => MatcherType::from_name(name)
+                .ok_or_else(|| format!("unknown match type `{name}`"))?,
+        };
+        if !shared.topic.contains("/subscriptions/") || shared.subscriber.is_empty() {
+            return Err(format!(
+                "`{}` is not a subscription topic, or the subscriber is empty",
+                shared.topic
+            ));
+        }
+        Ok(Self {
+            topic: shared.topic,
+            match_type,
+            matcher: shared.matcher,
+            subscriber: shared.subscriber.into(),
+            payload: shared.payload,
+            legacy_topic: shared.legacy_topic,
+        })
     }
 }
 
@@ -232,6 +300,42 @@ pub fn collection(id: &str, subscriptions: Vec<Value>) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_subscription_survives_its_shared_form_and_bad_ones_are_refused() {
+        let subscriber = ActiveSubscriber::new(
+            "/.well-known/mercure",
+            vec![
+                (
+                    MatcherType::Exact,
+                    "https://a/1".into(),
+                    Some(json!({"u": 1})),
+                ),
+                (MatcherType::UriTemplate, "https://a/{id}".into(), None),
+            ],
+            true,
+        );
+        for subscription in &subscriber.subscriptions {
+            let shared = subscription.to_shared();
+            assert_eq!(
+                ActiveSubscription::from_shared(&shared).as_ref(),
+                Ok(subscription),
+                "{shared}"
+            );
+        }
+        let too_large = format!("{{\"t\":\"{}\"}}", "a".repeat(SHARED_MAX_BYTES));
+        for bad in [
+            "",
+            "[]",
+            "{\"t\":1}",
+            r#"{"t":"/.well-known/mercure/subscriptions/exact/a/b","m":"regex","x":"a","s":"b"}"#,
+            r#"{"t":"/elsewhere","m":"exact","x":"a","s":"b"}"#,
+            r#"{"t":"/.well-known/mercure/subscriptions/exact/a/b","m":"exact","x":"a","s":""}"#,
+            too_large.as_str(),
+        ] {
+            assert!(ActiveSubscription::from_shared(bad).is_err(), "{bad}");
+        }
+    }
 
     /// A subscription's topic encodes its matcher and subscriber once each, as single
     /// segments, and its document and events say what Mercure's do.

@@ -27,7 +27,7 @@ use crate::{
     config::Settings,
     error::HubError,
     event::{self, Event, EventDraft},
-    event_log::{EventLog, History, Reader, ReplayFrom, Retention},
+    event_log::{EventLog, History, OthersPresent, Presence, Reader, ReplayFrom, Retention},
     metrics::{self, Metrics},
     queue::{self, PushError},
     subscriptions::{ActiveSubscriber, ActiveSubscription, Filter},
@@ -247,6 +247,8 @@ impl Broadcaster {
         if let Some(subscriber) = self.subscribers.try_remove(key) {
             self.index.remove(key, &subscriber.selectors);
             if let Some(active) = subscriber.active {
+                self.log
+                    .share_presence(Presence::Left(&active.subscriptions));
                 // Announced from a message of its own: removals happen where no context is.
                 if self.departed.is_empty()
                     && let Some(me) = &self.me
@@ -457,6 +459,10 @@ impl Broadcaster {
         }
 
         self.index.insert(key, &subscriber.selectors);
+        if let Some(active) = &subscriber.active {
+            self.log
+                .share_presence(Presence::Joined(&active.subscriptions));
+        }
         let joined: Vec<EventDraft> = subscriber
             .active
             .iter()
@@ -558,7 +564,8 @@ impl Broadcaster {
     }
 }
 
-/// The active subscriptions `filter` selects (Mercure's subscription API), on this node.
+/// The active subscriptions `filter` selects (Mercure's subscription API), on this node, and a
+/// way to the other nodes' ([`SubscriptionList::others`]).
 #[derive(Debug, Message)]
 #[rtype(result = "SubscriptionList")]
 pub struct ListSubscriptions(pub Filter);
@@ -569,6 +576,8 @@ pub struct ListSubscriptions(pub Filter);
 pub struct SubscriptionList {
     pub subscriptions: Vec<ActiveSubscription>,
     pub newest_id: Option<Arc<str>>,
+    /// Those of the other nodes sharing the log, when there are any (filtered by the caller).
+    pub others: Option<OthersPresent>,
 }
 
 impl Handler<ListSubscriptions> for Broadcaster {
@@ -591,6 +600,7 @@ impl Handler<ListSubscriptions> for Broadcaster {
         MessageResult(SubscriptionList {
             subscriptions,
             newest_id: self.history.newest_id(),
+            others: self.log.others_present(),
         })
     }
 }
@@ -611,6 +621,9 @@ impl Handler<Shutdown> for Broadcaster {
     type Result = ResponseActFuture<Self, ()>;
 
     fn handle(&mut self, _: Shutdown, ctx: &mut Self::Context) -> Self::Result {
+        // This node's subscriptions are no longer for other nodes to list, or to announce the
+        // end of: it does that itself, below.
+        self.log.share_presence(Presence::Gone);
         // Every subscription ends now: say so, as for any leave, and end the streams once the
         // log has taken those events (or after a short wait), so subscribers receive them.
         // Taken, so a subscriber that leaves meanwhile is not announced twice.

@@ -333,6 +333,17 @@ impl Handler<Tailed> for Broadcaster {
                 }
             }
             Tailed::Lost { reason } => self.lost(&reason, ctx),
+            Tailed::Abandoned(subscriptions) => {
+                log::info!(
+                    "announcing the end of a dead node's subscriptions subscriptions={}",
+                    subscriptions.len()
+                );
+                for subscription in &subscriptions {
+                    for draft in subscription.events(false) {
+                        self.announce(draft, ctx);
+                    }
+                }
+            }
         }
     }
 }

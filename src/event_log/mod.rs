@@ -47,6 +47,7 @@ use crate::{
     error::HubError,
     event::{Event, EventDraft, Limits},
     metrics::Metrics,
+    subscriptions::ActiveSubscription,
 };
 
 /// Where an event is in the log; positions only grow (a Redis stream entry id, or a local
@@ -183,7 +184,22 @@ pub enum Tailed {
     /// Committed events this node never applied are gone from the log; what follows is read
     /// from the log's oldest event.
     Lost { reason: String },
+    /// The subscriptions of a node that died (presence across nodes): this node claimed them,
+    /// once for all nodes, and announces their end.
+    Abandoned(Vec<ActiveSubscription>),
 }
+
+/// A change to this node's active subscriptions, for the nodes that share its log.
+#[derive(Debug, Clone, Copy)]
+pub enum Presence<'a> {
+    Joined(&'a [ActiveSubscription]),
+    Left(&'a [ActiveSubscription]),
+    /// The node shuts down, having announced the end of every subscription itself.
+    Gone,
+}
+
+/// The subscriptions of the other nodes that share the log, or why they cannot be read.
+pub type OthersPresent = oneshot::Receiver<Result<Vec<ActiveSubscription>, String>>;
 
 /// A backend of the event log (see the module documentation for what it promises).
 pub trait EventLog: Send + fmt::Debug {
@@ -201,6 +217,16 @@ pub trait EventLog: Send + fmt::Debug {
 
     /// Whether appends can succeed now, and why not (`/readyz`).
     fn readiness(&self) -> Readiness;
+
+    /// Tells the nodes that share this log about this node's active subscriptions. A log of
+    /// one node has no one to tell.
+    fn share_presence(&mut self, _change: Presence<'_>) {}
+
+    /// The active subscriptions of the other nodes that share this log; `None` for a log of
+    /// one node.
+    fn others_present(&self) -> Option<OthersPresent> {
+        None
+    }
 }
 
 /// Why a store cannot be opened. The hub refuses to start with this one line, rather than run

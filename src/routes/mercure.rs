@@ -160,7 +160,8 @@ fn over_limit(refusal: Refusal) -> HubError {
 }
 
 /// `GET /.well-known/mercure/subscriptions[/{match_type}/{match}[/{subscriber}]]`: the active
-/// subscriptions (on this node), for a token allowed to subscribe to that path.
+/// subscriptions (of every node sharing a Redis log, else of this node), for a token allowed to
+/// subscribe to that path.
 pub async fn subscriptions(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -251,10 +252,20 @@ pub async fn subscriptions(
         )));
     }
     let one = matches!(filter, Filter::One { .. } | Filter::TopicOne { .. });
-    let found = state.ask(ListSubscriptions(filter)).await?;
+    let found = state.ask(ListSubscriptions(filter.clone())).await?;
     let cursor = found.newest_id.as_deref().unwrap_or("earliest");
-    let documents: Vec<serde_json::Value> = found
-        .subscriptions
+    let mut subscriptions = found.subscriptions;
+    // With nodes sharing a Redis log, every node's (presence): one list on any node, in one
+    // order.
+    if let Some(others) = found.others {
+        let others = others
+            .await
+            .map_err(|_| HubError::PresenceUnavailable("the Redis client has stopped".into()))?
+            .map_err(HubError::PresenceUnavailable)?;
+        subscriptions.extend(others.into_iter().filter(|s| filter.selects(s)));
+        subscriptions.sort_by(|a, b| a.topic.cmp(&b.topic));
+    }
+    let documents: Vec<serde_json::Value> = subscriptions
         .iter()
         .filter_map(|subscription| {
             if legacy {

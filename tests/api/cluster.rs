@@ -48,7 +48,11 @@ impl Node {
         read_reply(response, &format!("POST {path} on {}", self.name)).await
     }
 
-    async fn subscribe_mercure(&self, query: &str, last_event_id: Option<&str>) -> SseStream {
+    pub(crate) async fn subscribe_mercure(
+        &self,
+        query: &str,
+        last_event_id: Option<&str>,
+    ) -> SseStream {
         let token = crate::mercure::token(&[], &["*"]);
         let mut request = self
             .client

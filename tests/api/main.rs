@@ -19,6 +19,7 @@ mod mercure;
 mod mercure_safety;
 mod mercure_v1;
 mod ops;
+mod presence;
 mod properties;
 mod quickstart;
 mod redis_boundary;

@@ -50,6 +50,7 @@
 //! [`scripts`] (the Lua scripts, in `append.lua` and `locate.lua`).
 
 mod endpoint;
+mod presence;
 mod scripts;
 mod tail;
 
@@ -71,12 +72,13 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    AppendError, Appending, EventLog, Locating, Placed, Position, Readiness, Retention, StoreError,
-    Tailed,
+    AppendError, Appending, EventLog, Locating, OthersPresent, Placed, Position, Presence,
+    Readiness, Retention, StoreError, Tailed,
 };
 use crate::{
     event::{EventDraft, Limits},
     metrics::Metrics,
+    subscriptions::ActiveSubscription,
 };
 
 /// What `/readyz` says while the tail cannot reach Redis.
@@ -131,6 +133,8 @@ enum Job {
         done: oneshot::Sender<Option<Position>>,
     },
     Tail(Recipient<Tailed>),
+    /// The other nodes' subscriptions (presence).
+    Present(oneshot::Sender<Result<Vec<ActiveSubscription>, String>>),
 }
 
 /// The handle the broadcaster holds. The Redis work runs on a thread of its own (a tokio
@@ -139,6 +143,9 @@ enum Job {
 pub struct RedisLog {
     jobs: mpsc::UnboundedSender<Job>,
     ready: Readiness,
+    /// This node's subscription changes, to its presence task; `None` without active
+    /// subscriptions (`--subscriptions` off).
+    presence: Option<mpsc::UnboundedSender<presence::Change>>,
 }
 
 /// What the tasks share.
@@ -161,6 +168,9 @@ struct Shared {
     replica_timeout: Duration,
     /// When an append that was not replicated was last logged, and how many since.
     not_replicated_log: Arc<Mutex<(Option<Instant>, u64)>>,
+    /// This node's id in presence (random per process), and `--presence-ttl`.
+    node: String,
+    presence_ttl: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -173,6 +183,9 @@ struct Keys {
     idl: String,
     /// Written by the probe while Redis refuses writes.
     probe: String,
+    /// Presence: the live nodes, and the prefix of each one's hash of subscriptions.
+    nodes: String,
+    presence: String,
 }
 
 /// The two facts `/readyz` adds up; only the Redis thread changes them.
@@ -328,6 +341,9 @@ pub struct RedisOptions {
     /// Replicas that must acknowledge an append (`WAIT`) before it counts as committed.
     pub replicas: usize,
     pub replica_timeout: Duration,
+    /// Whether nodes share their active subscriptions (presence), and under what time to live.
+    pub presence: bool,
+    pub presence_ttl: Duration,
 }
 
 /// Reads `--redis-ca-file`: PEM text holding at least one certificate, each of which parses.
@@ -385,6 +401,8 @@ impl RedisLog {
                 idn: format!("{prefix}:idn"),
                 idl: format!("{prefix}:idl"),
                 probe: format!("{prefix}:probe"),
+                nodes: format!("{prefix}:nodes"),
+                presence: format!("{prefix}:presence:"),
             },
             // Subscription events are in the stream too: other nodes' subscribers receive them.
             max_len: retention
@@ -399,18 +417,32 @@ impl RedisLog {
             replicas: options.replicas,
             replica_timeout: options.replica_timeout,
             not_replicated_log: Arc::new(Mutex::new((None, 0))),
+            node: format!("{:016x}", fastrand::u64(..)),
+            presence_ttl: options.presence_ttl,
         };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|err| unusable(format!("cannot start its runtime: {err}")))?;
         let (jobs, queue) = mpsc::unbounded_channel();
+        let (presence, changes) = match options.presence {
+            true => {
+                let (presence, changes) = mpsc::unbounded_channel();
+                (Some(presence), Some(changes))
+            }
+            false => (None, None),
+        };
+        let node = shared.node.clone();
         thread::Builder::new()
             .name("sse-hub-redis".to_owned())
-            .spawn(move || runtime.block_on(serve(shared, queue)))
+            .spawn(move || runtime.block_on(serve(shared, queue, changes)))
             .map_err(|err| unusable(format!("cannot start its thread: {err}")))?;
-        log::info!("event log shared store=redis prefix={prefix}");
-        Ok(Self { jobs, ready })
+        log::info!("event log shared store=redis prefix={prefix} node={node}");
+        Ok(Self {
+            jobs,
+            ready,
+            presence,
+        })
     }
 }
 
@@ -448,14 +480,57 @@ impl EventLog for RedisLog {
     fn readiness(&self) -> Readiness {
         self.ready.clone()
     }
+
+    /// Hands the change to the presence task (on the broadcaster's thread: serialising only).
+    fn share_presence(&mut self, change: Presence<'_>) {
+        let Some(presence) = &self.presence else {
+            return;
+        };
+        let send = |change| {
+            let _ = presence.send(change);
+        };
+        match change {
+            Presence::Joined(subscriptions) => {
+                for subscription in subscriptions {
+                    send(presence::Change::Set {
+                        topic: subscription.topic.clone(),
+                        shared: subscription.to_shared(),
+                    });
+                }
+            }
+            Presence::Left(subscriptions) => {
+                for subscription in subscriptions {
+                    send(presence::Change::Remove(subscription.topic.clone()));
+                }
+            }
+            Presence::Gone => send(presence::Change::Gone),
+        }
+    }
+
+    fn others_present(&self) -> Option<OthersPresent> {
+        self.presence.as_ref()?;
+        let (done, present) = oneshot::channel();
+        if let Err(mpsc::error::SendError(Job::Present(done))) = self.jobs.send(Job::Present(done))
+        {
+            let _ = done.send(Err("the Redis client has stopped".to_owned()));
+        }
+        Some(present)
+    }
 }
 
 /// The Redis thread: takes jobs until the handle is dropped.
-async fn serve(shared: Shared, mut jobs: mpsc::UnboundedReceiver<Job>) {
+async fn serve(
+    shared: Shared,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+    mut presence: Option<mpsc::UnboundedReceiver<presence::Change>>,
+) {
     let mut commands = Commands::default();
     while let Some(job) = jobs.recv().await {
         let (job, connection) = match job {
             Job::Tail(sink) => {
+                if let Some(changes) = presence.take() {
+                    tokio::spawn(presence::run(shared.clone(), changes, sink.clone()));
+                }
                 tokio::spawn(tail::run(shared.clone(), sink));
                 continue;
             }
@@ -520,6 +595,20 @@ async fn serve(shared: Shared, mut jobs: mpsc::UnboundedReceiver<Job>) {
                             None
                         }
                     };
+                    let _ = done.send(found);
+                });
+            }
+            Job::Present(done) => {
+                let Some(mut connection) = connection else {
+                    let _ = done.send(Err("Redis is unreachable".to_owned()));
+                    continue;
+                };
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    let found = presence::list(&shared, &mut connection).await;
+                    if found.is_err() {
+                        broken.store(true, Ordering::Relaxed);
+                    }
                     let _ = done.send(found);
                 });
             }

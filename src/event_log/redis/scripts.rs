@@ -1,5 +1,6 @@
-//! The Lua scripts the Redis backend runs (in `append.lua` and `locate.lua`, beside this
-//! file): appends check publisher ids across nodes and give each event its entry, atomically.
+//! The Lua scripts the Redis backend runs (in `append.lua`, `locate.lua` and `presence_*.lua`,
+//! beside this file): appends check publisher ids across nodes and give each event its entry,
+//! atomically; presence heartbeats claim a dead node's subscriptions for exactly one node.
 
 use std::sync::LazyLock;
 
@@ -17,3 +18,14 @@ pub(super) static APPEND: LazyLock<Script> =
 /// stream holds. KEYS: log, ids. ARGV: the id. Returns the entry id, or nil.
 pub(super) static LOCATE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("locate.lua")));
+
+/// A node's presence heartbeat with its changes, claiming dead nodes' subscriptions. KEYS:
+/// nodes. ARGV: hash prefix, node, time to live (ms), `1` to rewrite the node's hash whole,
+/// then `s FIELD JSON` / `d FIELD` changes. Returns {1 if the node was not in the set, the
+/// claimed subscriptions}.
+pub(super) static PRESENCE_BEAT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("presence_beat.lua")));
+
+/// The subscriptions of every live node but the caller. KEYS: nodes. ARGV: hash prefix, node.
+pub(super) static PRESENCE_LIST: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("presence_list.lua")));
