@@ -1523,7 +1523,9 @@ async fn publishes_wait_for_the_replicas_asked_for() {
         "A",
         &primary.url(),
         &["--redis-prefix", &prefix],
-        &["--redis-replicas", "1", "--redis-replica-timeout", "300ms"],
+        // Room for an in-sync replica to answer on a loaded machine (300 ms was missed once
+        // with the whole suite and a benchmark running).
+        &["--redis-replicas", "1", "--redis-replica-timeout", "2s"],
     );
     assert_ready(
         &wait_for_readyz(&node, StatusCode::OK, RECOVERY_TIMEOUT).await,
@@ -1560,7 +1562,7 @@ async fn publishes_wait_for_the_replicas_asked_for() {
         refused.body
     );
     assert!(
-        started.elapsed() >= Duration::from_millis(250),
+        started.elapsed() >= Duration::from_millis(1900),
         "answered after waiting for the replica: {:?}",
         started.elapsed()
     );
