@@ -390,8 +390,25 @@ async fn nodes(group: &SentinelGroup, prefix: &str, args: &[&str]) -> Vec<Node> 
     nodes
 }
 
-fn stream_url(node: &Node) -> String {
-    node.url(&format!("/stream?{}", query(&[("topic", "fo")])))
+/// One subscriber per node on topic `fo`, following until `end` ([`follow`]): what each has
+/// seen so far, and their tasks. Returns once they have had time to connect.
+async fn follow_each(
+    nodes: &[Node],
+) -> (
+    Vec<Rc<RefCell<Vec<Seen>>>>,
+    Vec<actix_web::rt::task::JoinHandle<()>>,
+) {
+    let seen: Vec<Rc<RefCell<Vec<Seen>>>> = nodes.iter().map(|_| Rc::default()).collect();
+    let followers = nodes
+        .iter()
+        .zip(&seen)
+        .map(|(node, seen)| {
+            let url = node.url(&format!("/stream?{}", query(&[("topic", "fo")])));
+            actix_web::rt::spawn(follow(url, "end", seen.clone()))
+        })
+        .collect();
+    actix_web::rt::time::sleep(Duration::from_millis(300)).await;
+    (seen, followers)
 }
 
 /// With `--redis-replicas 1`, `kill -9` of the primary loses nothing that was acknowledged:
@@ -408,13 +425,7 @@ async fn a_sentinel_failover_loses_nothing_acknowledged_with_replicas() {
         &["--redis-replicas", "1", "--redis-replica-timeout", "500ms"],
     )
     .await;
-    let seen: Vec<Rc<RefCell<Vec<Seen>>>> = nodes.iter().map(|_| Rc::default()).collect();
-    let followers: Vec<_> = nodes
-        .iter()
-        .zip(&seen)
-        .map(|(node, seen)| actix_web::rt::spawn(follow(stream_url(node), "end", seen.clone())))
-        .collect();
-    actix_web::rt::time::sleep(Duration::from_millis(300)).await;
+    let (seen, followers) = follow_each(&nodes).await;
     let publisher = Publisher::start(
         nodes
             .iter()
@@ -479,13 +490,7 @@ async fn a_promoted_replica_that_lacks_entries_resets_subscribers() {
     let mut group = SentinelGroup::start().await;
     let prefix = format!("sse-hub-test-{}-fo2", std::process::id());
     let nodes = nodes(&group, &prefix, &[]).await;
-    let seen: Vec<Rc<RefCell<Vec<Seen>>>> = nodes.iter().map(|_| Rc::default()).collect();
-    let followers: Vec<_> = nodes
-        .iter()
-        .zip(&seen)
-        .map(|(node, seen)| actix_web::rt::spawn(follow(stream_url(node), "end", seen.clone())))
-        .collect();
-    actix_web::rt::time::sleep(Duration::from_millis(300)).await;
+    let (seen, followers) = follow_each(&nodes).await;
     let publish = async |node: &Node, id: &str| -> StatusCode {
         node.post(&format!("/publish?topic=fo&id={id}"), id)
             .await
