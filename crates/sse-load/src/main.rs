@@ -787,6 +787,7 @@ async fn coordinate(args: &RunArgs) -> anyhow::Result<Report> {
 /// Folds the reports of `states` (every worker, or one node's) into `report`.
 fn merge(report: &mut Report, states: &[&WorkerState], per_subscriber: u64, publish_start_us: u64) {
     let mut latency = tally::new_histogram();
+    let mut event_max_us = Vec::new();
     let mut connect_us = tally::new_histogram();
     let mut counts = Counts::default();
     let mut last_us = 0;
@@ -817,6 +818,7 @@ fn merge(report: &mut Report, states: &[&WorkerState], per_subscriber: u64, publ
         last_us = last_us.max(r.last_us);
         report.load_cpu_s += r.cpu_us as f64 / 1e6;
         tally::merge_pairs(&mut latency, &r.latency_us);
+        tally::merge_event_max(&mut event_max_us, &r.event_max_us);
     }
     report.expected = per_subscriber * report.connected;
     report.delivered = counts.unique;
@@ -834,6 +836,10 @@ fn merge(report: &mut Report, states: &[&WorkerState], per_subscriber: u64, publ
     report.connect_p99_ms = Percentiles::of(&connect_us).p99;
     report.latency_ms = Percentiles::of(&latency);
     report.latency_curve = report::curve(&latency);
+    report.complete_ms = Percentiles::of(&tally::completion(
+        &event_max_us,
+        usize::try_from(report.published).unwrap_or(usize::MAX),
+    ));
 }
 
 #[cfg(test)]

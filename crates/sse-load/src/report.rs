@@ -150,6 +150,10 @@ pub struct Report {
     pub foreign: u64,
     pub latency_ms: Percentiles,
     pub latency_curve: Vec<(f64, f64)>,
+    /// Per event, the time from its publish until it reached every subscriber (its slowest
+    /// delivery), over the events. Reports written before it existed read as zeros.
+    #[serde(default)]
+    pub complete_ms: Percentiles,
     pub server: Option<ServerFigures>,
     /// Per subscribed URL, in the order given: one entry, or one per node of a cluster.
     /// Reports written before it existed read as empty.
@@ -203,6 +207,11 @@ impl Report {
             s += &format!(
                 "  latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}  mean {:.2}\n",
                 l.p50, l.p90, l.p99, l.p999, l.max, l.mean
+            );
+            let c = &self.complete_ms;
+            s += &format!(
+                "  until every subscriber had it, ms (per event): p50 {:.2}  p99 {:.2}  max {:.2}\n",
+                c.p50, c.p99, c.max
             );
         }
         if self.nodes.len() > 1 {

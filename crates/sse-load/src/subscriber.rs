@@ -95,6 +95,9 @@ pub struct WorkerReport {
     /// Events published but never received, summed over connected subscribers.
     pub lost: u64,
     pub latency_us: Vec<(u64, u64)>,
+    /// Per event, the slowest delivery to this process's subscribers (µs).
+    #[serde(default)]
+    pub event_max_us: Vec<u64>,
     pub first_us: u64,
     pub last_us: u64,
     pub drain_timed_out: bool,
@@ -251,6 +254,7 @@ async fn work(args: WorkerArgs) -> anyhow::Result<()> {
         .sum();
     report.counts = tally.counts;
     report.latency_us = tally::to_pairs(&tally.latency);
+    report.event_max_us.clone_from(&tally.event_max_us);
     report.first_us = tally.first_us;
     report.last_us = tally.last_us;
     report.cpu_us = crate::procstat::own_cpu_us();

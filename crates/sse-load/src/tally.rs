@@ -60,6 +60,26 @@ impl Counts {
     }
 }
 
+/// Folds one process's per-event slowest deliveries into `into` (by maximum).
+pub fn merge_event_max(into: &mut Vec<u64>, other: &[u64]) {
+    if into.len() < other.len() {
+        into.resize(other.len(), 0);
+    }
+    for (slowest, &value) in into.iter_mut().zip(other) {
+        *slowest = (*slowest).max(value);
+    }
+}
+
+/// The time until each of the first `events` events reached every subscriber, as a histogram
+/// over events; events that reached none (a slowest delivery of 0) are left out.
+pub fn completion(event_max_us: &[u64], events: usize) -> Histogram<u64> {
+    let mut hist = new_histogram();
+    for &slowest in event_max_us.iter().take(events).filter(|&&v| v > 0) {
+        record_clamped(&mut hist, slowest);
+    }
+    hist
+}
+
 /// Per-subscriber accounting for one process, in flat arrays indexed by subscriber.
 #[derive(Debug)]
 pub struct Tally {
@@ -73,6 +93,9 @@ pub struct Tally {
     got: Vec<u32>,
     pub counts: Counts,
     pub latency: Histogram<u64>,
+    /// Per event (by sequence number), the longest publish → receive time among this
+    /// process's subscribers: merged by maximum, the time until it reached every subscriber.
+    pub event_max_us: Vec<u64>,
     /// Wall clock (µs) of the first and the latest new event, for the delivery rate.
     pub first_us: u64,
     pub last_us: u64,
@@ -97,6 +120,7 @@ impl Tally {
             got: vec![0; subscribers],
             counts: Counts::default(),
             latency: new_histogram(),
+            event_max_us: vec![0; usize::try_from(events)?],
             first_us: 0,
             last_us: 0,
         })
@@ -128,7 +152,10 @@ impl Tally {
             self.first_us = now_us;
         }
         self.last_us = now_us;
-        record_clamped(&mut self.latency, now_us.saturating_sub(ts_us));
+        let latency = now_us.saturating_sub(ts_us);
+        record_clamped(&mut self.latency, latency);
+        let slowest = &mut self.event_max_us[bit];
+        *slowest = (*slowest).max(latency);
     }
 
     /// Distinct events `subscriber` has received.
@@ -163,6 +190,29 @@ mod tests {
         );
         assert_eq!((tally.got(0), tally.got(1)), (4, 1));
         assert_eq!(tally.latency.max(), tally.latency.highest_equivalent(1000));
+        // Event 99 reached subscriber 1 after 10 µs; event 3, subscriber 0 after 1000.
+        assert_eq!((tally.event_max_us[99], tally.event_max_us[3]), (10, 1000));
+    }
+
+    /// The time until an event reached every subscriber is the slowest of its deliveries,
+    /// across processes too; an event some subscriber never got has none.
+    #[test]
+    fn completion_is_the_slowest_delivery_of_each_event() {
+        let (mut a, mut b) = (Tally::new(2, 3).unwrap(), Tally::new(1, 3).unwrap());
+        for (subscriber, seq, now) in [(0, 0, 110), (1, 0, 150), (0, 1, 120), (1, 1, 105)] {
+            a.record(subscriber, seq, 100, 0, now);
+        }
+        b.record(0, 0, 100, 0, 130);
+        b.record(0, 1, 100, 0, 400);
+        let mut merged = vec![0; 3];
+        merge_event_max(&mut merged, &a.event_max_us);
+        merge_event_max(&mut merged, &b.event_max_us);
+        assert_eq!(merged, [50, 300, 0]);
+        let complete = completion(&merged, 3);
+        assert_eq!(
+            (complete.len(), complete.max()),
+            (2, complete.highest_equivalent(300))
+        );
     }
 
     /// A histogram sent as pairs merges into the same percentiles.
