@@ -2,8 +2,9 @@
 """Turns the JSON reports of scripts/bench into bench/results.md: medians per server, ratios
 (sse-hub / nchan), the issue's targets, and every raw figure; the cluster scenario adds Redis's
 own counters (`redis-*.txt`, its INFO after each cluster run); the tls scenario compares protocols
-(plaintext, HTTP/1.1+TLS, HTTP/2) of both servers. Also picks the median run's file
-for the charts (--median-file)."""
+(plaintext, HTTP/1.1+TLS, HTTP/2) of both servers; the scale scenario (sse-hub alone) shows
+100,000 subscribers on six nodes. Also picks the median run's file for the charts
+(--median-file)."""
 import argparse
 import json
 import os
@@ -111,6 +112,28 @@ METRICS = {
 }
 
 
+# The scale scenario: sse-hub only, N subscribers on several nodes of one Redis.
+METRICS["scale"] = [
+    ("subscribers connected", "connected", "{:,.0f}", "high"),
+    ("connect time (s)", "connect_s", "{:.1f}", "low"),
+    ("events published", "published", "{:,.0f}", None),
+    ("deliveries", "delivered", "{:,.0f}", "high"),
+    ("deliveries expected", "expected", "{:,.0f}", None),
+    ("lost events", "lost", "{:,.0f}", "low"),
+    ("lost events per node", "_node_lost", "{}", None),
+    ("duplicates + reordered", "_dupre", "{:,.0f}", "low"),
+    ("until every subscriber had the event, p50 over events (ms)", "complete_ms.p50", "{:.1f}", "low"),
+    ("until every subscriber had the event, p99 over events (ms)", "complete_ms.p99", "{:.1f}", "low"),
+    ("until every subscriber had the event, max (ms)", "complete_ms.max", "{:.1f}", "low"),
+    ("publish → receive latency p50 (ms)", "latency_ms.p50", "{:.1f}", "low"),
+    ("publish → receive latency p99 (ms)", "latency_ms.p99", "{:.1f}", "low"),
+    ("publish round trip p99 (ms)", "publish_round_trip_p99_ms", "{:.1f}", "low"),
+    ("RSS per subscriber, every node and Redis (B)", "server.rss_per_subscriber_bytes", "{:,.0f}", "low"),
+    ("RSS of every node and Redis, before / connected (MiB)", "_rss_pair", "{}", None),
+    ("server CPU per delivered event, every node and Redis (µs)", "server.cpu_us_per_event", "{:.2f}", "low"),
+    ("sse-load's own CPU over its wall time (s)", "_load_cpu", "{}", None),
+]
+
 METRICS["cluster_steady_single"] = METRICS["cluster_steady"]
 METRICS["tls_fanout"] = METRICS["fanout"]
 METRICS["tls_idle"] = METRICS["idle"]
@@ -182,7 +205,8 @@ KEY = {"fanout": ("delivered_per_s", False), "steady": ("latency_ms.p99", False)
        "cluster_fanout": ("delivered_per_s", False), "cluster_steady": ("latency_ms.p50", False),
        "cluster_steady_single": ("latency_ms.p50", False),
        "cluster_fanout_single": ("delivered_per_s", False),
-       "tls_fanout": ("delivered_per_s", False), "tls_idle": ("server.rss_per_subscriber_bytes", False)}
+       "tls_fanout": ("delivered_per_s", False), "tls_idle": ("server.rss_per_subscriber_bytes", False),
+       "scale": ("complete_ms.p99", False)}
 
 
 def median_report(runs, scenario, server):
@@ -239,7 +263,25 @@ def targets(runs, med):
     hub_rss = m("idle", "hub", "server.rss_per_subscriber_bytes")
     if hub_rss is not None:
         rows.append(("idle: ≤ 6 KiB (6,144 B) RSS per subscriber", f"{hub_rss:,.0f} B", hub_rss <= 6144))
-    return rows + cluster_targets(runs, m) + tls_targets(m)
+    return rows + cluster_targets(runs, m) + tls_targets(m) + scale_targets(runs)
+
+
+def scale_targets(runs):
+    """The scale scenario's target (issue 23): every subscriber connected and every event
+    delivered once, on every run."""
+    reports = runs.get(("scale", "hub"), [])
+    if not reports:
+        return []
+    n, nodes = reports[0]["subscribers"], len(reports[0].get("nodes") or []) or 1
+    ok = all(r["connected"] == r["subscribers"] and r["expected"] > 0
+             and r["delivered"] == r["expected"] and r["lost"] == 0
+             and r["duplicates"] + r["reordered"] == 0 for r in reports)
+    worst = min(reports, key=lambda r: (r["connected"], r["delivered"] - r["expected"]))
+    return [(f"scale: {n:,} subscribers on {nodes} sse-hub nodes of this one machine, every "
+             "event to every subscriber once",
+             f"worst of {len(reports)} run(s): {worst['connected']:,} connected, "
+             f"{worst['delivered']:,}/{worst['expected']:,} delivered, lost {worst['lost']:,}, "
+             f"duplicates + reordered {worst['duplicates'] + worst['reordered']:,}", ok)]
 
 
 def tls_targets(m):
@@ -369,7 +411,7 @@ def run_envs(raw):
     older runs wrote for all scenarios at once."""
     envs = {}
     legacy = os.path.join(raw, "run.env")
-    for scenario in ORDER + ["store", "cluster", "tls"]:
+    for scenario in ORDER + ["store", "cluster", "tls", "scale"]:
         path = os.path.join(raw, f"run-{scenario}.env")
         if os.path.exists(path):
             envs[scenario] = read_env(path)
@@ -597,6 +639,54 @@ def tls_section(runs, med):
     return out
 
 
+def scale_section(runs, med, infos, env):
+    """The scale scenario: N subscribers on several sse-hub nodes of one Redis (issue 23)."""
+    reports = runs.get(("scale", "hub"), [])
+    if not reports:
+        return []
+    sample = reports[0]
+    nodes = len(sample.get("nodes") or []) or 1
+    out = [f"## {sample['subscribers']:,} subscribers on {nodes} sse-hub nodes of one machine "
+           "(the scale scenario, issue 23)", ""]
+    version = next((i.get("redis_version") for i in infos.get(("scale", "hub"), [])), "?")
+    out.append(f"Opt-in: `scripts/bench --scenario scale`. A fresh `redis-server` ({version}, "
+               "persistence off) and "
+               f"{nodes} sse-hub nodes on it (`--store redis://… --redis-prefix bench`, 1 HTTP "
+               "worker each), all pinned to core 0; sse-load on core 1, "
+               f"{sample['processes']} processes, splits the subscribers evenly over the nodes "
+               "(source addresses 127.0.0.2–254) and publishes events of 64 B, paced, to the "
+               "first node. \"Until every subscriber had the event\": per event, its slowest "
+               "publish → receive time over every subscriber, then p50 / p99 / max over the "
+               "events. RSS and CPU sum every node and Redis. Redis CPU is its "
+               "`used_cpu_user + used_cpu_sys` from when the nodes were ready to the end of the "
+               "run (idle reads of every node included), over the events published. sse-hub "
+               "only: no nchan comparison.")
+    if env.get("ARGS"):
+        out.append("")
+        out.append(f"sse-load arguments: `{env['ARGS']}`.")
+    out.append("")
+    out.append("| figure | sse-hub (median) | runs |")
+    out.append("|---|---:|---|")
+    for label, path, f, _ in METRICS["scale"]:
+        figure = med.get(("scale", "hub", path))
+        if path.startswith("_node") or path in ("_rss_pair", "_load_cpu"):
+            figure = value(median_report(runs, "scale", "hub"), path)
+        raws = ", ".join(fmt(f, value(r, path)) for r in reports)
+        out.append(f"| {label} | {fmt(f, figure)} | {raws} |")
+    by_rep = {r["_rep"]: r for r in reports}
+    redis = [redis_figures(i, by_rep.get(i["_rep"])) for i in infos.get(("scale", "hub"), [])]
+    redis = [x for x in redis if x]
+    for label, key, f in [("Redis CPU per publish (µs; the whole run, idle time included)",
+                           "cpu_us", "{:,.0f}"),
+                          ("Redis commands per publish", "commands", "{:.1f}"),
+                          ("Redis used memory after the run (MiB)", "memory_mib", "{:.2f}")]:
+        out.append(f"| {label} | {fmt(f, median([x.get(key) for x in redis]))} | "
+                   + ", ".join(fmt(f, x.get(key)) for x in redis) + " |")
+    out.append("")
+    out.extend(anomalies(runs, ["scale"], [("hub", "sse-hub")]))
+    return out
+
+
 def load_store(raw):
     path = os.path.join(raw, "store.json")
     if not os.path.exists(path):
@@ -633,7 +723,8 @@ def write(args):
     out.append("")
     rows = targets(runs, med) + store_targets(store)
     if rows:
-        out.append("## Targets (issues 6, 10, 11 and 21)")
+        issues = "6, 10, 11, 21 and 23" if runs.get(("scale", "hub")) else "6, 10, 11 and 21"
+        out.append(f"## Targets (issues {issues})")
         out.append("")
         out.append("| target | measured | met |")
         out.append("|---|---|---|")
@@ -709,6 +800,7 @@ def write(args):
         out.append("")
     out.extend(cluster_section(runs, med, infos))
     out.extend(tls_section(runs, med))
+    out.extend(scale_section(runs, med, infos, run_envs(args.raw).get("scale", {})))
     # hubfile runs only in the fan-out, and nchan has no one-node run in the cluster scenario.
     missing = [f"{s} on {n}" for s in ORDER + CLUSTER for k, n in SERVERS
                if k != "hubfile" and (s, k) != ("cluster_fanout_single", "nchan")
