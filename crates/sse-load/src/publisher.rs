@@ -266,28 +266,87 @@ fn build_request(plan: &Plan, body: &[u8], out: &mut Vec<u8>) {
 }
 
 /// Sends one request on the kept-alive connection (opening one if needed) and reads the whole
-/// response. A non-2xx status is an error.
+/// response. A non-2xx status is an error. A kept-alive connection the server closed while it
+/// was idle (its keep-alive timeout: 5 s in sse-hub, 75 s in nginx) fails before any byte of
+/// the response: the request is sent again, once, on a fresh connection, as HTTP clients do.
+/// A fresh connection that fails so is an error.
 async fn send(
     stream: &mut Option<Stream>,
     plan: &Plan,
     request: &[u8],
     buf: &mut [u8],
 ) -> anyhow::Result<()> {
+    let reused = stream.is_some();
+    match send_once(stream, plan, request, buf).await {
+        Err(Failure::Unanswered(_)) if reused => {
+            *stream = None;
+            send_once(stream, plan, request, buf)
+                .await
+                .map_err(Failure::into_error)
+        }
+        other => other.map_err(Failure::into_error),
+    }
+}
+
+/// Why one attempt at a publish failed: before any byte of the response (on a kept-alive
+/// connection, the server may have closed it while idle) or later.
+enum Failure {
+    Unanswered(anyhow::Error),
+    Other(anyhow::Error),
+}
+
+impl Failure {
+    fn into_error(self) -> anyhow::Error {
+        match self {
+            Self::Unanswered(err) | Self::Other(err) => err,
+        }
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(err: anyhow::Error) -> Self {
+        Self::Other(err)
+    }
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(err: std::io::Error) -> Self {
+        Self::Other(err.into())
+    }
+}
+
+async fn send_once(
+    stream: &mut Option<Stream>,
+    plan: &Plan,
+    request: &[u8],
+    buf: &mut [u8],
+) -> Result<(), Failure> {
     if stream.is_none() {
         *stream = Some(plan.connector.connect(None).await?);
     }
     let Some(conn) = stream.as_mut() else {
-        bail!("no connection");
+        return Err(anyhow::anyhow!("no connection").into());
     };
-    conn.write_all(request).await?;
+    if let Err(err) = conn.write_all(request).await {
+        return Err(Failure::Unanswered(err.into()));
+    }
     let mut filled = 0;
     let (head, used) = loop {
         if filled == buf.len() {
-            bail!("publish response head too large");
+            return Err(anyhow::anyhow!("publish response head too large").into());
         }
-        let n = conn.read(&mut buf[filled..]).await?;
+        let n = match conn.read(&mut buf[filled..]).await {
+            Ok(n) => n,
+            Err(err) if filled == 0 => return Err(Failure::Unanswered(err.into())),
+            Err(err) => return Err(err.into()),
+        };
         if n == 0 {
-            bail!("connection closed before the publish response");
+            let err = anyhow::anyhow!("connection closed before the publish response");
+            return Err(if filled == 0 {
+                Failure::Unanswered(err)
+            } else {
+                Failure::Other(err)
+            });
         }
         filled += n;
         if let Some(parsed) = http::parse_head(&buf[..filled])? {
@@ -302,7 +361,7 @@ async fn send(
             if head.framing == Framing::Close {
                 break;
             }
-            bail!("connection closed inside the publish response");
+            return Err(anyhow::anyhow!("connection closed inside the publish response").into());
         }
         decoder.feed(&buf[..n], |_| {})?;
     }
@@ -310,7 +369,7 @@ async fn send(
         *stream = None;
     }
     if !(200..300).contains(&head.status) {
-        bail!("publish answered status {}", head.status);
+        return Err(anyhow::anyhow!("publish answered status {}", head.status).into());
     }
     Ok(())
 }
@@ -339,6 +398,72 @@ mod tests {
                 ack: 120,
             }
         );
+    }
+
+    /// A server that answers one request per connection and then closes it while idle (as a
+    /// keep-alive timeout does): every publish still lands, each resent once on a fresh
+    /// connection, and none is counted failed.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_kept_alive_connection_closed_while_idle_is_reopened() {
+        use std::sync::{
+            Arc,
+            atomic::{AtomicU64, Ordering},
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (accepted, answered) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (accepted_by_server, answered_by_server) = (accepted.clone(), answered.clone());
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                accepted_by_server.fetch_add(1, Ordering::Relaxed);
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                // One whole request: the head, then its Content-Length of body.
+                while let Ok(n) = tcp.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    request.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&request);
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length: usize = text
+                            .lines()
+                            .find_map(|l| l.strip_prefix("Content-Length: "))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        if request.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                }
+                let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                if tcp.write_all(answer).await.is_ok() {
+                    answered_by_server.fetch_add(1, Ordering::Relaxed);
+                }
+                // Idle on a connection the client keeps: closed before its next request.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        let target = Target::parse(&format!("http://{addr}/publish")).unwrap();
+        let plan = Plan {
+            connector: crate::conn::Connector::new(&target, None, crate::conn::Alpn::Http1)
+                .unwrap(),
+            target,
+            method: "POST".into(),
+            headers: Vec::new(),
+            template: Template::parse(DEFAULT_TEMPLATE, 64).unwrap(),
+            events: 4,
+            in_flight: 1,
+            rate: Some(10.0),
+            deadline: Instant::now() + Duration::from_secs(10),
+        };
+        let outcome = tokio::task::LocalSet::new()
+            .run_until(publish(plan, Rc::new(Progress::default())))
+            .await;
+        assert_eq!(outcome.attempted, 4);
+        assert_eq!(outcome.failed, 0, "{:?}", outcome.first_error);
+        assert_eq!(answered.load(Ordering::Relaxed), 4);
+        assert_eq!(accepted.load(Ordering::Relaxed), 4);
     }
 
     /// Other braces pass through; a template without stamps is refused.
