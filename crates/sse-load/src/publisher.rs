@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::{
@@ -278,40 +278,22 @@ async fn send(
 ) -> anyhow::Result<()> {
     let reused = stream.is_some();
     match send_once(stream, plan, request, buf).await {
-        Err(Failure::Unanswered(_)) if reused => {
+        Err(err) if reused && err.downcast_ref::<Unanswered>().is_some() => {
             *stream = None;
-            send_once(stream, plan, request, buf)
-                .await
-                .map_err(Failure::into_error)
+            send_once(stream, plan, request, buf).await
         }
-        other => other.map_err(Failure::into_error),
+        other => other,
     }
 }
 
-/// Why one attempt at a publish failed: before any byte of the response (on a kept-alive
-/// connection, the server may have closed it while idle) or later.
-enum Failure {
-    Unanswered(anyhow::Error),
-    Other(anyhow::Error),
-}
+/// Marks an attempt that failed before any byte of the response arrived: on a kept-alive
+/// connection, the server may have closed it while idle.
+#[derive(Debug)]
+struct Unanswered;
 
-impl Failure {
-    fn into_error(self) -> anyhow::Error {
-        match self {
-            Self::Unanswered(err) | Self::Other(err) => err,
-        }
-    }
-}
-
-impl From<anyhow::Error> for Failure {
-    fn from(err: anyhow::Error) -> Self {
-        Self::Other(err)
-    }
-}
-
-impl From<std::io::Error> for Failure {
-    fn from(err: std::io::Error) -> Self {
-        Self::Other(err.into())
+impl std::fmt::Display for Unanswered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("no byte of the response arrived")
     }
 }
 
@@ -320,32 +302,30 @@ async fn send_once(
     plan: &Plan,
     request: &[u8],
     buf: &mut [u8],
-) -> Result<(), Failure> {
+) -> anyhow::Result<()> {
     if stream.is_none() {
         *stream = Some(plan.connector.connect(None).await?);
     }
     let Some(conn) = stream.as_mut() else {
-        return Err(anyhow::anyhow!("no connection").into());
+        bail!("no connection");
     };
-    if let Err(err) = conn.write_all(request).await {
-        return Err(Failure::Unanswered(err.into()));
-    }
+    conn.write_all(request).await.context(Unanswered)?;
     let mut filled = 0;
     let (head, used) = loop {
         if filled == buf.len() {
-            return Err(anyhow::anyhow!("publish response head too large").into());
+            bail!("publish response head too large");
         }
         let n = match conn.read(&mut buf[filled..]).await {
             Ok(n) => n,
-            Err(err) if filled == 0 => return Err(Failure::Unanswered(err.into())),
+            Err(err) if filled == 0 => return Err(anyhow::Error::new(err).context(Unanswered)),
             Err(err) => return Err(err.into()),
         };
         if n == 0 {
             let err = anyhow::anyhow!("connection closed before the publish response");
             return Err(if filled == 0 {
-                Failure::Unanswered(err)
+                err.context(Unanswered)
             } else {
-                Failure::Other(err)
+                err
             });
         }
         filled += n;
@@ -361,7 +341,7 @@ async fn send_once(
             if head.framing == Framing::Close {
                 break;
             }
-            return Err(anyhow::anyhow!("connection closed inside the publish response").into());
+            bail!("connection closed inside the publish response");
         }
         decoder.feed(&buf[..n], |_| {})?;
     }
@@ -369,7 +349,7 @@ async fn send_once(
         *stream = None;
     }
     if !(200..300).contains(&head.status) {
-        return Err(anyhow::anyhow!("publish answered status {}", head.status).into());
+        bail!("publish answered status {}", head.status);
     }
     Ok(())
 }
