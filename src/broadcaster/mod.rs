@@ -198,8 +198,12 @@ pub struct Broadcaster {
     woken: Vec<usize>,
     /// Subscribers a push found closed or full, removed once the current event is out.
     removals: Removals,
-    /// Subscription events of subscribers that left, published by the next [`Announce`].
-    departed: Vec<EventDraft>,
+    /// The subscriptions of subscribers that left; the next [`Announce`] publishes their end.
+    departed: Vec<ActiveSubscription>,
+    /// Subscriptions whose end is published and not yet applied (or refused), and who waits
+    /// until there are none (a shutdown).
+    ending: usize,
+    settled: Vec<oneshot::Sender<()>>,
     /// This actor's address, for the [`Announce`] a removal sends itself.
     me: Option<Addr<Self>>,
 }
@@ -239,6 +243,8 @@ impl Broadcaster {
             woken: Vec::new(),
             removals: Removals::default(),
             departed: Vec::new(),
+            ending: 0,
+            settled: Vec::new(),
             me: None,
         }
     }
@@ -247,15 +253,13 @@ impl Broadcaster {
         if let Some(subscriber) = self.subscribers.try_remove(key) {
             self.index.remove(key, &subscriber.selectors);
             if let Some(active) = subscriber.active {
-                self.log
-                    .share_presence(Presence::Left(&active.subscriptions));
                 // Announced from a message of its own: removals happen where no context is.
                 if self.departed.is_empty()
                     && let Some(me) = &self.me
                 {
                     me.do_send(Announce);
                 }
-                self.departed.extend(active.events(false));
+                self.departed.extend(active.subscriptions);
             }
             self.metrics.subscribers_disconnected.inc();
             metrics::set_gauge(&self.metrics.subscribers, self.subscribers.len());
@@ -549,9 +553,8 @@ impl Handler<Announce> for Broadcaster {
     type Result = ();
 
     fn handle(&mut self, _: Announce, ctx: &mut Self::Context) {
-        for draft in std::mem::take(&mut self.departed) {
-            self.announce(draft, ctx);
-        }
+        let departed = std::mem::take(&mut self.departed);
+        self.announce_ends(departed, true, ctx);
     }
 }
 
@@ -561,6 +564,63 @@ impl Broadcaster {
     fn announce(&mut self, draft: EventDraft, ctx: &mut Context<Self>) {
         // Refusals are logged where they happen (a log that refuses writes says so).
         drop(self.publish(draft, ctx));
+    }
+
+    /// Publishes the end of each of `subscriptions`; once applied, the other nodes are told
+    /// that this node's (`own`) are gone (presence). Not before: a node killed meanwhile has
+    /// them announced by a surviving node rather than by nobody. One that the log refuses is
+    /// lost as any publish would be, and leaves presence all the same, except during a
+    /// shutdown: it stays there for a surviving node to announce once this node's presence
+    /// expires. A shutdown waits for every end in flight.
+    pub(super) fn announce_ends(
+        &mut self,
+        subscriptions: Vec<ActiveSubscription>,
+        own: bool,
+        ctx: &mut Context<Self>,
+    ) {
+        if subscriptions.is_empty() {
+            return;
+        }
+        let answers: Vec<Vec<Published>> = subscriptions
+            .iter()
+            .map(|subscription| {
+                let drafts: Vec<EventDraft> = subscription.events(false).collect();
+                drafts
+                    .into_iter()
+                    .map(|draft| self.publish(draft, ctx))
+                    .collect()
+            })
+            .collect();
+        self.ending += subscriptions.len();
+        let applied = futures_util::future::join_all(answers.into_iter().map(|answers| async {
+            let answers = futures_util::future::join_all(answers).await;
+            answers.iter().all(|answer| matches!(answer, Ok(Ok(_))))
+        }));
+        ctx.spawn(
+            fut::wrap_future(applied).map(move |applied: Vec<bool>, this: &mut Self, _| {
+                this.ending -= subscriptions.len();
+                if own {
+                    let (gone, kept): (Vec<_>, Vec<_>) = subscriptions
+                        .into_iter()
+                        .zip(applied)
+                        .partition(|(_, applied)| *applied || !this.shutting_down);
+                    let gone: Vec<ActiveSubscription> = gone.into_iter().map(|(s, _)| s).collect();
+                    this.log.share_presence(Presence::Left(&gone));
+                    if !kept.is_empty() {
+                        log::warn!(
+                            "subscription events not applied at shutdown; their end is left to \
+                             the other nodes subscriptions={}",
+                            kept.len()
+                        );
+                    }
+                }
+                if this.ending == 0 {
+                    for done in this.settled.drain(..) {
+                        let _ = done.send(());
+                    }
+                }
+            }),
+        );
     }
 }
 
@@ -614,43 +674,58 @@ impl Handler<FanOut> for Broadcaster {
 }
 
 /// How long a shutdown waits for the log to take the subscription events that say every
-/// subscription ended, before it ends the streams all the same.
-const SHUTDOWN_ANNOUNCE_WAIT: Duration = Duration::from_millis(500);
+/// subscription ended, and then for the node's presence to be withdrawn, before it ends the
+/// streams all the same. Past it, what was not announced is left to the other nodes (presence).
+const SHUTDOWN_ANNOUNCE_WAIT: Duration = Duration::from_secs(3);
 
 impl Handler<Shutdown> for Broadcaster {
     type Result = ResponseActFuture<Self, ()>;
 
     fn handle(&mut self, _: Shutdown, ctx: &mut Self::Context) -> Self::Result {
-        // This node's subscriptions are no longer for other nodes to list, or to announce the
-        // end of: it does that itself, below.
-        self.log.share_presence(Presence::Gone);
-        // Every subscription ends now: say so, as for any leave, and end the streams once the
-        // log has taken those events (or after a short wait), so subscribers receive them.
-        // Taken, so a subscriber that leaves meanwhile is not announced twice.
-        let ended: Vec<EventDraft> = self
-            .subscribers
-            .iter_mut()
-            .filter_map(|(_, subscriber)| subscriber.active.take())
-            .flat_map(|active| active.events(false).collect::<Vec<_>>())
-            .collect();
-        let announced: Vec<Published> = ended
-            .into_iter()
-            .map(|draft| self.publish(draft, ctx))
-            .collect();
         self.shutting_down = true;
-        let applied = async move {
-            let all = futures_util::future::join_all(announced);
-            if tokio::time::timeout(SHUTDOWN_ANNOUNCE_WAIT, all)
-                .await
-                .is_err()
+        // Every subscription ends now: say so, as for any leave (those of subscribers that left
+        // a moment ago too, rather than in an `Announce` that may come too late), and end the
+        // streams once the log has applied those events (or after the wait), so subscribers
+        // receive them. Taken, so a subscriber that leaves meanwhile is not announced twice.
+        let mut ending = std::mem::take(&mut self.departed);
+        for (_, subscriber) in &mut self.subscribers {
+            if let Some(active) = subscriber.active.take() {
+                ending.extend(active.subscriptions);
+            }
+        }
+        self.announce_ends(ending, true, ctx);
+        let settled = (self.ending > 0).then(|| {
+            let (done, settled) = oneshot::channel();
+            self.settled.push(done);
+            settled
+        });
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_ANNOUNCE_WAIT;
+        let announced = async move {
+            if let Some(settled) = settled
+                && tokio::time::timeout_at(deadline, settled).await.is_err()
             {
                 log::warn!(
-                    "subscription events not applied within {SHUTDOWN_ANNOUNCE_WAIT:?}; \
-                     streams end without them"
+                    "subscription events not applied within {SHUTDOWN_ANNOUNCE_WAIT:?}; streams \
+                     end without them, and the other nodes announce them"
                 );
             }
         };
-        Box::pin(fut::wrap_future(applied).map(|(), this: &mut Self, _| {
+        let withdrawn = fut::wrap_future(announced).then(|(), this: &mut Self, _| {
+            // What is left in it is for the other nodes to announce once it expires.
+            let withdrawn = this.log.withdraw_presence();
+            fut::wrap_future(async move {
+                if let Some(withdrawn) = withdrawn
+                    && tokio::time::timeout(SHUTDOWN_ANNOUNCE_WAIT, withdrawn)
+                        .await
+                        .is_err()
+                {
+                    log::warn!(
+                        "presence not withdrawn within {SHUTDOWN_ANNOUNCE_WAIT:?}; it expires"
+                    );
+                }
+            })
+        });
+        Box::pin(withdrawn.map(|(), this: &mut Self, _| {
             let count = this.end_streams(|| None);
             log::info!("broadcaster shut down, streams ended subscribers={count}");
         }))
@@ -776,6 +851,9 @@ mod tests {
         batches: Vec<HeldBatch>,
         sink: Option<Recipient<Tailed>>,
         next: u64,
+        /// What the broadcaster told of presence, in order: `joined TOPIC`, `left TOPIC`,
+        /// `withdrawn`.
+        presence: Vec<String>,
     }
 
     /// A durable log whose commits the test completes by hand.
@@ -802,6 +880,20 @@ mod tests {
                 }
                 Err(err) => done.send(Err(err)).expect("the broadcaster waits"),
             }
+        }
+
+        /// The topics of each batch in flight.
+        fn waiting_topics(&self) -> Vec<Vec<String>> {
+            self.held()
+                .batches
+                .iter()
+                .map(|(entries, _, _)| {
+                    entries
+                        .iter()
+                        .flat_map(|e| e.event.topics.iter().map(|t| t.to_string()))
+                        .collect()
+                })
+                .collect()
         }
 
         fn waiting(&self) -> Vec<Vec<String>> {
@@ -853,6 +945,166 @@ mod tests {
         fn readiness(&self) -> Readiness {
             Readiness::ready()
         }
+
+        fn share_presence(&mut self, change: Presence<'_>) {
+            let (what, subscriptions) = match change {
+                Presence::Joined(subscriptions) => ("joined", subscriptions),
+                Presence::Left(subscriptions) => ("left", subscriptions),
+            };
+            let mut held = self.held();
+            for subscription in subscriptions {
+                held.presence.push(format!("{what} {}", subscription.topic));
+            }
+        }
+
+        fn withdraw_presence(&mut self) -> Option<oneshot::Receiver<()>> {
+            self.held().presence.push("withdrawn".to_owned());
+            let (done, withdrawn) = oneshot::channel();
+            let _ = done.send(());
+            Some(withdrawn)
+        }
+    }
+
+    /// A round trip through the mailbox: every message sent before it has been handled.
+    async fn sync(broadcaster: &Addr<Broadcaster>) {
+        broadcaster
+            .send(GetStats::default())
+            .await
+            .expect("actor alive");
+    }
+
+    /// A subscriber with one active subscription (`matcher`), and that subscription's topic.
+    fn active(matcher: &str) -> (Subscribe, String) {
+        let active = ActiveSubscriber::new(
+            "/.well-known/mercure",
+            vec![(crate::topic::MatcherType::Exact, matcher.to_owned(), None)],
+            false,
+        );
+        let topic = active.subscriptions[0].topic.clone();
+        let msg = Subscribe {
+            active: Some(Box::new(active)),
+            ..subscribe(None)
+        };
+        (msg, topic)
+    }
+
+    /// Shuts down a broadcaster on a held log while one subscriber has just left (its `Left`
+    /// comes before the shutdown, its announcement after) and another is still there. Checks
+    /// that the shutdown waits for both ends and answers only then; the end of the one still
+    /// there is completed with `last`. Returns what presence was told, and the two topics.
+    async fn shut_down_after_a_leave(last: Result<(), AppendError>) -> (Vec<String>, [String; 2]) {
+        let log = HeldLog::default();
+        let broadcaster = Broadcaster::new(config(), Metrics::new(), Box::new(log.clone())).start();
+        let (msg, left) = active("left-just-before");
+        let leaving = subscribed(&broadcaster, msg).await;
+        let (msg, ended) = active("ended-by-the-shutdown");
+        let _staying = subscribed(&broadcaster, msg).await;
+        while !log.waiting().is_empty() {
+            log.complete_oldest(Ok(()));
+            sync(&broadcaster).await;
+        }
+
+        drop(leaving);
+        let mut shutdown = std::pin::pin!(broadcaster.send(Shutdown));
+        sync(&broadcaster).await;
+        assert_eq!(
+            log.waiting_topics(),
+            [[left.clone()]],
+            "the end of the subscriber that left just before is published by the shutdown"
+        );
+        assert!(futures_util::poll!(&mut shutdown).is_pending());
+        log.complete_oldest(Ok(()));
+        sync(&broadcaster).await;
+        assert_eq!(log.waiting_topics(), [[ended.clone()]]);
+        assert!(
+            futures_util::poll!(&mut shutdown).is_pending(),
+            "the shutdown waits for every end to be applied"
+        );
+        log.complete_oldest(last);
+        shutdown.await.expect("actor alive");
+        let presence = log.held().presence.clone();
+        (presence, [left, ended])
+    }
+
+    /// A subscriber that leaves stays in presence until the end of its subscription is
+    /// applied (a node killed meanwhile has it announced by another), and leaves it then, or
+    /// when the log refused that event (lost as any publish would be, not listed for ever).
+    #[actix::test]
+    async fn presence_is_told_of_a_leave_once_its_end_is_applied() {
+        let log = HeldLog::default();
+        let broadcaster = Broadcaster::new(config(), Metrics::new(), Box::new(log.clone())).start();
+        let (msg, applied) = active("applied");
+        let first = subscribed(&broadcaster, msg).await;
+        let (msg, refused) = active("refused");
+        let second = subscribed(&broadcaster, msg).await;
+        while !log.waiting().is_empty() {
+            log.complete_oldest(Ok(()));
+            sync(&broadcaster).await;
+        }
+
+        // Act: leaves, their ends committed, then refused.
+        drop(first);
+        sync(&broadcaster).await;
+        sync(&broadcaster).await;
+        assert_eq!(log.waiting_topics(), [[applied.clone()]]);
+        let joined = [format!("joined {applied}"), format!("joined {refused}")];
+        assert_eq!(
+            log.held().presence,
+            joined,
+            "not gone before its end is applied"
+        );
+        log.complete_oldest(Ok(()));
+        sync(&broadcaster).await;
+        drop(second);
+        sync(&broadcaster).await;
+        sync(&broadcaster).await;
+        assert_eq!(log.waiting_topics(), [[refused.clone()]]);
+        log.complete_oldest(Err(AppendError::Unavailable("Redis is away".to_owned())));
+        sync(&broadcaster).await;
+
+        // Assert
+        assert_eq!(
+            log.held().presence,
+            [
+                joined[0].clone(),
+                joined[1].clone(),
+                format!("left {applied}"),
+                format!("left {refused}"),
+            ]
+        );
+    }
+
+    /// Every end applied: presence is told of each, then withdrawn (nothing left in it).
+    #[actix::test]
+    async fn a_shutdown_announces_every_end_then_withdraws_presence() {
+        let (presence, [left, ended]) = shut_down_after_a_leave(Ok(())).await;
+        assert_eq!(
+            presence,
+            [
+                format!("joined {left}"),
+                format!("joined {ended}"),
+                format!("left {left}"),
+                format!("left {ended}"),
+                "withdrawn".to_owned(),
+            ]
+        );
+    }
+
+    /// An end the log did not take stays in presence when it is withdrawn: the other nodes
+    /// announce it once the node's presence expires, rather than nobody.
+    #[actix::test]
+    async fn an_end_not_applied_at_shutdown_stays_in_presence() {
+        let failed = Err(AppendError::Unavailable("Redis is away".to_owned()));
+        let (presence, [left, ended]) = shut_down_after_a_leave(failed).await;
+        assert_eq!(
+            presence,
+            [
+                format!("joined {left}"),
+                format!("joined {ended}"),
+                format!("left {left}"),
+                "withdrawn".to_owned(),
+            ]
+        );
     }
 
     /// One batch is appended at a time and what is published meanwhile goes in the next one

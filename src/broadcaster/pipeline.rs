@@ -338,11 +338,7 @@ impl Handler<Tailed> for Broadcaster {
                     "announcing the end of a dead node's subscriptions subscriptions={}",
                     subscriptions.len()
                 );
-                for subscription in &subscriptions {
-                    for draft in subscription.events(false) {
-                        self.announce(draft, ctx);
-                    }
-                }
+                self.announce_ends(subscriptions, false, ctx);
             }
         }
     }

@@ -194,8 +194,6 @@ pub enum Tailed {
 pub enum Presence<'a> {
     Joined(&'a [ActiveSubscription]),
     Left(&'a [ActiveSubscription]),
-    /// The node shuts down, having announced the end of every subscription itself.
-    Gone,
 }
 
 /// The subscriptions of the other nodes that share the log, or why they cannot be read.
@@ -221,6 +219,14 @@ pub trait EventLog: Send + fmt::Debug {
     /// Tells the nodes that share this log about this node's active subscriptions. A log of
     /// one node has no one to tell.
     fn share_presence(&mut self, _change: Presence<'_>) {}
+
+    /// The node shuts down, having announced the end of the subscriptions it could (and told
+    /// of each with [`Presence::Left`]): its presence is no longer kept alive, and removed if
+    /// nothing is left in it; the other nodes announce the end of what is left once it expires.
+    /// Answers once that is written (or could not be); `None` for a log of one node.
+    fn withdraw_presence(&mut self) -> Option<oneshot::Receiver<()>> {
+        None
+    }
 
     /// The active subscriptions of the other nodes that share this log; `None` for a log of
     /// one node.

@@ -127,15 +127,17 @@ async fn a_killed_nodes_subscriptions_end_once_each_on_every_node() {
     ends_once_each(true).await;
 }
 
-/// B shut down (SIGTERM): B announces the end of its subscriptions itself, and no other node
-/// does again once B's presence would have expired.
+/// B shut down (SIGTERM): B announces the end of its subscriptions itself, those of a
+/// subscriber that left just before the signal included, and no other node does again once B's
+/// presence would have expired.
 #[actix_web::test]
 async fn a_node_shut_down_announces_its_subscriptions_end_once() {
     ends_once_each(false).await;
 }
 
-/// B, with two subscriptions, ends (`kill -9` if `killed`, else SIGTERM); watchers on A and C
-/// each get one end per subscription, and no second one within twice the time to live.
+/// B, with two subscriptions, ends (`kill -9` if `killed`, else SIGTERM, just after a third
+/// subscriber on B left); watchers on A and C each get one end per subscription, and no second
+/// one within twice the time to live.
 async fn ends_once_each(killed: bool) {
     let _serial = SERIAL.lock().await;
     let mut cluster = cluster(if killed {
@@ -154,6 +156,11 @@ async fn ends_once_each(killed: bool) {
         &["https://example.com/b1", "https://example.com/b2"],
     )
     .await;
+    let leaving = if killed {
+        None
+    } else {
+        Some(subscribe(cluster.node(1), &["https://example.com/b0"]).await)
+    };
     let a = cluster.node(0);
     eventually(
         "A lists B's subscriptions",
@@ -168,10 +175,14 @@ async fn ends_once_each(killed: bool) {
     .await;
 
     // Act
+    let mut expected = vec!["https://example.com/b1", "https://example.com/b2"];
     if killed {
         cluster.nodes[1].hub.kill9();
     } else {
+        // Its leave is on its way as the node shuts down.
+        drop(leaving);
         cluster.nodes[1].hub.signal("TERM");
+        expected.insert(0, "https://example.com/b0");
     }
     let ended_at = Instant::now();
     drop(on_b);
@@ -188,18 +199,14 @@ async fn ends_once_each(killed: bool) {
     let mut announced = Vec::new();
     for watcher in &mut watchers {
         let mut ends = Vec::new();
-        while ends.len() < 2 {
+        while ends.len() < expected.len() {
             if let Some(matcher) = ended(&watcher.next_event().await) {
                 ends.push(matcher);
             }
         }
         announced.push(ended_at.elapsed());
         ends.sort();
-        assert_eq!(
-            ends,
-            ["https://example.com/b1", "https://example.com/b2"],
-            "one end for each of B's subscriptions"
-        );
+        assert_eq!(ends, expected, "one end for each of B's subscriptions");
     }
     // Every surviving node beats several times more: none announces them again.
     let quiet_until = Instant::now() + TTL * 2;

@@ -503,8 +503,15 @@ impl EventLog for RedisLog {
                     send(presence::Change::Remove(subscription.topic.clone()));
                 }
             }
-            Presence::Gone => send(presence::Change::Gone),
         }
+    }
+
+    fn withdraw_presence(&mut self) -> Option<oneshot::Receiver<()>> {
+        let presence = self.presence.take()?;
+        let (done, withdrawn) = oneshot::channel();
+        // A stopped presence task drops `done`: the answer comes at once.
+        let _ = presence.send(presence::Change::Withdraw(done));
+        Some(withdrawn)
     }
 
     fn others_present(&self) -> Option<OthersPresent> {

@@ -12,8 +12,8 @@
 //! `presence_beat.lua`, which also claims nodes past their time: `ZREM` succeeds for one
 //! caller only, who gets their subscriptions and announces each one's end
 //! ([`Tailed::Abandoned`]). A node that finds itself claimed (Redis was away longer than the
-//! time to live) writes its subscriptions again. A node that shuts down removes its presence
-//! first, then announces its subscriptions' end itself.
+//! time to live) writes its subscriptions again. A node that shuts down announces its
+//! subscriptions' end itself, then withdraws its presence ([`Change::Withdraw`]).
 
 use std::{
     collections::HashMap,
@@ -26,7 +26,7 @@ use std::{
 
 use actix::Recipient;
 use redis::aio::MultiplexedConnection;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::{COMMAND_TIMEOUT, Shared, connect, scripts};
 use crate::{event_log::Tailed, metrics::RefusedReason, subscriptions::ActiveSubscription};
@@ -42,8 +42,9 @@ pub(super) enum Change {
         shared: String,
     },
     Remove(String),
-    /// The node shuts down: its presence goes now.
-    Gone,
+    /// The node shuts down: its presence is written one last time (removed if no subscription
+    /// is left in it) and no longer kept alive; answered once Redis has it, or could not.
+    Withdraw(oneshot::Sender<()>),
 }
 
 /// Keeps this node's presence in Redis for the life of the node, and hands the broadcaster
@@ -54,7 +55,6 @@ pub(super) async fn run(
     sink: Recipient<Tailed>,
 ) {
     let ttl = shared.presence_ttl;
-    let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
     let mut beat = tokio::time::interval((ttl / 3).max(Duration::from_millis(10)));
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // What Redis should hold, and what changed since it last took a change.
@@ -74,10 +74,10 @@ pub(super) async fn run(
         while let Ok(change) = changes.try_recv() {
             pending.push(change);
         }
-        if pending.iter().any(|change| matches!(change, Change::Gone)) {
-            leave(&shared, connection).await;
-            return;
-        }
+        let withdrawn = pending
+            .iter()
+            .position(|change| matches!(change, Change::Withdraw(_)))
+            .map(|at| pending.remove(at));
         for change in &pending {
             match change {
                 Change::Set { topic, shared } => {
@@ -86,8 +86,13 @@ pub(super) async fn run(
                 Change::Remove(topic) => {
                     mirror.remove(topic);
                 }
-                Change::Gone => {}
+                Change::Withdraw(_) => {}
             }
+        }
+        if let Some(Change::Withdraw(done)) = withdrawn {
+            withdraw(&shared, connection, &mirror, rewrite, &pending).await;
+            let _ = done.send(());
+            return;
         }
         if connection.is_none() {
             connection = connect(&shared, COMMAND_TIMEOUT).await.ok();
@@ -96,40 +101,12 @@ pub(super) async fn run(
             (rewrite, pending) = (true, Vec::new());
             continue;
         };
-        let mut invocation = scripts::PRESENCE_BEAT.prepare_invoke();
-        invocation
-            .key(&shared.keys.nodes)
-            .arg(&shared.keys.presence)
-            .arg(&shared.node)
-            .arg(ttl_ms)
-            .arg(if rewrite { "1" } else { "0" });
-        if rewrite {
-            for (topic, shared) in &mirror {
-                invocation.arg("s").arg(topic).arg(shared);
-            }
-        } else {
-            for change in &pending {
-                match change {
-                    Change::Set { topic, shared } => invocation.arg("s").arg(topic).arg(shared),
-                    Change::Remove(topic) => invocation.arg("d").arg(topic),
-                    Change::Gone => &mut invocation,
-                };
-            }
-        }
+        let changes = if rewrite { None } else { Some(&pending[..]) };
+        let reply = send_beat(&shared, redis, &mirror, changes, true).await;
         pending.clear();
-        let reply = tokio::time::timeout(
-            COMMAND_TIMEOUT,
-            invocation.invoke_async::<(i64, Vec<String>)>(redis),
-        )
-        .await;
         let (added, claimed) = match reply {
-            Ok(Ok(reply)) => reply,
-            Ok(Err(err)) => {
-                log::warn!("presence heartbeat failed error={err}");
-                (connection, rewrite) = (None, true);
-                continue;
-            }
-            Err(_) => {
+            Ok(reply) => reply,
+            Err(()) => {
                 (connection, rewrite) = (None, true);
                 continue;
             }
@@ -153,16 +130,97 @@ pub(super) async fn run(
     }
 }
 
-/// Removes this node's presence (it announces its subscriptions' end itself).
-async fn leave(shared: &Shared, connection: Option<MultiplexedConnection>) {
+/// One heartbeat: this node's `changes` since the last one (`None`: its hash is rewritten from
+/// `mirror`), and, if `claim`, the claim of dead nodes. Returns whether the node was new to the
+/// set of nodes, and the subscriptions claimed; `Err` when Redis failed (logged).
+async fn send_beat(
+    shared: &Shared,
+    redis: &mut MultiplexedConnection,
+    mirror: &HashMap<String, String>,
+    changes: Option<&[Change]>,
+    claim: bool,
+) -> Result<(i64, Vec<String>), ()> {
+    let ttl_ms = u64::try_from(shared.presence_ttl.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    let flag = |on: bool| if on { "1" } else { "0" };
+    let mut invocation = scripts::PRESENCE_BEAT.prepare_invoke();
+    invocation
+        .key(&shared.keys.nodes)
+        .arg(&shared.keys.presence)
+        .arg(&shared.node)
+        .arg(ttl_ms)
+        .arg(flag(changes.is_none()))
+        .arg(flag(claim));
+    match changes {
+        None => {
+            for (topic, shared) in mirror {
+                invocation.arg("s").arg(topic).arg(shared);
+            }
+        }
+        Some(changes) => {
+            for change in changes {
+                match change {
+                    Change::Set { topic, shared } => invocation.arg("s").arg(topic).arg(shared),
+                    Change::Remove(topic) => invocation.arg("d").arg(topic),
+                    Change::Withdraw(_) => &mut invocation,
+                };
+            }
+        }
+    }
+    let reply = tokio::time::timeout(
+        COMMAND_TIMEOUT,
+        invocation.invoke_async::<(i64, Vec<String>)>(redis),
+    )
+    .await;
+    match reply {
+        Ok(Ok(reply)) => Ok(reply),
+        Ok(Err(err)) => {
+            log::warn!("presence heartbeat failed error={err}");
+            Err(())
+        }
+        Err(_) => {
+            log::warn!(
+                "presence heartbeat failed: Redis did not answer within {COMMAND_TIMEOUT:?}"
+            );
+            Err(())
+        }
+    }
+}
+
+/// The node shuts down. It announced the end of its subscriptions itself and took them out of
+/// `mirror`: with none left, its presence is removed. Those left (their end could not be
+/// announced) are written one last time, without claiming anyone, and stay until the node's
+/// presence expires; a surviving node then announces their end.
+async fn withdraw(
+    shared: &Shared,
+    connection: Option<MultiplexedConnection>,
+    mirror: &HashMap<String, String>,
+    rewrite: bool,
+    pending: &[Change],
+) {
     let connection = match connection {
         Some(connection) => Some(connection),
         None => connect(shared, COMMAND_TIMEOUT).await.ok(),
     };
     let Some(mut connection) = connection else {
-        log::warn!("cannot remove this node's presence: Redis is unreachable");
+        log::warn!(
+            "cannot withdraw this node's presence: Redis is unreachable; the other nodes \
+             announce its subscriptions' end once it expires"
+        );
         return;
     };
+    if !mirror.is_empty() {
+        log::warn!(
+            "leaving {} subscriptions in this node's presence for a surviving node to announce \
+             their end within --presence-ttl {:?}",
+            mirror.len(),
+            shared.presence_ttl
+        );
+        let changes = if rewrite { None } else { Some(pending) };
+        let _ = send_beat(shared, &mut connection, mirror, changes, false).await;
+        return;
+    }
     let mut pipe = redis::pipe();
     pipe.atomic()
         .cmd("ZREM")

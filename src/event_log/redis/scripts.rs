@@ -21,7 +21,7 @@ pub(super) static LOCATE: LazyLock<Script> =
 
 /// A node's presence heartbeat with its changes, claiming dead nodes' subscriptions. KEYS:
 /// nodes. ARGV: hash prefix, node, time to live (ms), `1` to rewrite the node's hash whole,
-/// then `s FIELD JSON` / `d FIELD` changes. Returns {1 if the node was not in the set, the
+/// `1` to claim dead nodes, then `s FIELD JSON` / `d FIELD` changes. Returns {1 if the node was not in the set, the
 /// claimed subscriptions}.
 pub(super) static PRESENCE_BEAT: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("presence_beat.lua")));
