@@ -973,6 +973,14 @@ mod tests {
             .expect("actor alive");
     }
 
+    /// Commits every batch in flight, and those that follow them, until none is left.
+    async fn commit_all(log: &HeldLog, broadcaster: &Addr<Broadcaster>) {
+        while !log.waiting().is_empty() {
+            log.complete_oldest(Ok(()));
+            sync(broadcaster).await;
+        }
+    }
+
     /// A subscriber with one active subscription (`matcher`), and that subscription's topic.
     fn active(matcher: &str) -> (Subscribe, String) {
         let active = ActiveSubscriber::new(
@@ -999,10 +1007,7 @@ mod tests {
         let leaving = subscribed(&broadcaster, msg).await;
         let (msg, ended) = active("ended-by-the-shutdown");
         let _staying = subscribed(&broadcaster, msg).await;
-        while !log.waiting().is_empty() {
-            log.complete_oldest(Ok(()));
-            sync(&broadcaster).await;
-        }
+        commit_all(&log, &broadcaster).await;
 
         drop(leaving);
         let mut shutdown = std::pin::pin!(broadcaster.send(Shutdown));
@@ -1037,10 +1042,7 @@ mod tests {
         let first = subscribed(&broadcaster, msg).await;
         let (msg, refused) = active("refused");
         let second = subscribed(&broadcaster, msg).await;
-        while !log.waiting().is_empty() {
-            log.complete_oldest(Ok(()));
-            sync(&broadcaster).await;
-        }
+        commit_all(&log, &broadcaster).await;
 
         // Act: leaves, their ends committed, then refused.
         drop(first);
