@@ -63,6 +63,9 @@ pub const DEFAULT_REDIS_PREFIX: &str = "sse-hub";
 pub const DEFAULT_REDIS_REPLICA_TIMEOUT: &str = "1s";
 /// `--presence-ttl`.
 pub const DEFAULT_PRESENCE_TTL: &str = "15s";
+/// The shortest `--presence-ttl`: a heartbeat every third of a second. Shorter, a node whose
+/// heartbeat waits on a busy Redis for a moment is taken for dead and its subscriptions end.
+pub const MIN_PRESENCE_TTL: Duration = Duration::from_secs(1);
 /// A renewed certificate is served within seconds (certbot and most tools replace the files;
 /// SIGHUP loads them at once), at the cost of two `stat` calls per check.
 pub const DEFAULT_TLS_RELOAD_INTERVAL: &str = "10s";
@@ -380,7 +383,7 @@ pub struct Settings {
     /// by the other nodes without its heartbeat (every third of this). A node that died drops
     /// out of every list within this, and a surviving node announces the end of each of its
     /// subscriptions within a third more.
-    #[arg(long, env = "SSE_HUB_PRESENCE_TTL", default_value = DEFAULT_PRESENCE_TTL, value_parser = humantime::parse_duration)]
+    #[arg(long, env = "SSE_HUB_PRESENCE_TTL", default_value = DEFAULT_PRESENCE_TTL, value_parser = presence_ttl)]
     pub presence_ttl: Duration,
 
     /// Serve TLS (HTTP/2 and HTTP/1.1, as the client's ALPN picks) with this PEM certificate
@@ -578,6 +581,14 @@ impl Settings {
     }
 }
 
+fn presence_ttl(value: &str) -> Result<Duration, String> {
+    let ttl = humantime::parse_duration(value).map_err(|err| err.to_string())?;
+    if ttl < MIN_PRESENCE_TTL {
+        return Err(format!("must be at least {MIN_PRESENCE_TTL:?}"));
+    }
+    Ok(ttl)
+}
+
 fn positive(value: &str) -> Result<usize, String> {
     match value.parse::<usize>() {
         Ok(0) => Err("must be at least 1".to_owned()),
@@ -752,6 +763,19 @@ mod tests {
     #[test]
     fn zero_buffer_is_refused() {
         assert!(Cli::try_parse_from(["sse-hub", "--subscriber-buffer", "0"]).is_err());
+    }
+
+    /// A presence time to live under a second would have nodes take each other for dead.
+    #[test]
+    fn a_presence_ttl_under_a_second_is_refused() {
+        let parsed = |ttl: &str| Cli::try_parse_from(["sse-hub", "--presence-ttl", ttl]);
+        let refused = parsed("999ms").expect_err("999ms is refused");
+        assert!(
+            refused.to_string().contains("must be at least 1s"),
+            "{refused}"
+        );
+        let settings = parsed("1s").expect("1s is taken").settings;
+        assert_eq!(settings.presence_ttl, Duration::from_secs(1));
     }
 }
 
