@@ -973,12 +973,26 @@ mod tests {
             .expect("actor alive");
     }
 
-    /// Commits every batch in flight, and those that follow them, until none is left.
-    async fn commit_all(log: &HeldLog, broadcaster: &Addr<Broadcaster>) {
+    /// A broadcaster on a held log with two subscribers, one active subscription each (to
+    /// `matchers`), their `join` events committed: each one's subscription and topic.
+    async fn two_active_subscribers(
+        matchers: [&str; 2],
+    ) -> (HeldLog, Addr<Broadcaster>, [(Subscription, String); 2]) {
+        let log = HeldLog::default();
+        let broadcaster = Broadcaster::new(config(), Metrics::new(), Box::new(log.clone())).start();
+        let (msg, first_topic) = active(matchers[0]);
+        let first = subscribed(&broadcaster, msg).await;
+        let (msg, second_topic) = active(matchers[1]);
+        let second = subscribed(&broadcaster, msg).await;
         while !log.waiting().is_empty() {
             log.complete_oldest(Ok(()));
-            sync(broadcaster).await;
+            sync(&broadcaster).await;
         }
+        (
+            log,
+            broadcaster,
+            [(first, first_topic), (second, second_topic)],
+        )
     }
 
     /// A subscriber with one active subscription (`matcher`), and that subscription's topic.
@@ -1001,13 +1015,8 @@ mod tests {
     /// that the shutdown waits for both ends and answers only then; the end of the one still
     /// there is completed with `last`. Returns what presence was told, and the two topics.
     async fn shut_down_after_a_leave(last: Result<(), AppendError>) -> (Vec<String>, [String; 2]) {
-        let log = HeldLog::default();
-        let broadcaster = Broadcaster::new(config(), Metrics::new(), Box::new(log.clone())).start();
-        let (msg, left) = active("left-just-before");
-        let leaving = subscribed(&broadcaster, msg).await;
-        let (msg, ended) = active("ended-by-the-shutdown");
-        let _staying = subscribed(&broadcaster, msg).await;
-        commit_all(&log, &broadcaster).await;
+        let (log, broadcaster, [(leaving, left), (_staying, ended)]) =
+            two_active_subscribers(["left-just-before", "ended-by-the-shutdown"]).await;
 
         drop(leaving);
         let mut shutdown = std::pin::pin!(broadcaster.send(Shutdown));
@@ -1036,13 +1045,8 @@ mod tests {
     /// when the log refused that event (lost as any publish would be, not listed for ever).
     #[actix::test]
     async fn presence_is_told_of_a_leave_once_its_end_is_applied() {
-        let log = HeldLog::default();
-        let broadcaster = Broadcaster::new(config(), Metrics::new(), Box::new(log.clone())).start();
-        let (msg, applied) = active("applied");
-        let first = subscribed(&broadcaster, msg).await;
-        let (msg, refused) = active("refused");
-        let second = subscribed(&broadcaster, msg).await;
-        commit_all(&log, &broadcaster).await;
+        let (log, broadcaster, [(first, applied), (second, refused)]) =
+            two_active_subscribers(["applied", "refused"]).await;
 
         // Act: leaves, their ends committed, then refused.
         drop(first);
