@@ -412,11 +412,7 @@ fn certificate_from_pebble_is_served_and_survives_a_restart_without_the_ca() {
         files >= 2,
         "account key and certificate cached ({files} files)"
     );
-    assert!(
-        hub.log().contains("ACME certificate issued"),
-        "{}",
-        hub.log()
-    );
+    wait_for_log(&mut hub, "ACME certificate issued");
 
     // Browsers still get HTTP/2: `acme-tls/1` is offered besides `h2` and `http/1.1`.
     assert_eq!(
@@ -440,11 +436,7 @@ fn certificate_from_pebble_is_served_and_survives_a_restart_without_the_ca() {
         !metrics.contains("event=\"order_failed\""),
         "no order was attempted: {metrics}"
     );
-    assert!(
-        hub.log().contains("ACME certificate loaded from the cache"),
-        "{}",
-        hub.log()
-    );
+    wait_for_log(&mut hub, "ACME certificate loaded from the cache");
 
     // The `healthcheck` command, given the same settings, asks over TLS.
     let check = acme_command(port, &pebble.directory(), &pebble.ca_file(), &cache_dir)

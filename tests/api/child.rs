@@ -14,6 +14,8 @@ use std::{
 pub const HUB: &str = env!("CARGO_BIN_EXE_sse-hub");
 /// How long a starting hub may take to listen.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a line the hub wrote may take to reach [`HubLog`] (a loaded machine included).
+const LOG_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The hub binary on `--store store` with `args`, as the child-process tests run it: port 0,
 /// two workers, a 200 ms heartbeat, its log at info, and no `SSE_HUB_*` store settings
@@ -73,6 +75,26 @@ impl HubLog {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// The whole log once a line holding `needle` has been read. The log is read from the hub's
+    /// pipe by a thread, so a line the hub wrote a moment ago may not be here yet: anything
+    /// that counts or looks for lines waits for its own line, or for a later one (the access
+    /// line of the test's last request), first. Panics after [`LOG_TIMEOUT`] with the log.
+    pub fn wait_for(&self, needle: &str) -> String {
+        let started = Instant::now();
+        loop {
+            let lines = self.tail(usize::MAX);
+            if lines.contains(needle) {
+                return lines;
+            }
+            assert!(
+                started.elapsed() < LOG_TIMEOUT,
+                "no {needle:?} in the hub's log within {LOG_TIMEOUT:?}:\n{}",
+                self.tail(40)
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     fn push(&self, line: String) {
