@@ -197,8 +197,10 @@ mod tests {
                     thread::sleep(Duration::from_millis(20));
                     tx.send(round).expect("receiver waiting");
                 });
-                let reply = tokio::time::timeout(Duration::from_secs(5), on_worker(rx)).await;
-                assert_eq!(reply.expect("woken within 5 s").expect("sent"), round);
+                // Generous: the wake-up comes in ~20 ms, but a starved CI machine may not
+                // schedule the sender thread for seconds. A lost wake-up still fails, after 30 s.
+                let reply = tokio::time::timeout(Duration::from_secs(30), on_worker(rx)).await;
+                assert_eq!(reply.expect("woken within 30 s").expect("sent"), round);
                 sender.join().expect("sender thread");
                 let relayed = RELAY.with(|cell| {
                     cell.borrow()
