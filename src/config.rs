@@ -63,6 +63,9 @@ pub const DEFAULT_REDIS_PREFIX: &str = "sse-hub";
 pub const DEFAULT_REDIS_REPLICA_TIMEOUT: &str = "1s";
 /// `--presence-ttl`.
 pub const DEFAULT_PRESENCE_TTL: &str = "15s";
+/// A node's tail is usually milliseconds behind the log; a few seconds cover a node catching
+/// up after a stall without holding a resuming subscriber long when the id never comes.
+pub const DEFAULT_RESUME_WAIT: &str = "3s";
 /// The shortest `--presence-ttl`: a heartbeat every third of a second. Shorter, a node whose
 /// heartbeat waits on a busy Redis for a moment is taken for dead and its subscriptions end.
 pub const MIN_PRESENCE_TTL: Duration = Duration::from_secs(1);
@@ -386,6 +389,12 @@ pub struct Settings {
     #[arg(long, env = "SSE_HUB_PRESENCE_TTL", default_value = DEFAULT_PRESENCE_TTL, value_parser = presence_ttl)]
     pub presence_ttl: Duration,
 
+    /// With a Redis store: how long a subscriber resuming from an id this node has not
+    /// applied yet (another node published it a moment ago) waits for the node to apply it;
+    /// past this it is told `reset`.
+    #[arg(long, env = "SSE_HUB_RESUME_WAIT", default_value = DEFAULT_RESUME_WAIT, value_parser = humantime::parse_duration)]
+    pub resume_wait: Duration,
+
     /// Serve TLS (HTTP/2 and HTTP/1.1, as the client's ALPN picks) with this PEM certificate
     /// chain, leaf first; needs `--tls-key`. Without it the hub speaks plain HTTP/1.1.
     #[arg(
@@ -707,6 +716,7 @@ mod tests {
         assert_eq!(settings.bind, DEFAULT_BIND.parse().expect("valid"));
         assert_eq!(settings.heartbeat, Duration::from_secs(15));
         assert_eq!(settings.shutdown_timeout, Duration::from_secs(1));
+        assert_eq!(settings.resume_wait, Duration::from_secs(3));
         assert_eq!(settings.subscriber_buffer, DEFAULT_SUBSCRIBER_BUFFER);
         assert_eq!(settings.cors_origin, "*");
         assert_eq!(settings.jwt_leeway, Duration::from_secs(5));

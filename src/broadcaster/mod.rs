@@ -43,6 +43,9 @@ pub struct BroadcasterConfig {
     pub max_subscribers: usize,
     /// What the history retains (the log retains at least as much).
     pub retention: Retention,
+    /// How long a subscriber resuming from an id the log holds, and this node has not applied
+    /// yet, waits for it (`--resume-wait`).
+    pub resume_wait: Duration,
 }
 
 impl From<&Settings> for BroadcasterConfig {
@@ -51,6 +54,7 @@ impl From<&Settings> for BroadcasterConfig {
             heartbeat: settings.heartbeat,
             subscriber_buffer: settings.subscriber_buffer,
             max_subscribers: settings.max_subscribers,
+            resume_wait: settings.resume_wait,
             retention: Retention {
                 events: settings.history_size,
                 bytes: settings.history_bytes,
@@ -752,6 +756,7 @@ mod tests {
             heartbeat: Duration::from_secs(3600),
             subscriber_buffer: 16,
             max_subscribers: 16,
+            resume_wait: Duration::from_secs(3),
             retention: Retention {
                 events: 16,
                 bytes: 1 << 20,

@@ -5,7 +5,7 @@
 //! this node has not applied yet waits for it; a log that lost events ends the streams so
 //! subscribers resume and learn of it.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, sync::Arc};
 
 use actix::prelude::*;
 use bytes::Bytes;
@@ -18,11 +18,6 @@ use crate::{
     event_log::{AppendError, Appended, Placed, Position, TailEntry, Tailed},
     metrics,
 };
-
-/// How long a subscriber resuming from an id the log holds waits for this node to apply it
-/// (another node published it a moment ago). The tail is usually milliseconds behind; past
-/// this it is told `reset`.
-const RESUME_WAIT: Duration = Duration::from_secs(3);
 
 /// The `retry:` a stream ends with when the log lost events: reconnections are spread over
 /// this range (milliseconds) so the nodes are not hit by every subscriber at once.
@@ -239,7 +234,7 @@ impl Broadcaster {
     }
 
     /// Registers `msg`, which resumes from an id the history does not hold: once this node
-    /// has applied it, if the log holds it, or after [`RESUME_WAIT`]; at once otherwise.
+    /// has applied it, if the log holds it, or after `--resume-wait`; at once otherwise.
     pub(super) fn locate_then_register(
         &mut self,
         msg: Subscribe,
@@ -294,12 +289,13 @@ impl Broadcaster {
             msg,
             done,
         });
-        ctx.run_later(RESUME_WAIT, move |this, ctx| {
+        let wait = self.config.resume_wait;
+        ctx.run_later(wait, move |this, ctx| {
             let parked = &mut this.pipeline.parked;
             if let Some(at) = parked.iter().position(|p| p.serial == serial) {
                 let parked = parked.swap_remove(at);
                 log::warn!(
-                    "resuming subscriber waited {RESUME_WAIT:?} for position {} in vain",
+                    "resuming subscriber waited {wait:?} for position {} in vain",
                     parked.position
                 );
                 let _ = parked.done.send(this.register(parked.msg, ctx));
