@@ -350,6 +350,29 @@ impl AcmeHub {
             .join("\n")
     }
 
+    /// Polls `GET /metrics` over a verified handshake until the counter of ACME `event` is at
+    /// least 1 (the certificate is served a moment before the event is counted); returns the
+    /// metrics and the certificate chain served.
+    fn metrics_once_counted(
+        &mut self,
+        port: u16,
+        roots: &Arc<ClientConfig>,
+        event: &str,
+    ) -> (String, Vec<CertificateDer<'static>>) {
+        let start = Instant::now();
+        loop {
+            let (metrics, served) = self.get_verified(port, roots, "/metrics");
+            if acme_events(&metrics, event) >= 1 {
+                return (metrics, served);
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "no ACME {event} counted within {DEADLINE:?}: {metrics}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Polls `GET path` as [`DOMAIN`], trusting only `roots`, until the handshake verifies.
     fn get_verified(
         &mut self,
@@ -401,6 +424,7 @@ fn certificate_from_pebble_is_served_and_survives_a_restart_without_the_ca() {
     // Act: a hub with an empty cache orders its certificate.
     let mut hub = AcmeHub::spawn(port, &pebble.directory(), &pebble.ca_file(), &cache_dir);
     let (response, issued) = hub.get_verified(port, &trusting_pebble, "/healthz");
+    wait_for_cached_certificate(&cache_dir);
 
     // Assert: the chain verifies against pebble's root for DOMAIN, and the hub answers over it.
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
@@ -424,7 +448,7 @@ fn certificate_from_pebble_is_served_and_survives_a_restart_without_the_ca() {
     // Act: pebble is gone; the hub restarts on the same cache.
     pebble.stop();
     let mut hub = AcmeHub::spawn(port, &pebble.directory(), &pebble.ca_file(), &cache_dir);
-    let (metrics, served) = hub.get_verified(port, &trusting_pebble, "/metrics");
+    let (metrics, served) = hub.metrics_once_counted(port, &trusting_pebble, "cached_certificate");
 
     // Assert: the same certificate, from the cache, and no order attempted.
     assert_eq!(served[0], issued[0], "the cached certificate is served");
@@ -448,6 +472,33 @@ fn certificate_from_pebble_is_served_and_survives_a_restart_without_the_ca() {
         "healthcheck: {}",
         String::from_utf8_lossy(&check.stderr)
     );
+}
+
+/// Polls the cache directory until it holds a complete certificate file: rustls-acme serves a
+/// new certificate before it writes it to the cache.
+fn wait_for_cached_certificate(dir: &Path) {
+    let start = Instant::now();
+    loop {
+        let complete = std::fs::read_dir(dir).into_iter().flatten().any(|entry| {
+            entry.is_ok_and(|entry| {
+                entry
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("cached_cert_")
+                    && std::fs::read_to_string(entry.path())
+                        .is_ok_and(|pem| pem.trim_end().ends_with("-----END CERTIFICATE-----"))
+            })
+        });
+        if complete {
+            return;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "no complete certificate in {} within {DEADLINE:?}",
+            dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Polls the hub's log until it holds `needle`, or panics.
@@ -490,7 +541,7 @@ fn order_is_retried_until_the_ca_answers() {
     wait_for_log(&mut hub, "ACME order_failed");
     pebble.spawn();
     let trusting_pebble = client_trusting(&pebble.root());
-    let (metrics, _) = hub.get_verified(port, &trusting_pebble, "/metrics");
+    let (metrics, _) = hub.metrics_once_counted(port, &trusting_pebble, "new_certificate");
 
     // Assert
     assert!(acme_events(&metrics, "order_failed") >= 1, "{metrics}");
@@ -508,6 +559,7 @@ fn corrupt_cache_is_replaced_by_a_new_account_and_order() {
     let cache = tempfile::tempdir().expect("cache directory");
     let mut hub = AcmeHub::spawn(port, &pebble.directory(), &pebble.ca_file(), cache.path());
     let (_, first) = hub.get_verified(port, &trusting_pebble, "/healthz");
+    wait_for_cached_certificate(cache.path());
     drop(hub);
     let mut corrupted = Vec::new();
     for entry in std::fs::read_dir(cache.path()).expect("the cache") {
@@ -531,7 +583,7 @@ fn corrupt_cache_is_replaced_by_a_new_account_and_order() {
 
     // Act
     let mut hub = AcmeHub::spawn(port, &pebble.directory(), &pebble.ca_file(), cache.path());
-    let (metrics, second) = hub.get_verified(port, &trusting_pebble, "/metrics");
+    let (metrics, second) = hub.metrics_once_counted(port, &trusting_pebble, "new_certificate");
 
     // Assert
     assert_ne!(second[0], first[0], "a new certificate");

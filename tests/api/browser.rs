@@ -1,7 +1,7 @@
 //! The demo page in a real browser: headless Chromium driven over WebDriver (chromedriver).
 
 use std::{
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -11,6 +11,7 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 
 use crate::{
+    child::free_port,
     helpers::{spawn_app, spawn_app_with},
     mercure::{KEY, token},
 };
@@ -18,7 +19,7 @@ use crate::{
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 /// How long the browser may take to load a page or show an expected change.
-pub(crate) const WAIT: Duration = Duration::from_secs(15);
+pub(crate) const WAIT: Duration = Duration::from_secs(30);
 
 /// A chromedriver process on a free port, killed on drop.
 pub(crate) struct Chromedriver {
@@ -36,9 +37,7 @@ impl Chromedriver {
                  `chromium-driver` packages (scripts/test installs them)"
             );
         }
-        let addr = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port");
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let child = Command::new(CHROMEDRIVER)
             .arg(format!("--port={}", addr.port()))
             .stdout(Stdio::null())

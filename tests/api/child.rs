@@ -6,7 +6,10 @@ use std::{
     io::{BufRead as _, BufReader},
     net::SocketAddr,
     process::{Child, Command, Stdio},
-    sync::mpsc,
+    sync::{
+        atomic::{AtomicU16, Ordering},
+        mpsc,
+    },
     time::{Duration, Instant},
 };
 
@@ -185,10 +188,32 @@ pub fn send_signal(pid: u32, signal: &str) {
     assert!(status.success(), "kill -{signal} {pid}: {status}");
 }
 
-/// A free TCP port on 127.0.0.1, for a child that cannot bind port 0 and report it.
+/// A free TCP port on 127.0.0.1, for a child that cannot bind port 0 and report it (Redis, a
+/// sentinel, nginx, a hub restarted on its port). It is taken below the kernel's ephemeral
+/// range and never twice by this process: between this check and the child's bind, often
+/// seconds on a loaded machine, an outgoing connection or another test's `bind(0)` could
+/// otherwise be given the same port.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("an ephemeral port")
-        .port()
+    /// Where the ports handed out start.
+    const LOW: u16 = 10_000;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let high = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    assert!(
+        high > LOW + 1_000,
+        "the ephemeral port range starts at {high}: no room below it for the tests' ports"
+    );
+    let span = high - LOW;
+    // Another test binary running at the same time starts elsewhere.
+    let start = (std::process::id() % u32::from(span)) as u16;
+    for _ in 0..span {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = LOW + start.wrapping_add(offset) % span;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between {LOW} and {high}");
 }

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use actix_web::http::StatusCode;
 
 use crate::{
-    helpers::{ChildHub, TestApp, assert_json_error, hub_command, query, spawn_app_with},
+    helpers::{
+        ChildHub, SETTLE_TIMEOUT, TestApp, assert_json_error, hub_command, query, spawn_app_with,
+    },
     mercure::token,
 };
 
@@ -64,8 +66,8 @@ async fn templates_and_subscribers_are_released_when_streams_close() {
 
     drop(streams);
 
-    wait_for_selector_bytes(&app, Duration::from_secs(5), |bytes| bytes == 0).await;
-    app.wait_for_stats(Duration::from_secs(5), |s| s["subscribers"] == 0)
+    wait_for_selector_bytes(&app, SETTLE_TIMEOUT, |bytes| bytes == 0).await;
+    app.wait_for_stats(SETTLE_TIMEOUT, |s| s["subscribers"] == 0)
         .await;
 }
 
@@ -111,7 +113,7 @@ async fn selector_memory_is_bounded_in_bytes() {
         "memory for URI templates",
     );
     drop((first, shared));
-    wait_for_selector_bytes(&app, Duration::from_secs(5), |bytes| bytes == 0).await;
+    wait_for_selector_bytes(&app, SETTLE_TIMEOUT, |bytes| bytes == 0).await;
     app.subscribe("/stream?topic=https://b.example/{id}").await;
 }
 

@@ -25,6 +25,9 @@ pub const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an expected event may take, keep-alives arriving meanwhile or not (longer than a
 /// cluster test's recovery from a Redis restart).
 pub const EVENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the hub's counts may take to settle after a connection opens or closes (it notices
+/// a closed one, prunes it and frees what it held): milliseconds on a quiet machine.
+pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A running hub and a client for it. Dropping it stops the hub.
 pub struct TestApp {

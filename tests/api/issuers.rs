@@ -317,6 +317,9 @@ async fn provider_down_keeps_the_cached_keys() {
     )
     .await;
     provider.wait_for_hits(1).await;
+    // The hub holds the key (the first read was answered, not only counted).
+    let before = status_of(&app, &key.token(IDP)).await;
+    assert_eq!(before.0, StatusCode::OK, "{}", before.1);
 
     // Act
     *provider.up.lock().expect("not poisoned") = false;

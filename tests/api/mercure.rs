@@ -10,7 +10,7 @@ use actix_web::http::StatusCode;
 use serde_json::json;
 use sse_hub::auth::{self, Claims, JwtAlgorithm, MercureClaim, Mode};
 
-use crate::helpers::{TestApp, assert_json_error, query, spawn_app_with};
+use crate::helpers::{FRAME_TIMEOUT, TestApp, assert_json_error, query, spawn_app_with};
 
 pub const KEY: &str = "!ChangeThisMercureHubJWTSecretKey!";
 const HUB: &str = "/.well-known/mercure";
@@ -577,8 +577,9 @@ async fn stream_ends_when_the_subscriber_token_expires() {
         s.mercure_mode = Mode::Compat;
     })
     .await;
-    // Expires between 1.5 and 2.5 s from now (exp is in whole seconds).
-    let exp = (unix_now() + Duration::from_millis(2_499)).as_secs();
+    // Expires between 5 and 6 s from now (exp is in whole seconds): room for three subscribes,
+    // a publish and two reads on a loaded machine before it does.
+    let exp = (unix_now() + Duration::from_secs(6)).as_secs();
     let expiring = token_with(json!({ "exp": exp, "mercure": { "subscribe": ["*"] } }));
     let lasting = token(&[], &["*"]);
     let path = subscribe_path("*");
@@ -641,7 +642,7 @@ async fn stream_ends_when_the_subscriber_token_expires() {
     assert_eq!(last_comment.as_deref(), Some("token expired"));
     // Its queue is closed, so the hub prunes it: two subscribers left, and nothing published
     // from now on is queued for it.
-    app.wait_for_stats(Duration::from_secs(5), |s| s["subscribers"] == 2)
+    app.wait_for_stats(FRAME_TIMEOUT, |s| s["subscribers"] == 2)
         .await;
 
     let after = publish_private("after expiry").await;

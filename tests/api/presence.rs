@@ -12,11 +12,16 @@ use crate::{
     helpers::{Persistence, SseStream, client, query},
 };
 
-/// The time to live the tests give presence: short, so that a dead node's end is quick.
-const TTL: Duration = Duration::from_secs(2);
+/// The time to live the tests give presence: short, so that a dead node's end is quick, and
+/// long enough that a live node whose heartbeat waits on a CPU-starved machine (every third of
+/// this) is not taken for dead.
+const TTL: Duration = Duration::from_secs(4);
 /// A dead node's subscriptions are announced within the time to live and a third (the next
 /// heartbeat of a surviving node); the tests allow more, and print what it took.
-const EXPIRY_DEADLINE: Duration = Duration::from_secs(15);
+const EXPIRY_DEADLINE: Duration = Duration::from_secs(20);
+/// How long a subscriber joining or leaving one node may take to show in every node's list:
+/// milliseconds (one Redis round trip) on a quiet machine.
+const LISTING_DEADLINE: Duration = Duration::from_secs(20);
 
 async fn cluster(test: &str) -> Cluster {
     let ttl = format!("{}ms", TTL.as_millis());
@@ -98,7 +103,7 @@ async fn every_node_lists_the_subscriptions_of_every_node() {
     ];
     for node in [a, b, c] {
         let what = format!("{} lists every node's subscriptions", node.name);
-        eventually(&what, Duration::from_secs(5), async || {
+        eventually(&what, LISTING_DEADLINE, async || {
             (listed(node).await == all).then_some(())
         })
         .await;
@@ -106,7 +111,7 @@ async fn every_node_lists_the_subscriptions_of_every_node() {
     drop(on_b);
     for node in [a, b, c] {
         let what = format!("{} no longer lists B's subscriber once it left", node.name);
-        eventually(&what, Duration::from_secs(5), async || {
+        eventually(&what, LISTING_DEADLINE, async || {
             (listed(node).await == ["https://example.com/a"]).then_some(())
         })
         .await;
@@ -162,16 +167,12 @@ async fn ends_once_each(killed: bool) {
         Some(subscribe(cluster.node(1), &["https://example.com/b0"]).await)
     };
     let a = cluster.node(0);
-    eventually(
-        "A lists B's subscriptions",
-        Duration::from_secs(5),
-        async || {
-            listed(a)
-                .await
-                .contains(&"https://example.com/b2".to_owned())
-                .then_some(())
-        },
-    )
+    eventually("A lists B's subscriptions", LISTING_DEADLINE, async || {
+        listed(a)
+            .await
+            .contains(&"https://example.com/b2".to_owned())
+            .then_some(())
+    })
     .await;
 
     // Act

@@ -1,7 +1,5 @@
 //! The quick-start API of the original Go program: `/stream` and the three triggers.
 
-use std::time::Duration;
-
 use actix_web::http::StatusCode;
 use futures_util::future::join_all;
 use tokio::{
@@ -9,7 +7,7 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::helpers::{FRAME_TIMEOUT, spawn_app};
+use crate::helpers::{FRAME_TIMEOUT, SETTLE_TIMEOUT, spawn_app};
 
 /// `/stream` answers with exactly the SSE headers, and its first bytes (the opening comment)
 /// arrive before anything is published, so `EventSource.onopen` fires at once.
@@ -153,7 +151,7 @@ async fn disconnected_subscriber_is_pruned_within_a_heartbeat() {
     drop(gone);
     let started = std::time::Instant::now();
     let stats = app
-        .wait_for_stats(Duration::from_secs(2), |s| s["subscribers"] == 1)
+        .wait_for_stats(SETTLE_TIMEOUT, |s| s["subscribers"] == 1)
         .await;
     eprintln!("pruned after {:?}", started.elapsed());
     assert_eq!(stats["subscribers_disconnected_total"], 1);

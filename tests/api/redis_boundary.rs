@@ -18,8 +18,9 @@ use crate::{
 /// An entry's fields (names and raw values), as [`forge`] appends them.
 type Fields<'a> = &'a [(&'a str, &'a [u8])];
 
-/// How long a node may take to notice Redis accepts writes again (a probe each second).
-const WRITES_BACK: Duration = Duration::from_secs(5);
+/// How long a node may take to notice Redis accepts writes again (a probe each second), on a
+/// loaded machine.
+const WRITES_BACK: Duration = Duration::from_secs(15);
 
 /// The value of the refused-entries counter for `reason` on `node` (0 when absent).
 async fn refused(node: &Node, reason: &str) -> u64 {

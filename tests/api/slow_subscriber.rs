@@ -8,7 +8,7 @@ use std::{
 
 use socket2::{Domain, Socket, Type};
 
-use crate::helpers::spawn_app_with;
+use crate::helpers::{SETTLE_TIMEOUT, spawn_app_with};
 
 const EVENTS: usize = 1000;
 const READERS: usize = 100;
@@ -46,7 +46,7 @@ async fn slow_subscriber_is_dropped_without_delaying_others() {
             seen
         }));
     }
-    app.wait_for_stats(Duration::from_secs(5), |s| s["subscribers"] == READERS + 1)
+    app.wait_for_stats(SETTLE_TIMEOUT, |s| s["subscribers"] == READERS + 1)
         .await;
 
     // 1000 events of 6 KiB: more than the kernel's largest send buffer (4 MiB here) plus
@@ -78,9 +78,10 @@ async fn slow_subscriber_is_dropped_without_delaying_others() {
         "the stalled subscriber got only part of the events before it was dropped: {stats}"
     );
     // A blocking send would hang on the stalled subscriber forever; a generous bound
-    // catches that without timing anything that matters for performance.
+    // catches that without timing anything that matters for performance (a loaded machine
+    // stalls a publish for seconds now and then).
     assert!(
-        slowest < Duration::from_secs(5),
+        slowest < Duration::from_secs(20),
         "a publish waited {slowest:?}"
     );
 }
@@ -97,7 +98,7 @@ async fn stalled_subscriber_connection_is_closed_after_the_write_timeout() {
     })
     .await;
     let stalled = stalled_subscriber(app.addr);
-    app.wait_for_stats(Duration::from_secs(5), |s| s["subscribers"] == 1)
+    app.wait_for_stats(SETTLE_TIMEOUT, |s| s["subscribers"] == 1)
         .await;
 
     // More than the kernel buffers and actix's write buffer can hold (about 4.1 MiB here).

@@ -14,8 +14,9 @@ use serde_json::Value;
 
 use crate::helpers::{ChildHub, HubLog, SseStream, client, hub_command, send_signal};
 
-/// How long the store may take to notice the disk takes writes again.
-const RECOVERY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the store may take to notice the disk takes writes again (a reopen attempt every
+/// 500 ms; seconds on a loaded disk).
+const RECOVERY_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A tmpfs of a given size mounted on a temporary directory; unmounted on drop, also when the
 /// test panics.

@@ -5,7 +5,9 @@ use std::time::Duration;
 use actix_web::http::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{SseStream, TestApp, assert_json_error, query, spawn_app, spawn_app_with};
+use crate::helpers::{
+    SETTLE_TIMEOUT, SseStream, TestApp, assert_json_error, query, spawn_app, spawn_app_with,
+};
 
 /// Subscribes with one `?topic=` per selector.
 async fn subscribe_to(app: &TestApp, selectors: &[&str]) -> SseStream {
@@ -219,7 +221,7 @@ async fn stats_count_subscribers_by_selector() {
 
     drop(leaving);
     let stats = app
-        .wait_for_stats(Duration::from_secs(5), |s| s["subscribers"] == 3)
+        .wait_for_stats(SETTLE_TIMEOUT, |s| s["subscribers"] == 3)
         .await;
     assert_eq!(
         stats["subscribers_by_selector"],
@@ -246,7 +248,7 @@ async fn bad_topics_are_refused_and_disturb_nobody() {
     let at_limit = subscribe_to(&app, &["a", "b", &long]).await;
     drop(at_limit);
     publish_to(&app, &["x", "y", &long], "at the limit").await;
-    app.wait_for_stats(Duration::from_secs(5), |s| s["subscribers"] == 1)
+    app.wait_for_stats(SETTLE_TIMEOUT, |s| s["subscribers"] == 1)
         .await;
 
     let too_long = "t".repeat(65);

@@ -426,9 +426,10 @@ async fn a_stream_ends_at_its_access_tokens_exp() {
         }
     };
 
-    // Assert
+    // Assert: at `exp`, not 30 s later. The bound is 10 s, not the milliseconds it takes: on
+    // a loaded machine the end is seen late, and 10 s still tells the leeway apart.
     assert!(
-        ended <= Duration::from_secs(exp) + Duration::from_millis(900),
+        ended <= Duration::from_secs(exp + 10),
         "ended at {ended:?}, exp {exp} s: the 30 s leeway must not extend the stream"
     );
 }
