@@ -3,8 +3,8 @@
 //! listens, signals, and the log it writes.
 
 use std::{
-    io::{BufRead as _, BufReader},
-    net::SocketAddr,
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
     process::{Child, Command, Stdio},
     sync::{
         atomic::{AtomicU16, Ordering},
@@ -175,6 +175,27 @@ impl ChildHub {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
+}
+
+/// Opens `GET /stream` on a plain socket to the hub at `addr` and reads until its opening
+/// comment, so the subscriber is registered; returns the socket (reads time out after 10 s)
+/// and what was read: the response head and the opening comment.
+pub fn open_raw_stream(addr: SocketAddr) -> (TcpStream, Vec<u8>) {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    stream
+        .write_all(b"GET /stream HTTP/1.1\r\nHost: test\r\n\r\n")
+        .expect("request");
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&seen).contains(": connected") {
+        let n = stream.read(&mut buf).expect("read opening");
+        assert!(n > 0, "closed before the opening comment");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    (stream, seen)
 }
 
 /// Sends `signal` (`STOP`, `CONT`, `TERM`…) to process `pid` with kill(1): the tests do not

@@ -18,7 +18,9 @@ use sse_hub::{
     startup::{Application, Stopper},
 };
 
-pub use crate::child::{ChildHub, HUB, HubLog, free_port, hub_command, send_signal};
+pub use crate::child::{
+    ChildHub, HUB, HubLog, free_port, hub_command, open_raw_stream, send_signal,
+};
 
 /// How long any single expected frame may take before a test fails.
 pub const FRAME_TIMEOUT: Duration = Duration::from_secs(10);

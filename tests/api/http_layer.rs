@@ -15,7 +15,7 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::helpers::{ChildHub, FRAME_TIMEOUT, HUB, spawn_app};
+use crate::helpers::{ChildHub, FRAME_TIMEOUT, HUB, open_raw_stream, spawn_app};
 
 /// A response read from a raw socket: the head (status line and headers) and the body bytes
 /// that followed it.
@@ -355,21 +355,8 @@ fn memory_after_a_burst_goes_back_to_the_idle_level() {
     let hub = ChildHub::with_args(&["--history-size", "1"]);
     let readers: Vec<_> = (0..BURST_SUBSCRIBERS)
         .map(|_| {
-            let mut socket = StdTcpStream::connect(hub.addr).expect("connect");
-            socket
-                .set_read_timeout(Some(FRAME_TIMEOUT))
-                .expect("read timeout");
-            socket
-                .write_all(b"GET /stream HTTP/1.1\r\nHost: test\r\n\r\n")
-                .expect("subscribe");
-            // The head and the opening comment: the subscriber is registered and written to.
-            let mut opening = Vec::new();
-            let mut buf = [0u8; 512];
-            while !String::from_utf8_lossy(&opening).contains(": connected") {
-                let n = socket.read(&mut buf).expect("the response head");
-                assert!(n > 0, "closed before the opening comment");
-                opening.extend_from_slice(&buf[..n]);
-            }
+            // Registered and written to: the head and the opening comment were read.
+            let (mut socket, opening) = open_raw_stream(hub.addr);
             assert!(opening.starts_with(b"HTTP/1.1 200 OK"));
             std::thread::spawn(move || {
                 let mut counter = EventCounter::default();
