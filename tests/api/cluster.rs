@@ -135,7 +135,10 @@ impl Node {
         let mut args = args.to_vec();
         args.extend_from_slice(&["--resume-wait", &resume_wait]);
         args.extend_from_slice(store_args);
-        let command = crate::helpers::hub_command(store, &args);
+        // A port below the ephemeral range: a restart binds it again, and nothing else can
+        // have been given it meanwhile (a port from `bind(0)` could go to any connection).
+        let bind = format!("127.0.0.1:{}", free_port());
+        let command = crate::child::hub_command_on(&bind, store, &args);
         let hub = ChildHub::spawn(command);
         Self {
             name,
@@ -161,8 +164,8 @@ impl Node {
                 break status;
             }
             assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "{} still runs 10 s after SIGTERM",
+                started.elapsed() < RECOVERY_TIMEOUT,
+                "{} still runs {RECOVERY_TIMEOUT:?} after SIGTERM",
                 self.name
             );
             actix_web::rt::time::sleep(POLL_INTERVAL).await;
