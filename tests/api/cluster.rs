@@ -1262,7 +1262,26 @@ async fn a_rolling_restart_behind_nginx_loses_nothing() {
     // Assert
     let mut reconnected = Vec::new();
     for follower in followers {
-        let (events, reconnects) = follower.await.expect("the subscriber finished");
+        let (events, reconnects) = follower.await.unwrap_or_else(|err| {
+            let logs: Vec<String> = cluster
+                .nodes
+                .iter()
+                .map(|node| {
+                    let log = node.hub.log.tail(usize::MAX);
+                    let lines: Vec<&str> = log
+                        .lines()
+                        .filter(|line| !line.contains("sse_hub::access"))
+                        .collect();
+                    let last = &lines[lines.len().saturating_sub(60)..];
+                    format!(
+                        "--- {} (access lines left out):\n{}",
+                        node.name,
+                        last.join("\n")
+                    )
+                })
+                .collect();
+            panic!("a subscriber failed: {err}\n{}", logs.join("\n"))
+        });
         assert_eq!(events, sent, "every event, once, in order");
         reconnected.push(reconnects);
     }

@@ -590,6 +590,7 @@ async fn serve(
                         invocation.invoke_async::<Option<String>>(&mut connection),
                     )
                     .await;
+                    // A failed look-up reads as "not held": the subscriber is told `reset`.
                     let found = match reply {
                         Ok(Ok(entry)) => entry.as_deref().and_then(parse_entry_id),
                         Ok(Err(err)) => {
@@ -598,6 +599,7 @@ async fn serve(
                             None
                         }
                         Err(_) => {
+                            log::warn!("Redis look-up timed out after {COMMAND_TIMEOUT:?}");
                             broken.store(true, Ordering::Relaxed);
                             None
                         }
