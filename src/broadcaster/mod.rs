@@ -387,12 +387,12 @@ impl Handler<Subscribe> for Broadcaster {
 
     fn handle(&mut self, msg: Subscribe, ctx: &mut Self::Context) -> Self::Result {
         if let Some(id) = msg.last_event_id.as_deref()
-            && id != "earliest"
-            && !self.history.contains(id)
+            && (!self.pipeline.has_read_the_log()
+                || (id != "earliest" && !self.history.contains(id)))
         {
             // Perhaps committed a moment ago and not applied yet (published through another
-            // node, or read back from the store at start-up): find out before answering
-            // `reset`.
+            // node, or not read back from the store yet at start-up): find out before
+            // answering `reset`, or replaying from an empty history.
             return self.locate_then_register(msg, ctx);
         }
         self.register(msg, ctx).map(Subscribed::Now)
@@ -859,6 +859,9 @@ mod tests {
         /// What the broadcaster told of presence, in order: `joined TOPIC`, `left TOPIC`,
         /// `withdrawn`.
         presence: Vec<String>,
+        /// The snapshot is sent by the test ([`HeldLog::send_snapshot`]), not when the tail
+        /// starts: a node that has not read its log yet.
+        snapshot_held: bool,
     }
 
     /// A durable log whose commits the test completes by hand.
@@ -868,6 +871,20 @@ mod tests {
     impl HeldLog {
         fn held(&self) -> std::sync::MutexGuard<'_, Held> {
             self.0.lock().expect("not poisoned")
+        }
+
+        /// Hands the tail its snapshot: `ids`, at positions 1, 2…
+        fn send_snapshot(&self, ids: &[&str]) {
+            let entries = (1..)
+                .zip(ids)
+                .map(|(major, id)| TailEntry {
+                    position: Position { major, minor: 0 },
+                    event: Arc::new(Event::new((*id).into(), draft(id))),
+                })
+                .collect();
+            let held = self.held();
+            let sink = held.sink.as_ref().expect("the tail started");
+            sink.do_send(Tailed::Snapshot(entries));
         }
 
         /// Completes the oldest batch with `result`: committed, it is handed to the tail.
@@ -943,8 +960,11 @@ mod tests {
         }
 
         fn tail(&mut self, sink: Recipient<Tailed>) {
-            sink.do_send(Tailed::Snapshot(Vec::new()));
-            self.held().sink = Some(sink);
+            let mut held = self.held();
+            if !held.snapshot_held {
+                sink.do_send(Tailed::Snapshot(Vec::new()));
+            }
+            held.sink = Some(sink);
         }
 
         fn readiness(&self) -> Readiness {
@@ -976,6 +996,37 @@ mod tests {
             .send(GetStats::default())
             .await
             .expect("actor alive");
+    }
+
+    /// A node that has not read its log yet (no snapshot; a look-up answers "not held", as
+    /// the Redis log does before it has a connection) does not tell a resuming subscriber
+    /// `reset`: the resume waits for the snapshot, then replays from the history.
+    #[actix::test]
+    async fn a_resume_before_the_log_is_read_waits_for_the_snapshot() {
+        // Arrange
+        let log = HeldLog::default();
+        log.held().snapshot_held = true;
+        let broadcaster = Broadcaster::new(config(), Metrics::new(), Box::new(log.clone())).start();
+        sync(&broadcaster).await;
+
+        // Act
+        let answer = broadcaster
+            .send(subscribe(Some("b")))
+            .await
+            .expect("actor alive")
+            .expect("subscribed");
+        let Subscribed::Later(answer) = answer else {
+            panic!("answered before the log was read");
+        };
+        log.send_snapshot(&["a", "b", "c"]);
+        let subscription = answer.await.expect("answered").expect("subscribed");
+
+        // Assert
+        assert_eq!(
+            String::from_utf8_lossy(&subscription.opening.concat()),
+            ": connected\n\nid: c\ndata: c\n\n",
+            "no reset: the event after the resume id, from the snapshot"
+        );
     }
 
     /// A broadcaster on a held log with two subscribers, one active subscription each (to

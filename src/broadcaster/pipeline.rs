@@ -56,11 +56,19 @@ pub(super) struct Pipeline {
     uncertain: BTreeMap<Position, Waiter>,
     /// The position of the last event applied.
     applied: Option<Position>,
+    /// Whether the log's snapshot was applied: until then the history is empty, and a
+    /// look-up may not be answerable yet (no connection), so no resume id can be said unknown.
+    snapshot_applied: bool,
     parked: Vec<Parked>,
     next_serial: u64,
 }
 
 impl Pipeline {
+    /// Whether the log's snapshot was applied (see `snapshot_applied`).
+    pub(super) fn has_read_the_log(&self) -> bool {
+        self.snapshot_applied
+    }
+
     fn has_applied(&self, position: Position) -> bool {
         self.applied.is_some_and(|applied| applied >= position)
     }
@@ -178,10 +186,15 @@ impl Broadcaster {
         if pipeline.parked.is_empty() {
             return;
         }
-        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut pipeline.parked)
+        self.register_parked(|parked| parked.position <= applied, ctx);
+    }
+
+    /// Registers the parked subscribers `ready` says can be answered now.
+    fn register_parked(&mut self, ready: impl Fn(&Parked) -> bool, ctx: &mut Context<Self>) {
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pipeline.parked)
             .into_iter()
-            .partition(|parked| parked.position <= applied);
-        pipeline.parked = waiting;
+            .partition(ready);
+        self.pipeline.parked = waiting;
         for parked in ready {
             let _ = parked.done.send(self.register(parked.msg, ctx));
         }
@@ -233,13 +246,22 @@ impl Broadcaster {
         }
     }
 
-    /// Registers `msg`, which resumes from an id the history does not hold: once this node
-    /// has applied it, if the log holds it, or after `--resume-wait`; at once otherwise.
+    /// Registers `msg`, which resumes from an id the history does not hold, or from anywhere
+    /// before this node read the log: once this node has read the log and applied the id, if
+    /// the log holds it, or after `--resume-wait`; at once otherwise.
     pub(super) fn locate_then_register(
         &mut self,
         msg: Subscribe,
         ctx: &mut Context<Self>,
     ) -> Result<Subscribed, HubError> {
+        if !self.pipeline.snapshot_applied {
+            // A node that has not read the log yet (it is starting): wait for its snapshot,
+            // then answer from the history. Parked at the log's first position, it is
+            // registered as soon as the snapshot is applied.
+            let (done, answer) = oneshot::channel();
+            self.park(Position::default(), msg, done, ctx);
+            return Ok(Subscribed::Later(answer));
+        }
         let id = msg.last_event_id.as_deref().unwrap_or_default();
         let mut located = self.log.locate(id);
         // A local log knows at once.
@@ -320,7 +342,13 @@ impl Handler<Tailed> for Broadcaster {
                 let last = entries.last().map(|e| e.position);
                 self.replace_history(entries);
                 self.pipeline.applied = last;
+                self.pipeline.snapshot_applied = true;
                 self.answer_applied(ctx);
+                if last.is_none() {
+                    // An empty log: what waited for the snapshot is answered from the
+                    // (empty) history.
+                    self.register_parked(|_| true, ctx);
+                }
             }
             Tailed::Entries { entries, caught_up } => {
                 self.apply_entries(entries, ctx);
